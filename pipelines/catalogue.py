@@ -1,0 +1,230 @@
+"""The models Wan Studio knows: real hub repositories with their published defaults, plus local test models.
+
+Defaults follow the Wan2.2 team's own configs (wan/configs in Wan-Video/Wan2.2). Memory figures are
+estimates in GB for the model's default size; `pipelines.memory` scales them and the benchmark
+(`bench/bench_generate.py`) measures the real ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+TEXT_TO_VIDEO = "t2v"
+IMAGE_TO_VIDEO = "i2v"
+TASK_NAMES = {TEXT_TO_VIDEO: "text-to-video", IMAGE_TO_VIDEO: "image-to-video"}
+
+# The Wan team's default negative prompt (Chinese, as the models were trained with it).
+WAN_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
+    "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，"
+    "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
+)
+
+
+@dataclass(frozen=True)
+class WeightSizes:
+    """Approximate resident sizes in GB, used to pick a memory profile before anything loads."""
+
+    transformer_gb: float  # one expert, bf16
+    experts: int  # 2 for the A14B high-noise/low-noise pair
+    text_encoder_gb: float  # UMT5-XXL encoder, bf16
+    vae_gb: float
+    activations_gb: float  # denoising working set at the model's default size and frame count
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    id: str
+    name: str
+    tasks: tuple[str, ...]
+    sizes: tuple[tuple[int, int], ...]  # (width, height) presets; the first is the default
+    frames: int
+    fps: int
+    steps: int
+    guidance_scale: float
+    flow_shift: float
+    size_multiple: int  # VAE spatial factor x transformer patch size
+    weights: WeightSizes
+    license: str
+    description: str
+    repo: str | None = None  # hub repository; None for local folders
+    local_path: str | None = None
+    guidance_scale_2: float | None = None  # low-noise expert's guidance (A14B pair)
+    negative_prompt: str = WAN_NEGATIVE_PROMPT
+    frame_step: int = 4  # valid frame counts are frame_step * n + 1
+    min_frames: int = 5
+    max_frames: int = 121
+    is_test: bool = False
+    # Models with the same value here hold identical text encoder and VAE weights, so switching between
+    # them keeps those loaded.
+    shared_components: str = field(default="")
+
+    @property
+    def default_size(self) -> tuple[int, int]:
+        return self.sizes[0]
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} [TEST MODEL, random weights]" if self.is_test else self.name
+
+    def supports(self, task: str) -> bool:
+        return task in self.tasks
+
+
+_TI2V_5B = ModelSpec(
+    id="Wan-AI/Wan2.2-TI2V-5B-Diffusers",
+    repo="Wan-AI/Wan2.2-TI2V-5B-Diffusers",
+    name="Wan2.2 TI2V-5B (720P, text & image to video)",
+    tasks=(TEXT_TO_VIDEO, IMAGE_TO_VIDEO),
+    sizes=((1280, 704), (704, 1280), (960, 544), (544, 960), (832, 480), (480, 832)),
+    frames=121,
+    fps=24,
+    steps=50,
+    guidance_scale=5.0,
+    flow_shift=5.0,
+    size_multiple=32,
+    max_frames=121,
+    weights=WeightSizes(transformer_gb=10.0, experts=1, text_encoder_gb=11.4, vae_gb=1.4, activations_gb=4.0),
+    license="Apache-2.0",
+    description="One 5B model for both tasks; 720P on a 24 GB card. The default.",
+    shared_components="wan22-5b",
+)
+
+_T2V_A14B = ModelSpec(
+    id="Wan-AI/Wan2.2-T2V-A14B-Diffusers",
+    repo="Wan-AI/Wan2.2-T2V-A14B-Diffusers",
+    name="Wan2.2 T2V-A14B (two experts, 480P/720P)",
+    tasks=(TEXT_TO_VIDEO,),
+    sizes=((832, 480), (480, 832), (1280, 720), (720, 1280)),
+    frames=81,
+    fps=16,
+    steps=40,
+    guidance_scale=3.0,
+    guidance_scale_2=4.0,
+    flow_shift=12.0,
+    size_multiple=16,
+    max_frames=81,
+    weights=WeightSizes(transformer_gb=28.6, experts=2, text_encoder_gb=11.4, vae_gb=0.5, activations_gb=5.0),
+    license="Apache-2.0",
+    description="High-noise and low-noise 14B experts. Needs fp8 and offload on a 24 GB card.",
+    shared_components="wan21-vae-umt5",
+)
+
+_I2V_A14B = replace(
+    _T2V_A14B,
+    id="Wan-AI/Wan2.2-I2V-A14B-Diffusers",
+    repo="Wan-AI/Wan2.2-I2V-A14B-Diffusers",
+    name="Wan2.2 I2V-A14B (two experts, 480P/720P)",
+    tasks=(IMAGE_TO_VIDEO,),
+    guidance_scale=3.5,
+    guidance_scale_2=3.5,
+    flow_shift=5.0,
+    description="Image-to-video with two 14B experts. Needs fp8 and offload on a 24 GB card.",
+)
+
+_T2V_1_3B = ModelSpec(
+    id="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+    repo="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+    name="Wan2.1 T2V-1.3B (light, 480P)",
+    tasks=(TEXT_TO_VIDEO,),
+    sizes=((832, 480), (480, 832)),
+    frames=81,
+    fps=16,
+    steps=50,
+    guidance_scale=5.0,
+    flow_shift=3.0,
+    size_multiple=16,
+    max_frames=81,
+    weights=WeightSizes(transformer_gb=2.8, experts=1, text_encoder_gb=11.4, vae_gb=0.5, activations_gb=2.0),
+    license="Apache-2.0",
+    description="The light model for 8-12 GB cards.",
+    shared_components="wan21-vae-umt5",
+)
+
+TEST_TINY = "test-tiny"
+TEST_TINY_WAN21 = "test-tiny-wan21"
+
+_TEST_WEIGHTS = WeightSizes(transformer_gb=0.001, experts=1, text_encoder_gb=0.001, vae_gb=0.001, activations_gb=0.01)
+
+_TEST_TI2V = ModelSpec(
+    id=TEST_TINY,
+    name="Tiny Wan2.2 TI2V layout",
+    tasks=(TEXT_TO_VIDEO, IMAGE_TO_VIDEO),
+    sizes=((96, 64), (64, 96), (64, 64)),
+    frames=9,
+    fps=8,
+    steps=4,
+    guidance_scale=5.0,
+    flow_shift=5.0,
+    size_multiple=32,
+    max_frames=33,
+    weights=_TEST_WEIGHTS,
+    license="test only",
+    description="Random weights built on this machine (48-channel VAE, TI2V-5B layout). Output is noise.",
+    negative_prompt="blurry, static",
+    is_test=True,
+)
+
+_TEST_WAN21 = replace(
+    _TEST_TI2V,
+    id=TEST_TINY_WAN21,
+    name="Tiny Wan2.1 layout",
+    tasks=(TEXT_TO_VIDEO,),
+    sizes=((64, 48), (48, 64)),
+    flow_shift=3.0,
+    size_multiple=16,
+    description="Random weights built on this machine (16-channel VAE, Wan2.1 layout). Output is noise.",
+)
+
+CATALOGUE: dict[str, ModelSpec] = {
+    spec.id: spec for spec in (_TI2V_5B, _T2V_A14B, _I2V_A14B, _T2V_1_3B, _TEST_TI2V, _TEST_WAN21)
+}
+DEFAULT_MODEL = _TI2V_5B.id
+
+
+class UnknownModelError(ValueError):
+    pass
+
+
+def get_spec(model_id: str) -> ModelSpec:
+    """Look a model up by catalogue id, or describe a local diffusers folder."""
+    if model_id in CATALOGUE:
+        return CATALOGUE[model_id]
+    path = Path(os.path.expanduser(model_id))
+    if (path / "model_index.json").is_file():
+        return spec_for_local_folder(path)
+    known = ", ".join(CATALOGUE)
+    raise UnknownModelError(
+        f"Unknown model '{model_id}'. Use one of: {known}, or a local folder holding a diffusers Wan model."
+    )
+
+
+def spec_for_local_folder(path: Path) -> ModelSpec:
+    """Infer a spec for a local diffusers Wan folder from its configs, borrowing the closest catalogue defaults.
+
+    The VAE's latent width tells Wan2.2-TI2V layouts (48 channels) from Wan2.1/A14B ones (16); a second
+    transformer marks an A14B pair.
+    """
+    index = json.loads((path / "model_index.json").read_text())
+    vae_config = json.loads((path / "vae" / "config.json").read_text())
+    two_experts = bool(index.get("transformer_2") and index["transformer_2"][0])
+    is_i2v = index.get("_class_name") == "WanImageToVideoPipeline"
+    if vae_config.get("z_dim") == 48:
+        base = _TI2V_5B
+    elif two_experts:
+        base = _I2V_A14B if is_i2v else _T2V_A14B
+    else:
+        base = _T2V_1_3B
+    return replace(
+        base,
+        id=str(path),
+        repo=None,
+        local_path=str(path),
+        name=f"Local model: {path.name}",
+        description=f"A diffusers folder on this machine, read with {base.name}'s defaults.",
+        license="see the folder",
+        shared_components="",
+    )

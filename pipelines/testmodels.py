@@ -1,0 +1,138 @@
+"""Tiny random-weight Wan pipelines, built offline and saved in the diffusers folder format.
+
+They exist so that tests, CI and a machine without the real weights exercise the same
+`from_pretrained` path as the real models. Output is noise; shapes, configs and code paths are real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from pipelines.catalogue import TEST_TINY, TEST_TINY_WAN21
+
+# Bump when the layout below changes so cached folders are rebuilt.
+BUILD_VERSION = 1
+_VOCAB_WORDS = (
+    "a the of and in on with to is at by for from red green blue cat dog city night day sea sky "
+    "walks runs flies car light rain snow sun tree house slow fast camera pan zoom close wide"
+).split()
+
+
+def cache_root() -> Path:
+    """Where built test models live (WAN_STUDIO_CACHE, else the user's cache folder)."""
+    root = os.environ.get("WAN_STUDIO_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "wan-studio")
+    return Path(root) / "test-models"
+
+
+def ensure_test_model(model_id: str) -> Path:
+    """Return the folder of a built test model, building it the first time."""
+    if model_id not in _BUILDERS:
+        raise ValueError(f"'{model_id}' is not a test model")
+    folder = cache_root() / f"{model_id}-v{BUILD_VERSION}"
+    if (folder / "model_index.json").is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{model_id}-", dir=folder.parent))
+    try:
+        _BUILDERS[model_id](staging)
+        os.chmod(staging, 0o755)
+        try:
+            os.rename(staging, folder)
+        except OSError:  # another process finished first: keep theirs
+            if not (folder / "model_index.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def _tokenizer():
+    from transformers import T5Tokenizer
+
+    pieces = ["<pad>", "</s>", "<unk>"] + [f"\u2581{w}" for w in _VOCAB_WORDS] + list("abcdefghijklmnopqrstuvwxyz")
+    vocab = [(piece, 0.0 if i < 3 else -float(i)) for i, piece in enumerate(pieces)]
+    return T5Tokenizer(vocab=vocab, extra_ids=0)
+
+
+def _text_encoder(vocab_size: int):
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    config = UMT5Config(
+        vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    )  # fmt: skip
+    return UMT5EncoderModel(config).eval()
+
+
+def _scheduler(flow_shift: float):
+    from diffusers import UniPCMultistepScheduler
+
+    return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=flow_shift)
+
+
+def _transformer(channels: int):
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=channels,
+        out_channels=channels, text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+    )  # fmt: skip
+
+
+def _save(pipe, folder: Path, model_id: str) -> None:
+    pipe.save_pretrained(folder, safe_serialization=True)
+    (folder / "wan_studio_test_model.json").write_text(
+        json.dumps({"model": model_id, "build_version": BUILD_VERSION, "weights": "random"}, indent=2)
+    )
+
+
+def build_ti2v(folder: Path) -> None:
+    """Wan2.2 TI2V-5B layout: 48-channel residual VAE with 2x2 patching, expand_timesteps, one model for both tasks."""
+    from diffusers import AutoencoderKLWan, WanPipeline
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(
+        base_dim=12, z_dim=48, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
+        is_residual=True, patch_size=2, in_channels=12, out_channels=12, scale_factor_spatial=16,
+        scale_factor_temporal=4, latents_mean=[0.0] * 48, latents_std=[1.0] * 48,
+    )  # fmt: skip
+    tokenizer = _tokenizer()
+    pipe = WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=_text_encoder(len(tokenizer)),
+        vae=vae.eval(),
+        scheduler=_scheduler(5.0),
+        transformer=_transformer(48),
+        expand_timesteps=True,
+    )
+    _save(pipe, folder, TEST_TINY)
+
+
+def build_wan21(folder: Path) -> None:
+    """Wan2.1 layout: 16-channel VAE (8x spatial), one transformer, text-to-video."""
+    from diffusers import AutoencoderKLWan, WanPipeline
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
+        latents_mean=[0.0] * 16, latents_std=[1.0] * 16,
+    )  # fmt: skip
+    tokenizer = _tokenizer()
+    pipe = WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=_text_encoder(len(tokenizer)),
+        vae=vae.eval(),
+        scheduler=_scheduler(3.0),
+        transformer=_transformer(16),
+    )
+    _save(pipe, folder, TEST_TINY_WAN21)
+
+
+_BUILDERS = {TEST_TINY: build_ti2v, TEST_TINY_WAN21: build_wan21}
