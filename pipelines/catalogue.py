@@ -57,6 +57,8 @@ class ModelSpec:
     frame_step: int = 4  # valid frame counts are frame_step * n + 1
     min_frames: int = 5
     max_frames: int = 121
+    min_side: int = 256
+    max_side: int = 1920
     is_test: bool = False
     # Models with the same value here hold identical text encoder and VAE weights, so switching between
     # them keeps those loaded.
@@ -161,6 +163,8 @@ _TEST_TI2V = ModelSpec(
     flow_shift=5.0,
     size_multiple=32,
     max_frames=33,
+    min_side=32,
+    max_side=256,
     weights=_TEST_WEIGHTS,
     license="test only",
     description="Random weights built on this machine (48-channel VAE, TI2V-5B layout). Output is noise.",

@@ -1,0 +1,24 @@
+"""Wan Studio entry point.
+
+    python app.py                       start the studio (http://127.0.0.1:7860)
+    python app.py generate --prompt ... make one clip headless; prints the MP4's path last
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "generate":
+        from studio.cli import main as generate_main
+
+        return generate_main(argv[1:])
+    from studio.server import main as studio_main
+
+    return studio_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

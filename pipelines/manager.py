@@ -1,0 +1,345 @@
+"""The pipeline manager: one resident Wan model per GPU, one generation at a time, previews at every step.
+
+Threading: `generate` runs in the caller's thread and holds `self._lock` for the whole run, so a second
+caller either waits or (wait=False) gets BusyError at once. Cancel is an Event checked at the end of
+every denoising step; raising from the step callback stops the pipeline before its VAE decode.
+"""
+
+from __future__ import annotations
+
+import gc
+import inspect
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipelines.catalogue import IMAGE_TO_VIDEO, TASK_NAMES, ModelSpec
+from pipelines.memory import AUTO, MemoryBudget, Profile, choose_profile, estimate_need, probe_memory
+from pipelines.preview import LatentToRGB, StepPreviewer, load_or_fit
+from pipelines.request import ValidRequest
+from pipelines.testmodels import cache_root
+from pipelines.weights import resolve_weights
+
+
+@dataclass
+class Progress:
+    """One report to the caller: a stage, how far it is, and at denoising steps a preview."""
+
+    stage: str  # "download" | "load" | "denoise" | "decode"
+    fraction: float  # 0..1 within the stage
+    message: str
+    step: int | None = None  # 1-based
+    total_steps: int | None = None
+    eta_s: float | None = None
+    preview: np.ndarray | None = field(default=None, repr=False)  # (k, H, W, 3) uint8
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass
+class GenerationResult:
+    request: ValidRequest
+    frames: np.ndarray  # (F, H, W, 3) uint8
+    timings: dict[str, float]
+    profile: str
+    device: str
+    model_revision: str
+
+
+class GenerationCancelled(Exception):
+    pass
+
+
+class BusyError(RuntimeError):
+    pass
+
+
+class OutOfMemoryError(RuntimeError):
+    pass
+
+
+@dataclass
+class _Loaded:
+    spec: ModelSpec
+    task: str
+    pipe: object  # a diffusers WanPipeline or WanImageToVideoPipeline
+    profile: Profile
+    revision: str
+    previews: LatentToRGB
+
+
+def _pipeline_class(task: str):
+    from diffusers import WanImageToVideoPipeline, WanPipeline
+
+    return WanImageToVideoPipeline if task == IMAGE_TO_VIDEO else WanPipeline
+
+
+class PipelineManager:
+    def __init__(
+        self,
+        profile: str = AUTO,
+        offline: bool = False,
+        memory_probe: Callable[[], MemoryBudget] = probe_memory,
+        cache_dir: Path | None = None,
+    ):
+        self.requested_profile = profile
+        self.offline = offline
+        self.memory_probe = memory_probe
+        self.cache_dir = cache_dir or cache_root().parent
+        self._lock = threading.Lock()
+        self._loaded: _Loaded | None = None
+        self.loads = 0  # full from_pretrained loads, for tests and the log
+
+    # ---- state -------------------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        return self._lock.locked()
+
+    @property
+    def loaded(self) -> tuple[str, str, str] | None:
+        """(model id, task, profile name) of the resident model, if any."""
+        if self._loaded is None:
+            return None
+        return self._loaded.spec.id, self._loaded.task, self._loaded.profile.name
+
+    @property
+    def pipeline(self):
+        return None if self._loaded is None else self._loaded.pipe
+
+    def unload(self) -> None:
+        """Drop the resident model and give its GPU memory back."""
+        with self._lock:
+            self._unload_locked()
+
+    def _unload_locked(self) -> None:
+        if self._loaded is not None:
+            self._loaded.pipe.remove_all_hooks()
+        self._loaded = None
+        _free_memory()
+
+    # ---- generation --------------------------------------------------------------------------
+    def generate(
+        self,
+        request: ValidRequest,
+        on_progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+        wait: bool = True,
+    ) -> GenerationResult:
+        """Run one request to frames. Raises GenerationCancelled, OutOfMemoryError, DoesNotFitError,
+        ModelUnavailableError or BusyError (wait=False while another run holds the GPU)."""
+        if not self._lock.acquire(blocking=wait):
+            raise BusyError("The GPU is busy with another generation. Try again when it finishes.")
+        try:
+            return self._generate_locked(request, on_progress or (lambda p: None), cancel or threading.Event())
+        finally:
+            self._lock.release()
+
+    def _generate_locked(
+        self, request: ValidRequest, report: ProgressCallback, cancel: threading.Event
+    ) -> GenerationResult:
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        profile = self._fit_profile(request)
+        loaded = self._ensure_loaded(request.spec, request.task, profile, report)
+        timings["load_s"] = time.perf_counter() - started
+        if cancel.is_set():
+            raise GenerationCancelled()
+
+        pipe = loaded.pipe
+        first_frame = np.asarray(request.image) if request.image is not None else None
+        previewer = StepPreviewer(loaded.previews, first_frame=first_frame)
+        step_times: list[float] = []
+        preview_cost = [0.0]
+        last_step_end = [time.perf_counter()]
+        denoise_start = last_step_end[0]
+
+        def on_step(pipeline, i: int, t, tensors: dict) -> dict:
+            now = time.perf_counter()
+            step_times.append(now - last_step_end[0])
+            if cancel.is_set():
+                raise GenerationCancelled()
+            t0 = time.perf_counter()
+            sigma = float(pipeline.scheduler.sigmas[pipeline.scheduler.step_index])
+            preview = previewer(tensors["latents"], sigma)
+            preview_cost[0] += time.perf_counter() - t0
+            step = i + 1
+            mean_step = sum(step_times) / len(step_times)
+            remaining = request.steps - step
+            report(
+                Progress(
+                    "denoise", step / request.steps, f"Step {step}/{request.steps}", step=step,
+                    total_steps=request.steps, eta_s=remaining * mean_step, preview=preview,
+                )
+            )  # fmt: skip
+            last_step_end[0] = time.perf_counter()
+            return {}
+
+        kwargs = dict(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt or None,
+            height=request.height,
+            width=request.width,
+            num_frames=request.frames,
+            num_inference_steps=request.steps,
+            guidance_scale=request.guidance_scale,
+            generator=torch.Generator("cpu").manual_seed(request.seed),
+            output_type="np",
+            callback_on_step_end=on_step,
+            callback_on_step_end_tensor_inputs=["latents"],
+        )
+        if request.guidance_scale_2 is not None:
+            kwargs["guidance_scale_2"] = request.guidance_scale_2
+        if request.task == IMAGE_TO_VIDEO:
+            kwargs["image"] = request.image
+        report(Progress("denoise", 0.0, f"Starting {request.steps} steps", step=0, total_steps=request.steps))
+        try:
+            output = pipe(**kwargs)
+        except GenerationCancelled:
+            _free_memory()
+            raise
+        except torch.OutOfMemoryError as err:
+            del err  # the traceback pins the tensors that filled the GPU
+            pipe.maybe_free_model_hooks()
+            _free_memory()
+            need = estimate_need(request.spec, loaded.profile, request.width, request.height, request.frames)
+            raise OutOfMemoryError(
+                f"Out of GPU memory at {request.width}x{request.height}, {request.frames} frames with the "
+                f"'{loaded.profile.name}' memory profile (estimated {need.vram_gb:.1f} GB). Memory was freed: "
+                f"try a leaner memory profile, a smaller size or fewer frames."
+            ) from None
+        finished = time.perf_counter()
+        timings["denoise_s"] = last_step_end[0] - denoise_start
+        timings["step_s_mean"] = sum(step_times) / max(1, len(step_times))
+        timings["preview_s_per_step"] = preview_cost[0] / max(1, len(step_times))
+        timings["decode_s"] = finished - last_step_end[0]
+        frames = (np.asarray(output.frames[0]) * 255.0).round().clip(0, 255).astype(np.uint8)
+        del output
+        report(Progress("decode", 1.0, "Decoded"))
+        timings["total_s"] = time.perf_counter() - started
+        return GenerationResult(request, frames, timings, loaded.profile.name, _device_of(loaded), loaded.revision)
+
+    # ---- loading -----------------------------------------------------------------------------
+    def _fit_profile(self, request: ValidRequest) -> Profile:
+        """Refuse before any work if the request cannot fit; memory held by our own model counts as free."""
+        budget = self.memory_probe()
+        loaded = self._loaded
+        if loaded is not None and loaded.spec.id == request.spec.id and budget.device == "cuda":
+            current = estimate_need(loaded.spec, loaded.profile, *loaded.spec.default_size, loaded.spec.frames)
+            budget = MemoryBudget(budget.vram_gb + current.vram_gb, budget.ram_gb + current.ram_gb, budget.device)
+        return choose_profile(
+            request.spec, request.width, request.height, request.frames, budget, self.requested_profile
+        )
+
+    def _ensure_loaded(self, spec: ModelSpec, task: str, profile: Profile, report: ProgressCallback) -> _Loaded:
+        current = self._loaded
+        if current is not None and current.spec.id == spec.id and current.profile == profile:
+            if current.task != task:
+                report(Progress("load", 0.5, f"Switching to {TASK_NAMES[task]} (weights stay loaded)"))
+                current.pipe.remove_all_hooks()  # offload hooks are per pipeline object
+                current.pipe = _switch_task(current.pipe, task)
+                current.task = task
+                _place(current.pipe, profile, prepare_modules=False)
+            return current
+
+        reuse = {}
+        if (
+            current is not None
+            and current.spec.shared_components
+            and current.spec.shared_components == spec.shared_components
+            and current.profile == profile
+        ):
+            current.pipe.remove_all_hooks()
+            reuse = {name: getattr(current.pipe, name) for name in ("tokenizer", "text_encoder", "vae")}
+        self._loaded = None
+        del current
+        _free_memory()
+
+        def on_download(fraction: float, message: str) -> None:
+            report(Progress("download", fraction, message))
+
+        weights = resolve_weights(spec, self.offline, on_download)
+        report(Progress("load", 0.0, f"Loading {spec.label} ({profile.label})"))
+        pipe = self._from_pretrained(spec, task, weights.path, profile, reuse)
+        report(Progress("load", 0.9, "Fitting the live-preview colours"))
+        previews = load_or_fit(pipe.vae, self.cache_dir / "previews", f"{spec.id}@{weights.revision}")
+        report(Progress("load", 1.0, f"{spec.label} is ready"))
+        self._loaded = _Loaded(spec, task, pipe, profile, weights.revision, previews)
+        return self._loaded
+
+    def _from_pretrained(self, spec: ModelSpec, task: str, path: Path, profile: Profile, reuse: dict):
+        from diffusers import UniPCMultistepScheduler
+
+        on_gpu = profile.placement != "cpu"
+        dtype = (
+            {"default": torch.bfloat16, "vae": torch.float32, "image_encoder": torch.float32}
+            if on_gpu
+            else torch.float32
+        )
+        pipe = _pipeline_class(task).from_pretrained(str(path), dtype=dtype, **reuse)
+        pipe.set_progress_bar_config(disable=True)  # callers draw their own from Progress reports
+        self.loads += 1
+        if isinstance(pipe.scheduler, UniPCMultistepScheduler):
+            pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config, flow_shift=spec.flow_shift)
+        _place(pipe, profile, prepare_modules=True)
+        return pipe
+
+
+def _switch_task(pipe, task: str):
+    """The other task's pipeline class around the very same modules: nothing is reloaded or copied."""
+    cls = _pipeline_class(task)
+    accepted = inspect.signature(cls.__init__).parameters
+    modules = {name: module for name, module in pipe.components.items() if name in accepted}
+    new = cls(**modules, boundary_ratio=pipe.config.boundary_ratio, expand_timesteps=pipe.config.expand_timesteps)
+    new.set_progress_bar_config(disable=True)
+    return new
+
+
+def _transformers(pipe) -> list[torch.nn.Module]:
+    return [m for m in (pipe.transformer, getattr(pipe, "transformer_2", None)) if m is not None]
+
+
+def _place(pipe, profile: Profile, prepare_modules: bool) -> None:
+    """Put a pipeline where its profile says. Module-level changes (fp8, tiling, group offload) stay on
+    the modules and are applied once; pipeline-level model offload hooks are set per pipeline object."""
+    if profile.placement == "cpu":
+        pipe.to("cpu")
+        return
+    if prepare_modules:
+        if profile.fp8:
+            for transformer in _transformers(pipe):
+                transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
+        if profile.vae_tiling:
+            pipe.vae.enable_tiling()
+    if profile.placement == "gpu":
+        pipe.to("cuda")
+    elif profile.placement == "model_offload":
+        pipe.enable_model_cpu_offload()
+    elif profile.placement == "group_offload" and prepare_modules:
+        pipe.enable_group_offload(
+            onload_device=torch.device("cuda"),
+            offload_device=torch.device("cpu"),
+            offload_type="block_level",
+            num_blocks_per_group=1,
+            use_stream=True,
+            exclude_modules=["vae"],
+        )
+        pipe.vae.to("cuda")
+
+
+def _device_of(loaded: _Loaded) -> str:
+    if loaded.profile.placement == "cpu":
+        return "cpu"
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cuda"
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.ipc_collect()

@@ -1,0 +1,144 @@
+"""Memory profiles: where the model's weights live while it runs, picked from free VRAM and RAM.
+
+Profiles go from fastest to leanest. `auto` takes the first whose estimate fits with a safety margin;
+a request that fits no profile is refused before any work starts with a message that says what to
+change. Estimates come from the catalogue's weight sizes; `bench/bench_generate.py` measures reality.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from pipelines.catalogue import ModelSpec
+
+AUTO = "auto"
+SAFETY_MARGIN = 0.9  # use at most 90% of what is free
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    label: str
+    placement: str  # "gpu" | "model_offload" | "group_offload" | "cpu"
+    fp8: bool  # transformer weights stored in float8, computed in bf16 (layerwise casting)
+    vae_tiling: bool
+
+
+PROFILES: dict[str, Profile] = {
+    p.name: p
+    for p in (
+        Profile("gpu", "Everything on the GPU (fastest)", "gpu", fp8=False, vae_tiling=False),
+        Profile("gpu_fp8", "Everything on the GPU, fp8 weights", "gpu", fp8=True, vae_tiling=True),
+        Profile("offload", "Model CPU offload", "model_offload", fp8=False, vae_tiling=True),
+        Profile("offload_fp8", "Model CPU offload, fp8 weights", "model_offload", fp8=True, vae_tiling=True),
+        Profile("group_offload", "Group offload with CUDA streams, fp8 (lowest VRAM)", "group_offload", fp8=True,
+                vae_tiling=True),  # fmt: skip
+        Profile("cpu", "CPU only (no GPU found; test models)", "cpu", fp8=False, vae_tiling=False),
+    )
+}
+GPU_PROFILES = tuple(name for name, p in PROFILES.items() if p.placement != "cpu")
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """Free memory in GB; vram_gb is 0 when there is no GPU."""
+
+    vram_gb: float
+    ram_gb: float
+    device: str  # "cuda" or "cpu"
+
+
+@dataclass(frozen=True)
+class MemoryNeed:
+    vram_gb: float
+    ram_gb: float
+
+
+class DoesNotFitError(RuntimeError):
+    pass
+
+
+def probe_memory() -> MemoryBudget:
+    """What this process can use right now."""
+    ram = _available_ram_gb()
+    if torch.cuda.is_available():
+        free, _total = torch.cuda.mem_get_info()
+        # Memory our own caching allocator holds but does not use is free for us too.
+        reserved_unused = torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+        fraction_cap = _fraction_cap_gb()
+        vram = (free + reserved_unused) / 2**30
+        if fraction_cap is not None:
+            vram = min(vram, fraction_cap - torch.cuda.memory_allocated() / 2**30)
+        return MemoryBudget(vram_gb=vram, ram_gb=ram, device="cuda")
+    return MemoryBudget(vram_gb=0.0, ram_gb=ram, device="cpu")
+
+
+def _fraction_cap_gb() -> float | None:
+    """WAN_STUDIO_VRAM_CAP_GB stands in for a smaller card; the benchmark sets it beside
+    torch.cuda.set_per_process_memory_fraction, which torch does not let us read back."""
+    cap = os.environ.get("WAN_STUDIO_VRAM_CAP_GB")
+    return float(cap) if cap else None
+
+
+def _available_ram_gb() -> float:
+    try:
+        import psutil
+
+        return psutil.virtual_memory().available / 2**30
+    except ImportError:  # psutil comes with gradio; fall back for a bare engine install
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 2**20
+    return 0.0
+
+
+def estimate_need(spec: ModelSpec, profile: Profile, width: int, height: int, frames: int) -> MemoryNeed:
+    """A deliberately simple model: resident weights plus activations scaled by the latent volume."""
+    w = spec.weights
+    scale = (width * height * frames) / (spec.default_size[0] * spec.default_size[1] * spec.frames)
+    act = w.activations_gb * scale
+    transformer = w.transformer_gb * (0.5 if profile.fp8 else 1.0)
+    all_transformers = transformer * w.experts
+    vae_decode = w.vae_gb + (1.0 if profile.vae_tiling else 4.0 * scale)
+    host = all_transformers + w.text_encoder_gb + w.vae_gb
+    if profile.placement == "cpu":
+        return MemoryNeed(0.0, host + act + vae_decode)
+    if profile.placement == "gpu":
+        return MemoryNeed(all_transformers + w.text_encoder_gb + max(act, vae_decode), 2.0)
+    if profile.placement == "model_offload":
+        return MemoryNeed(max(w.text_encoder_gb, transformer + act, vae_decode), host + 2.0)
+    # group offload: a few blocks of one model at a time
+    return MemoryNeed(1.5 + act + vae_decode, host + 2.0)
+
+
+def choose_profile(
+    spec: ModelSpec, width: int, height: int, frames: int, budget: MemoryBudget, requested: str = AUTO
+) -> Profile:
+    """The requested profile if it fits, else (for auto) the fastest that fits; DoesNotFitError otherwise."""
+    if budget.device == "cpu":
+        if requested not in (AUTO, "cpu"):
+            raise DoesNotFitError(f"The '{requested}' memory profile needs a CUDA GPU, and none was found.")
+        candidates = [PROFILES["cpu"]]
+    elif requested == AUTO:
+        candidates = [PROFILES[name] for name in GPU_PROFILES]
+    elif requested in GPU_PROFILES:
+        candidates = [PROFILES[requested]]
+    else:
+        raise DoesNotFitError(f"Unknown memory profile '{requested}'. Use auto or one of: {', '.join(PROFILES)}.")
+
+    for profile in candidates:
+        need = estimate_need(spec, profile, width, height, frames)
+        if need.vram_gb <= budget.vram_gb * SAFETY_MARGIN and need.ram_gb <= budget.ram_gb * SAFETY_MARGIN:
+            return profile
+    leanest = candidates[-1]
+    need = estimate_need(spec, leanest, width, height, frames)
+    raise DoesNotFitError(
+        f"{spec.name} at {width}x{height}, {frames} frames needs about {need.vram_gb:.1f} GB of GPU memory and "
+        f"{need.ram_gb:.1f} GB of RAM with the '{leanest.name}' profile, but {budget.vram_gb:.1f} GB and "
+        f"{budget.ram_gb:.1f} GB are free. Try a smaller size, fewer frames, "
+        f"{'a leaner memory profile, ' if requested != AUTO else ''}or a lighter model, or close other programs."
+    )

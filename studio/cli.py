@@ -1,0 +1,131 @@
+"""`python app.py generate ...`: one clip from the command line, progress on stderr, the MP4's path last on stdout.
+
+Exit codes: 0 done, 2 bad input (the message names the field), 1 any other failure, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pipelines.catalogue import DEFAULT_MODEL, UnknownModelError
+from pipelines.memory import AUTO, PROFILES, DoesNotFitError
+from pipelines.request import GenerationRequest, RequestError, validate_request
+
+DEFAULT_OUT_DIR = "outputs"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="app.py generate", description="Generate one video clip without the studio.")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="catalogue id or local diffusers folder (default: %(default)s)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--negative-prompt", default=None, help="default: the model's own")
+    p.add_argument("--image", type=Path, default=None, help="a picture: makes it image-to-video")
+    p.add_argument("--size", default=None, help="WIDTHxHEIGHT, e.g. 1280x704 (default: the model's)")
+    p.add_argument("--frames", type=int, default=None, help="4n+1 frames (default: the model's)")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--guidance-2", type=float, default=None, help="low-noise expert's guidance (A14B models)")
+    p.add_argument("--seed", type=int, default=None, help="default: random (printed)")
+    p.add_argument("--out-dir", type=Path, default=Path(DEFAULT_OUT_DIR))
+    p.add_argument("--profile", default=AUTO, choices=[AUTO, *PROFILES], help="memory profile (default: auto)")
+    p.add_argument("--offline", action="store_true", help="never contact the Hugging Face Hub")
+    return p
+
+
+def parse_size(text: str | None) -> tuple[int | None, int | None]:
+    if text is None:
+        return None, None
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise RequestError({"size": f"--size must look like 1280x704; got '{text}'."}) from None
+    return width, height
+
+
+class _Bars:
+    """One tqdm bar per stage on stderr."""
+
+    def __init__(self) -> None:
+        self.bar: tqdm | None = None
+        self.stage: str | None = None
+
+    def __call__(self, progress) -> None:
+        if progress.stage != self.stage:
+            self.close()
+            self.stage = progress.stage
+            total = progress.total_steps if progress.stage == "denoise" else 100
+            unit = "step" if progress.stage == "denoise" else "%"
+            self.bar = tqdm(total=total, desc=progress.stage, unit=unit, file=sys.stderr, dynamic_ncols=True)
+        if progress.stage == "denoise" and progress.step is not None:
+            self.bar.n = progress.step
+        else:
+            self.bar.n = round(progress.fraction * 100)
+        self.bar.set_postfix_str(progress.message[:60], refresh=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    _quiet_libraries()
+    from pipelines.clip import save_clip
+    from pipelines.manager import GenerationCancelled, OutOfMemoryError, PipelineManager
+    from pipelines.weights import ModelUnavailableError
+
+    try:
+        width, height = parse_size(args.size)
+        request = validate_request(
+            GenerationRequest(
+                prompt=args.prompt, model=args.model, negative_prompt=args.negative_prompt,
+                image=args.image, width=width, height=height, frames=args.frames, steps=args.steps,
+                guidance_scale=args.guidance, guidance_scale_2=args.guidance_2, seed=args.seed,
+            ),
+            default_model=DEFAULT_MODEL,
+        )  # fmt: skip
+    except (RequestError, UnknownModelError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    print(
+        f"{request.spec.label}: {request.width}x{request.height}, {request.frames} frames at {request.fps} fps, "
+        f"{request.steps} steps, seed {request.seed}",
+        file=sys.stderr,
+    )
+    bars = _Bars()
+    manager = PipelineManager(profile=args.profile, offline=args.offline)
+    try:
+        result = manager.generate(request, on_progress=bars)
+        bars.close()
+        files = save_clip(result, args.out_dir)
+    except (DoesNotFitError, OutOfMemoryError, ModelUnavailableError) as err:
+        bars.close()
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, GenerationCancelled):
+        bars.close()
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
+    print(f"seed {request.seed}; {result.timings['total_s']:.1f} s; sidecar {files.sidecar}", file=sys.stderr)
+    print(files.video)
+    return 0
+
+
+def _quiet_libraries() -> None:
+    """Our bars replace the libraries' own; their warnings stay."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()

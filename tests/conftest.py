@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Tests never touch the hub: offline flags on, test models built into a cache shared by the whole run.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WAN_STUDIO_CACHE", os.path.join(tempfile.gettempdir(), "wan-studio-test-cache"))
+
+
+@pytest.fixture(scope="session")
+def manager():
+    """One manager for the engine tests, like the one the studio keeps: models stay loaded between tests."""
+    from pipelines.manager import PipelineManager
+
+    return PipelineManager(offline=True)
+
+
+@pytest.fixture
+def out_dir(tmp_path: Path) -> Path:
+    return tmp_path / "outputs"

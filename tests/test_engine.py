@@ -1,0 +1,181 @@
+"""End-to-end engine tests on the offline test models: request -> manager -> frames -> MP4 -> decoded again."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines.clip import save_clip
+from pipelines.manager import BusyError, GenerationCancelled, OutOfMemoryError, PipelineManager
+from pipelines.memory import DoesNotFitError, MemoryBudget
+from pipelines.request import GenerationRequest, validate_request
+from pipelines.video import read_sidecar
+from tests.media import decode_video, moov_before_mdat, probe
+
+TINY = "test-tiny"
+
+
+def valid(**fields):
+    fields.setdefault("prompt", "a red cat walks in the rain")
+    fields.setdefault("model", TINY)
+    fields.setdefault("seed", 1234)
+    return validate_request(GenerationRequest(**fields), default_model=TINY)
+
+
+def picture() -> np.ndarray:
+    y, x = np.mgrid[0:64, 0:96]
+    return np.stack([x * 2, y * 3, np.full_like(x, 128)], axis=-1).astype(np.uint8)
+
+
+def test_text_to_video_end_to_end(manager, out_dir):
+    request = valid(frames=13, width=64, height=96)
+    events = []
+    result = manager.generate(request, on_progress=events.append)
+    files = save_clip(result, out_dir)
+
+    frames, fps = decode_video(files.video)
+    assert frames.shape == (13, 96, 64, 3)
+    assert fps == pytest.approx(8.0)
+    stream = next(s for s in probe(files.video)["streams"] if s["codec_type"] == "video")
+    assert (stream["codec_name"], stream["pix_fmt"]) == ("h264", "yuv420p")
+    assert moov_before_mdat(files.video)
+    # the decoded clip is the generated frames: random-weight output is pixel noise, which 4:2:0 H.264
+    # blurs, so compare what survives it, the colour of 16x16 blocks
+    def blocks(v):
+        return v.reshape(13, 6, 16, 4, 16, 3).mean(axis=(2, 4))
+
+    assert np.abs(blocks(frames.astype(float)) - blocks(result.frames.astype(float))).mean() < 3
+
+    denoise = [e for e in events if e.stage == "denoise" and e.preview is not None]
+    assert [e.step for e in denoise] == [1, 2, 3, 4]  # one preview per step, in order
+    assert all(e.preview.dtype == np.uint8 and e.preview.ndim == 4 for e in denoise)
+    assert events[-1].stage == "decode"  # every preview came before the final clip
+    assert denoise[-1].eta_s == 0
+
+
+def test_sidecar_round_trips_every_setting(manager, out_dir):
+    request = valid(negative_prompt="blur", steps=3, guidance_scale=4.5)
+    files = save_clip(manager.generate(request), out_dir)
+    sidecar = read_sidecar(files.video)
+    assert json.loads(files.sidecar.read_text()) == sidecar
+    assert sidecar["file"] == files.video.name
+    assert sidecar["model"] == TINY and sidecar["is_test_model"] is True
+    assert sidecar["model_revision"].startswith("random-weights-v")
+    assert sidecar["app"] == "Wan Studio" and sidecar["app_version"]
+    assert {"load_s", "denoise_s", "decode_s", "total_s", "preview_s_per_step"} <= set(sidecar["timings"])
+    # the stored settings rebuild the same request
+    settings = dict(sidecar["settings"])
+    settings.pop("fps")
+    rebuilt = validate_request(GenerationRequest(**settings), default_model=TINY)
+    assert rebuilt.settings() == request.settings()
+
+
+def test_same_seed_same_frames_other_seed_other_frames(manager):
+    first = manager.generate(valid(seed=42)).frames
+    again = manager.generate(valid(seed=42)).frames
+    other = manager.generate(valid(seed=43)).frames
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_image_to_video_end_to_end_and_switch_reuses_components(manager, out_dir):
+    manager.generate(valid())  # text-to-video resident
+    before = manager.pipeline
+    loads = manager.loads
+    events = []
+    result = manager.generate(valid(image=picture(), frames=9), on_progress=events.append)
+    after = manager.pipeline
+    assert manager.loaded[:2] == (TINY, "i2v")
+    assert manager.loads == loads  # nothing reloaded from disk
+    for name in ("transformer", "text_encoder", "vae", "tokenizer"):
+        assert getattr(after, name) is getattr(before, name), name
+
+    files = save_clip(result, out_dir)
+    frames, _ = decode_video(files.video)
+    assert frames.shape == (9, 64, 96, 3)
+    assert files.input_image is not None and files.input_image.is_file()
+    assert read_sidecar(files.video)["input_image"] == files.input_image.name
+    # image-to-video previews show the input picture as frame 0
+    preview = next(e.preview for e in events if e.preview is not None)
+    assert np.abs(preview[0, 80, :, 0].astype(int) - np.linspace(0, 190, preview.shape[2])).mean() < 20
+
+    manager.generate(valid())  # and back again, still without a load
+    assert manager.loads == loads and manager.pipeline.transformer is before.transformer
+
+
+def test_wan21_layout_model_runs(manager, out_dir):
+    result = manager.generate(valid(model="test-tiny-wan21", frames=5))
+    assert result.frames.shape == (5, 48, 64, 3)
+
+
+def test_cancel_stops_within_one_step_and_the_next_run_works(manager):
+    cancel = threading.Event()
+    steps_seen = []
+
+    def on_progress(progress):
+        if progress.stage == "denoise" and progress.step:
+            steps_seen.append(progress.step)
+            if progress.step == 2:
+                cancel.set()
+
+    with pytest.raises(GenerationCancelled):
+        manager.generate(valid(steps=8), on_progress=on_progress, cancel=cancel)
+    assert steps_seen == [1, 2]
+    assert not manager.busy
+    assert manager.generate(valid(steps=2)).frames.shape[0] == 9
+
+
+def test_out_of_memory_is_caught_freed_and_the_next_run_works(manager, monkeypatch):
+    manager.generate(valid())
+    transformer = manager.pipeline.transformer
+    real_forward = transformer.forward
+    calls = {"n": 0}
+
+    def failing_forward(*args, **kwargs):
+        calls["n"] += 1
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(transformer, "forward", failing_forward)
+    with pytest.raises(OutOfMemoryError) as info:
+        manager.generate(valid())
+    assert "Out of GPU memory at 96x64, 9 frames" in str(info.value)
+    assert "Traceback" not in str(info.value) and calls["n"] == 1
+    monkeypatch.setattr(transformer, "forward", real_forward)
+    assert manager.generate(valid()).frames.shape == (9, 64, 96, 3)
+
+
+def test_a_request_that_cannot_fit_fails_before_loading():
+    tight = PipelineManager(offline=True, memory_probe=lambda: MemoryBudget(vram_gb=0.0, ram_gb=0.01, device="cpu"))
+    with pytest.raises(DoesNotFitError) as info:
+        tight.generate(valid())
+    assert "GB of RAM" in str(info.value) and "Try a smaller size, fewer frames" in str(info.value)
+    assert tight.loads == 0 and tight.loaded is None
+
+
+def test_one_generation_at_a_time(manager):
+    started, release = threading.Event(), threading.Event()
+
+    def slow(progress):
+        if progress.stage == "denoise" and progress.step == 1:
+            started.set()
+            release.wait(30)
+
+    worker = threading.Thread(target=manager.generate, args=(valid(),), kwargs={"on_progress": slow})
+    worker.start()
+    assert started.wait(60)
+    with pytest.raises(BusyError, match="busy"):
+        manager.generate(valid(), wait=False)
+    release.set()
+    worker.join(60)
+    assert not manager.busy
+
+
+def test_unload_frees_the_model(manager):
+    manager.generate(valid())
+    manager.unload()
+    assert manager.loaded is None and manager.pipeline is None
+    assert manager.generate(valid()).frames.shape[0] == 9
