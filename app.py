@@ -1,7 +1,7 @@
 """Wan Studio entry point.
 
-    python app.py                       start the studio (http://127.0.0.1:7860)
-    python app.py generate --prompt ... make one clip headless; prints the MP4's path last
+python app.py                       start the studio (http://127.0.0.1:7860)
+python app.py generate --prompt ... make one clip headless; prints the MP4's path last
 """
 
 from __future__ import annotations

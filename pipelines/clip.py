@@ -38,7 +38,11 @@ def sidecar_for(result: GenerationResult) -> dict:
         "memory_profile": result.profile,
         "device": result.device,
         "timings": {k: round(v, 4) for k, v in result.timings.items()},
-        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version()},
+        "versions": {
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "python": platform.python_version(),
+        },
     }
 
 

@@ -34,8 +34,13 @@ PROFILES: dict[str, Profile] = {
         Profile("gpu_fp8", "Everything on the GPU, fp8 weights", "gpu", fp8=True, vae_tiling=True),
         Profile("offload", "Model CPU offload", "model_offload", fp8=False, vae_tiling=True),
         Profile("offload_fp8", "Model CPU offload, fp8 weights", "model_offload", fp8=True, vae_tiling=True),
-        Profile("group_offload", "Group offload with CUDA streams, fp8 (lowest VRAM)", "group_offload", fp8=True,
-                vae_tiling=True),  # fmt: skip
+        Profile(
+            "group_offload",
+            "Group offload with CUDA streams, fp8 (lowest VRAM)",
+            "group_offload",
+            fp8=True,
+            vae_tiling=True,
+        ),  # fmt: skip
         Profile("cpu", "CPU only (no GPU found; test models)", "cpu", fp8=False, vae_tiling=False),
     )
 }

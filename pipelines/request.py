@@ -102,7 +102,9 @@ def validate_request(request: GenerationRequest, default_model: str) -> ValidReq
         problems["prompt"] = f"The prompt is {len(prompt)} characters; keep it under {MAX_PROMPT_CHARS}."
     negative = spec.negative_prompt if request.negative_prompt is None else request.negative_prompt.strip()
     if len(negative) > MAX_PROMPT_CHARS:
-        problems["negative_prompt"] = f"The negative prompt is {len(negative)} characters; keep it under {MAX_PROMPT_CHARS}."
+        problems["negative_prompt"] = (
+            f"The negative prompt is {len(negative)} characters; keep it under {MAX_PROMPT_CHARS}."
+        )
 
     image = None
     if task == IMAGE_TO_VIDEO:
@@ -179,7 +181,8 @@ def _resolve_frames(frames: int | None, spec: ModelSpec, problems: dict[str, str
     elif (frames - 1) % step:
         lower = (frames - 1) // step * step + 1
         problems["frames"] = (
-            f"The frame count must be {step}n+1 (like {spec.frames}); {frames} is not. Nearest: {lower} or {lower + step}."
+            f"The frame count must be {step}n+1 (like {spec.frames}); {frames} is not. "
+            f"Nearest: {lower} or {lower + step}."
         )
     return frames
 
@@ -188,7 +191,9 @@ def _int_in_range(name: str, value: int | None, default: int, low: int, high: in
     if value is None:
         return default
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        problems[name] = f"{name.replace('_', ' ').capitalize()} must be a whole number from {low} to {high}; got {value!r}."
+        problems[name] = (
+            f"{name.replace('_', ' ').capitalize()} must be a whole number from {low} to {high}; got {value!r}."
+        )
     return value
 
 
@@ -196,7 +201,9 @@ def _float_in_range(name: str, value: float | None, default: float, problems: di
     if value is None:
         return default
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= MAX_GUIDANCE:
-        problems[name] = f"{name.replace('_', ' ').capitalize()} must be a number from 0 to {MAX_GUIDANCE:g}; got {value!r}."
+        problems[name] = (
+            f"{name.replace('_', ' ').capitalize()} must be a number from 0 to {MAX_GUIDANCE:g}; got {value!r}."
+        )
         return default
     return float(value)
 

@@ -21,7 +21,9 @@ DEFAULT_OUT_DIR = "outputs"
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="app.py generate", description="Generate one video clip without the studio.")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="catalogue id or local diffusers folder (default: %(default)s)")
+    p.add_argument(
+        "--model", default=DEFAULT_MODEL, help="catalogue id or local diffusers folder (default: %(default)s)"
+    )
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", default=None, help="default: the model's own")
     p.add_argument("--image", type=Path, default=None, help="a picture: makes it image-to-video")

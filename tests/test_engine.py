@@ -43,6 +43,7 @@ def test_text_to_video_end_to_end(manager, out_dir):
     stream = next(s for s in probe(files.video)["streams"] if s["codec_type"] == "video")
     assert (stream["codec_name"], stream["pix_fmt"]) == ("h264", "yuv420p")
     assert moov_before_mdat(files.video)
+
     # the decoded clip is the generated frames: random-weight output is pixel noise, which 4:2:0 H.264
     # blurs, so compare what survives it, the colour of 16x16 blocks
     def blocks(v):
