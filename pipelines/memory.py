@@ -1,6 +1,6 @@
 """Memory profiles: where the model's weights live while it runs, picked from free VRAM and RAM.
 
-Profiles go from fastest to leanest. `auto` takes the first whose estimate fits with a safety margin;
+Profiles go from fastest at full precision to leanest. `auto` takes the first whose estimate fits with a safety margin;
 a request that fits no profile is refused before any work starts with a message that says what to
 change. Estimates come from the catalogue's weight sizes; `bench/bench_generate.py` measures reality.
 """
@@ -30,9 +30,10 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     p.name: p
     for p in (
+        # Full-precision weights first: offload costs some speed, fp8 costs some quality.
         Profile("gpu", "Everything on the GPU (fastest)", "gpu", fp8=False, vae_tiling=False),
-        Profile("gpu_fp8", "Everything on the GPU, fp8 weights", "gpu", fp8=True, vae_tiling=True),
         Profile("offload", "Model CPU offload", "model_offload", fp8=False, vae_tiling=True),
+        Profile("gpu_fp8", "Everything on the GPU, fp8 weights", "gpu", fp8=True, vae_tiling=True),
         Profile("offload_fp8", "Model CPU offload, fp8 weights", "model_offload", fp8=True, vae_tiling=True),
         Profile(
             "group_offload",
@@ -40,7 +41,7 @@ PROFILES: dict[str, Profile] = {
             "group_offload",
             fp8=True,
             vae_tiling=True,
-        ),  # fmt: skip
+        ),
         Profile("cpu", "CPU only (no GPU found; test models)", "cpu", fp8=False, vae_tiling=False),
     )
 }

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs everything the tests need on a fresh Debian machine, then lints and runs the test suite.
+# Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v ffprobe >/dev/null 2>&1 || missing+=(ffmpeg)          # ffprobe: tests and Gradio's video checks
+[ -x /usr/bin/chromium ] || missing+=(chromium)                    # the browser test's browser
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+py=.venv/bin/python
+# The CPU build of torch keeps the test install small; requirements.txt's range accepts it.
+"$py" -m pip install -q --disable-pip-version-check "torch==2.13.0"
+"$py" -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+
+"$py" -m ruff check .
+"$py" -m ruff format --check .
+"$py" -m pytest -q "$@"

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipelines.catalogue import CATALOGUE, DEFAULT_MODEL
+from pipelines.memory import DoesNotFitError, MemoryBudget, choose_profile, estimate_need
+from pipelines.preview import estimate_x0, fit_latent_to_rgb, load_or_fit
+
+
+def test_x0_estimate_is_exact_for_an_euler_flow_step():
+    x0, noise = torch.randn(4, 3, 5, 5), torch.randn(4, 3, 5, 5)
+    at = lambda s: (1 - s) * x0 + s * noise  # noqa: E731
+    estimate = estimate_x0(at(0.4), 0.4, at(0.7), 0.7)
+    assert torch.allclose(estimate, x0, atol=1e-5)
+    assert torch.equal(estimate_x0(at(0.0), 0.0, None, None), x0)  # the last step is the clean latent
+
+
+def test_latent_to_rgb_map_is_fitted_from_the_vae_and_cached(tmp_path):
+    from diffusers import AutoencoderKLWan
+
+    from pipelines.testmodels import ensure_test_model
+
+    vae = AutoencoderKLWan.from_pretrained(ensure_test_model("test-tiny") / "vae")
+    mapping = fit_latent_to_rgb(vae)
+    assert mapping.weight.shape == (48, 3)
+    # even for random weights the fitted map explains colour far better than a flat mean colour
+    assert mapping.fit_error < 0.75 * mapping.baseline_error
+    cached = load_or_fit(vae, tmp_path, "test-tiny@x")
+    again = load_or_fit(vae, tmp_path, "test-tiny@x")
+    assert len(list(tmp_path.glob("latent-rgb-*.json"))) == 1
+    assert torch.allclose(cached.weight, again.weight)
+
+
+GB24 = MemoryBudget(vram_gb=23.5, ram_gb=60.0, device="cuda")
+
+
+def test_profiles_for_a_24gb_card_follow_the_estimates():
+    five_b = CATALOGUE[DEFAULT_MODEL]
+    chosen = choose_profile(five_b, 1280, 704, 121, GB24)
+    assert chosen.placement == "model_offload"  # everything resident would not fit 24 GB
+    a14b = CATALOGUE["Wan-AI/Wan2.2-T2V-A14B-Diffusers"]
+    chosen = choose_profile(a14b, 832, 480, 81, GB24)
+    assert chosen.fp8  # two 14B experts fit only with fp8 weights
+    big = MemoryBudget(vram_gb=139.0, ram_gb=200.0, device="cuda")
+    assert choose_profile(five_b, 1280, 704, 121, big).name == "gpu"
+
+
+def test_a_request_too_big_for_the_card_says_what_to_change():
+    a14b = CATALOGUE["Wan-AI/Wan2.2-T2V-A14B-Diffusers"]
+    with pytest.raises(DoesNotFitError) as info:
+        choose_profile(a14b, 1280, 720, 81, MemoryBudget(vram_gb=8.0, ram_gb=16.0, device="cuda"))
+    message = str(info.value)
+    assert "1280x720, 81 frames" in message and "Try a smaller size" in message
+    with pytest.raises(DoesNotFitError, match="needs a CUDA GPU"):
+        choose_profile(a14b, 832, 480, 81, MemoryBudget(0.0, 64.0, "cpu"), requested="offload")
+
+
+def test_need_grows_with_size_and_shrinks_with_leaner_profiles():
+    from pipelines.memory import PROFILES
+
+    spec = CATALOGUE[DEFAULT_MODEL]
+    small = estimate_need(spec, PROFILES["offload"], 832, 480, 49)
+    large = estimate_need(spec, PROFILES["offload"], 1280, 704, 121)
+    assert small.vram_gb < large.vram_gb
+    vram = [estimate_need(spec, PROFILES[n], 1280, 704, 121).vram_gb for n in ("gpu", "offload", "group_offload")]
+    assert vram == sorted(vram, reverse=True)
