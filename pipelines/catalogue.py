@@ -33,6 +33,7 @@ class WeightSizes:
     text_encoder_gb: float  # UMT5-XXL encoder, bf16
     vae_gb: float
     activations_gb: float  # denoising working set at the model's default size and frame count
+    vae_decode_gb: float  # untiled VAE decode working set at the default size and frame count
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,9 @@ _TI2V_5B = ModelSpec(
     flow_shift=5.0,
     size_multiple=32,
     max_frames=121,
-    weights=WeightSizes(transformer_gb=10.0, experts=1, text_encoder_gb=11.4, vae_gb=1.4, activations_gb=4.0),
+    weights=WeightSizes(
+        transformer_gb=10.0, experts=1, text_encoder_gb=11.4, vae_gb=1.4, activations_gb=4.0, vae_decode_gb=8.0
+    ),
     license="Apache-2.0",
     description="One 5B model for both tasks; 720P on a 24 GB card. The default.",
     shared_components="wan22-5b",
@@ -109,7 +112,9 @@ _T2V_A14B = ModelSpec(
     flow_shift=12.0,
     size_multiple=16,
     max_frames=81,
-    weights=WeightSizes(transformer_gb=28.6, experts=2, text_encoder_gb=11.4, vae_gb=0.5, activations_gb=5.0),
+    weights=WeightSizes(
+        transformer_gb=28.6, experts=2, text_encoder_gb=11.4, vae_gb=0.5, activations_gb=5.0, vae_decode_gb=4.0
+    ),
     license="Apache-2.0",
     description="High-noise and low-noise 14B experts. Needs fp8 and offload on a 24 GB card.",
     shared_components="wan21-vae-umt5",
@@ -140,7 +145,9 @@ _T2V_1_3B = ModelSpec(
     flow_shift=3.0,
     size_multiple=16,
     max_frames=81,
-    weights=WeightSizes(transformer_gb=2.8, experts=1, text_encoder_gb=11.4, vae_gb=0.5, activations_gb=2.0),
+    weights=WeightSizes(
+        transformer_gb=2.8, experts=1, text_encoder_gb=11.4, vae_gb=0.5, activations_gb=2.0, vae_decode_gb=4.0
+    ),
     license="Apache-2.0",
     description="The light model for 8-12 GB cards.",
     shared_components="wan21-vae-umt5",
@@ -149,7 +156,9 @@ _T2V_1_3B = ModelSpec(
 TEST_TINY = "test-tiny"
 TEST_TINY_WAN21 = "test-tiny-wan21"
 
-_TEST_WEIGHTS = WeightSizes(transformer_gb=0.001, experts=1, text_encoder_gb=0.001, vae_gb=0.001, activations_gb=0.01)
+_TEST_WEIGHTS = WeightSizes(
+    transformer_gb=0.001, experts=1, text_encoder_gb=0.001, vae_gb=0.001, activations_gb=0.01, vae_decode_gb=0.01
+)
 
 _TEST_TI2V = ModelSpec(
     id=TEST_TINY,

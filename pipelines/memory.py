@@ -109,7 +109,8 @@ def estimate_need(spec: ModelSpec, profile: Profile, width: int, height: int, fr
     act = w.activations_gb * scale
     transformer = w.transformer_gb * (0.5 if profile.fp8 else 1.0)
     all_transformers = transformer * w.experts
-    vae_decode = w.vae_gb + (1.0 if profile.vae_tiling else 4.0 * scale)
+    # Tiling decodes a few latent tiles at a time: about a quarter of the untiled working set here.
+    vae_decode = w.vae_gb + w.vae_decode_gb * scale * (0.25 if profile.vae_tiling else 1.0)
     host = all_transformers + w.text_encoder_gb + w.vae_gb
     if profile.placement == "cpu":
         return MemoryNeed(0.0, host + act + vae_decode)

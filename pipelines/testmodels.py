@@ -136,3 +136,104 @@ def build_wan21(folder: Path) -> None:
 
 
 _BUILDERS = {TEST_TINY: build_ti2v, TEST_TINY_WAN21: build_wan21}
+
+
+# ---- Full-size architectures with random weights, for speed and memory benchmarks on a GPU ----------------
+# The published diffusers configs of the real repositories (architecture fields only). Random weights cost
+# the same compute and memory as the real ones, and need no download.
+_UMT5_XXL = dict(
+    vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+    relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
+    layer_norm_epsilon=1e-6, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+)  # fmt: skip
+_TRANSFORMER_COMMON = dict(
+    patch_size=(1, 2, 2), attention_head_dim=128, text_dim=4096, freq_dim=256, cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
+)  # fmt: skip
+FULL_SIZE_LAYOUTS = {
+    "Wan-AI/Wan2.2-TI2V-5B-Diffusers": dict(
+        transformer=dict(num_attention_heads=24, in_channels=48, out_channels=48, ffn_dim=14336, num_layers=30),
+        experts=1,
+        vae=dict(
+            base_dim=160,
+            decoder_base_dim=256,
+            z_dim=48,
+            dim_mult=[1, 2, 4, 4],
+            num_res_blocks=2,
+            temperal_downsample=[False, True, True],
+            is_residual=True,
+            patch_size=2,
+            in_channels=12,
+            out_channels=12,
+            scale_factor_spatial=16,
+            scale_factor_temporal=4,
+        ),  # fmt: skip
+        pipeline=dict(expand_timesteps=True),
+    ),
+    "Wan-AI/Wan2.2-T2V-A14B-Diffusers": dict(
+        transformer=dict(num_attention_heads=40, in_channels=16, out_channels=16, ffn_dim=13824, num_layers=40),
+        experts=2,
+        vae=dict(
+            base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True]
+        ),
+        pipeline=dict(boundary_ratio=0.875),
+    ),
+    "Wan-AI/Wan2.2-I2V-A14B-Diffusers": dict(
+        transformer=dict(num_attention_heads=40, in_channels=36, out_channels=16, ffn_dim=13824, num_layers=40),
+        experts=2,
+        vae=dict(
+            base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True]
+        ),
+        pipeline=dict(boundary_ratio=0.9),
+    ),
+    "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": dict(
+        transformer=dict(num_attention_heads=12, in_channels=16, out_channels=16, ffn_dim=8960, num_layers=30),
+        experts=1,
+        vae=dict(
+            base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True]
+        ),
+        pipeline=dict(),
+    ),
+}
+
+
+def full_size_components(model_id: str, device: str = "cpu", dtype: torch.dtype = torch.bfloat16) -> dict:
+    """The real model's modules with random weights (VAE in float32, as the pipeline runs it)."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    layout = FULL_SIZE_LAYOUTS[model_id]
+    z_dim = layout["vae"]["z_dim"]
+    with torch.device(device):
+        transformers = [
+            WanTransformer3DModel(**_TRANSFORMER_COMMON, **layout["transformer"]).to(dtype)
+            for _ in range(layout["experts"])
+        ]
+        text_encoder = UMT5EncoderModel(UMT5Config(**_UMT5_XXL)).to(dtype)
+        vae = AutoencoderKLWan(**layout["vae"], latents_mean=[0.0] * z_dim, latents_std=[1.0] * z_dim)
+    return {
+        "transformer": transformers[0],
+        "transformer_2": transformers[1] if len(transformers) > 1 else None,
+        "text_encoder": text_encoder.eval(),
+        "vae": vae.eval(),
+        **layout["pipeline"],
+    }
+
+
+def build_full_size_random(model_id: str, folder: Path, flow_shift: float) -> Path:
+    """Save a full-size random-weight copy of a catalogue model as a diffusers folder (bf16, tens of GB).
+
+    The tokenizer is this module's small one with the real vocabulary size's ids left unused: token ids
+    never exceed it, so the compute is the real model's.
+    """
+    from diffusers import WanImageToVideoPipeline, WanPipeline
+
+    if (folder / "model_index.json").is_file():
+        return folder
+    torch.manual_seed(0)
+    parts = full_size_components(model_id)
+    cls = WanImageToVideoPipeline if "I2V" in model_id else WanPipeline
+    pipe = cls(tokenizer=_tokenizer(), scheduler=_scheduler(flow_shift), **parts)
+    folder.mkdir(parents=True, exist_ok=True)
+    _save(pipe, folder, model_id)
+    return folder
