@@ -126,12 +126,16 @@ def choose_profile(
     spec: ModelSpec, width: int, height: int, frames: int, budget: MemoryBudget, requested: str = AUTO
 ) -> Profile:
     """The requested profile if it fits, else (for auto) the fastest that fits; DoesNotFitError otherwise."""
+    automatic = requested.partition(":")[0] == AUTO  # "auto", or "auto:fp8" / "auto:bf16" to fix the precision
     if budget.device == "cpu":
-        if requested not in (AUTO, "cpu"):
+        if not automatic and requested != "cpu":
             raise DoesNotFitError(f"The '{requested}' memory profile needs a CUDA GPU, and none was found.")
         candidates = [PROFILES["cpu"]]
-    elif requested == AUTO:
-        candidates = [PROFILES[name] for name in GPU_PROFILES]
+    elif automatic:
+        precision = requested.partition(":")[2]
+        candidates = [
+            PROFILES[name] for name in GPU_PROFILES if not precision or PROFILES[name].fp8 == (precision == "fp8")
+        ]
     elif requested in GPU_PROFILES:
         candidates = [PROFILES[requested]]
     else:
@@ -147,5 +151,5 @@ def choose_profile(
         f"{spec.name} at {width}x{height}, {frames} frames needs about {need.vram_gb:.1f} GB of GPU memory and "
         f"{need.ram_gb:.1f} GB of RAM with the '{leanest.name}' profile, but {budget.vram_gb:.1f} GB and "
         f"{budget.ram_gb:.1f} GB are free. Try a smaller size, fewer frames, "
-        f"{'a leaner memory profile, ' if requested != AUTO else ''}or a lighter model, or close other programs."
+        f"{'a leaner memory profile, ' if not automatic else ''}or a lighter model, or close other programs."
     )

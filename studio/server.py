@@ -1,0 +1,129 @@
+"""`python app.py`: start the studio. Flags beat saved settings; saved settings beat defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+# No telemetry: set before Gradio is imported anywhere.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from pipelines.catalogue import get_spec  # noqa: E402
+from pipelines.manager import PipelineManager  # noqa: E402
+from pipelines.video import clean_temporaries  # noqa: E402
+from studio.jobs import JobQueue, default_generate  # noqa: E402
+from studio.settings import Settings, config_dir, load_settings  # noqa: E402
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+AUTH_ENV = "WAN_STUDIO_AUTH"
+
+
+class Studio:
+    """What the page works on: the settings, one pipeline manager, and the job queue in front of it."""
+
+    def __init__(self, settings: Settings, offline: bool = False, include_test_models: bool = False,
+                 settings_warning: str | None = None):  # fmt: skip
+        self.settings = settings
+        self.settings_warning = settings_warning
+        self.include_test_models = include_test_models or get_spec(settings.model).is_test
+        self.output_dir = Path(settings.output_dir).expanduser().resolve()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        clean_temporaries(self.output_dir)
+        self.manager = PipelineManager(profile=settings.profile_choice, offline=offline)
+        self.jobs = JobQueue(self.manager, self.output_dir, settings.model, generate=gpu_generate_fn())
+
+    def apply_settings(self, settings: Settings) -> None:
+        """Model, profile and form defaults apply to the next job; the output folder after a restart."""
+        self.settings = settings
+        self.manager.requested_profile = settings.profile_choice
+        self.jobs.default_model = settings.model
+
+
+def gpu_generate_fn():
+    """On a ZeroGPU Space the GPU exists only inside functions decorated with spaces.GPU; elsewhere
+    (no `spaces` package) generation runs as it is."""
+    try:
+        import spaces
+    except ImportError:
+        return default_generate
+
+    def duration(manager, request, report, cancel) -> int:
+        spec = request.spec
+        scale = request.width * request.height * request.frames / (1280 * 704 * 121)
+        return int(min(600, 60 + request.steps * 6 * scale * spec.weights.transformer_gb / 10))
+
+    return spaces.GPU(duration=duration)(default_generate)
+
+
+def parse_auth(value: str | None) -> tuple[str, str] | None:
+    if not value:
+        return None
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:
+        raise SystemExit("--auth must look like USER:PASSWORD")
+    return user, password
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="app.py", description="Wan Studio: a local studio for the Wan2.2 video models.")
+    p.add_argument("--host", default=os.environ.get("WAN_STUDIO_HOST", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("WAN_STUDIO_PORT", "7860")))
+    p.add_argument("--model", default=None, help="default model (catalogue id or local folder)")
+    p.add_argument("--output-dir", default=None, help="where clips and the history live (default: outputs)")
+    p.add_argument("--share", action="store_true", help="a Gradio public link; turns authentication on")
+    p.add_argument("--auth", default=os.environ.get(AUTH_ENV), help=f"USER:PASSWORD (or set {AUTH_ENV})")
+    p.add_argument("--offline", action="store_true", help="never contact the Hugging Face Hub")
+    p.add_argument("--show-test-models", action="store_true", help="list the tiny random-weight models too")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    settings, warning = load_settings()
+    overrides = {}
+    if args.model:
+        overrides["model"] = args.model
+    if args.output_dir:
+        overrides["output_dir"] = args.output_dir
+    settings = replace(settings, **overrides).validate()
+
+    auth = parse_auth(args.auth)
+    if args.share and auth is None:
+        auth = ("wan", secrets.token_urlsafe(12))
+        print(f"Sharing is on, so the studio needs a login: user '{auth[0]}', password '{auth[1]}'", flush=True)
+
+    import gradio as gr
+
+    from studio.ui import build_ui
+
+    studio = Studio(settings, offline=args.offline, include_test_models=args.show_test_models, settings_warning=warning)
+    demo = build_ui(studio)
+    demo.queue(default_concurrency_limit=4)
+    theme = gr.themes.Soft(
+        primary_hue="indigo", font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
+    )  # local fonts only: nothing is fetched from a font service
+    print(f"Wan Studio on http://{args.host}:{args.port}  (outputs in {studio.output_dir})", flush=True)
+    demo.launch(
+        server_name=args.host,
+        server_port=args.port,
+        share=args.share,
+        auth=auth,
+        auth_message="Wan Studio: sign in with the user and password given when the studio started.",
+        allowed_paths=[str(studio.output_dir), str(ASSETS)],
+        blocked_paths=[str(studio.jobs.jobs_dir), str(config_dir())],
+        theme=theme,
+        footer_links=["api"],
+        show_error=True,
+        quiet=False,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

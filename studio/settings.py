@@ -1,0 +1,98 @@
+"""The studio's saved settings: one JSON file in the user's config folder, checked on load and on save."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from pipelines.catalogue import CATALOGUE, DEFAULT_MODEL, UnknownModelError, get_spec
+from pipelines.memory import AUTO, PROFILES
+from pipelines.request import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_STEPS
+
+PRECISIONS = ("auto", "bf16", "fp8")
+
+
+def config_dir() -> Path:
+    """WAN_STUDIO_HOME, else ~/.config/wan-studio; holds settings.json and nothing the browser can fetch."""
+    return Path(os.environ.get("WAN_STUDIO_HOME") or Path.home() / ".config" / "wan-studio")
+
+
+class SettingsError(ValueError):
+    pass
+
+
+@dataclass
+class Settings:
+    model: str = DEFAULT_MODEL
+    memory_profile: str = AUTO
+    precision: str = "auto"  # "fp8" keeps only fp8 profiles, "bf16" only full-precision ones
+    output_dir: str = "outputs"
+    steps: int | None = None  # None: each model's own default
+    guidance_scale: float | None = None
+    negative_prompt: str | None = None
+
+    def validate(self) -> Settings:
+        """Raise SettingsError with the reason for the first bad value."""
+        try:
+            get_spec(self.model)
+        except UnknownModelError as err:
+            raise SettingsError(str(err)) from err
+        if self.memory_profile != AUTO and self.memory_profile not in PROFILES:
+            raise SettingsError(
+                f"Unknown memory profile '{self.memory_profile}'. Use auto or one of: {', '.join(PROFILES)}."
+            )
+        if self.precision not in PRECISIONS:
+            raise SettingsError(f"Precision must be one of {', '.join(PRECISIONS)}; got '{self.precision}'.")
+        if not str(self.output_dir).strip():
+            raise SettingsError("The output folder cannot be empty.")
+        out = Path(self.output_dir).expanduser()
+        if out.exists() and not out.is_dir():
+            raise SettingsError(f"The output folder '{out}' is a file, not a folder.")
+        if self.steps is not None and not (isinstance(self.steps, int) and 1 <= self.steps <= MAX_STEPS):
+            raise SettingsError(f"Default steps must be a whole number from 1 to {MAX_STEPS}; got {self.steps!r}.")
+        if self.guidance_scale is not None and not (0 <= self.guidance_scale <= MAX_GUIDANCE):
+            raise SettingsError(f"Default guidance must be from 0 to {MAX_GUIDANCE:g}; got {self.guidance_scale!r}.")
+        if self.negative_prompt is not None and len(self.negative_prompt) > MAX_PROMPT_CHARS:
+            raise SettingsError(f"The default negative prompt must stay under {MAX_PROMPT_CHARS} characters.")
+        return self
+
+    @property
+    def profile_choice(self) -> str:
+        """The profile request for the engine: a manual profile wins; precision narrows auto."""
+        if self.memory_profile != AUTO or self.precision == "auto":
+            return self.memory_profile
+        return f"{AUTO}:{self.precision}"
+
+
+def settings_path() -> Path:
+    return config_dir() / "settings.json"
+
+
+def load_settings() -> tuple[Settings, str | None]:
+    """The saved settings, or defaults with a warning when the file is damaged (it is never overwritten then
+    until the user saves)."""
+    path = settings_path()
+    if not path.is_file():
+        return Settings(), None
+    try:
+        data = json.loads(path.read_text())
+        known = {f.name for f in fields(Settings)}
+        return Settings(**{k: v for k, v in data.items() if k in known}).validate(), None
+    except (ValueError, TypeError, SettingsError) as err:
+        return Settings(), f"The settings file {path} could not be used ({err}); defaults are in effect."
+
+
+def save_settings(settings: Settings) -> Path:
+    settings.validate()
+    path = settings_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(settings), indent=2))
+    tmp.replace(path)
+    return path
+
+
+def model_choices(include_tests: bool) -> list[tuple[str, str]]:
+    return [(spec.label, spec.id) for spec in CATALOGUE.values() if include_tests or not spec.is_test]
