@@ -65,8 +65,8 @@ def last_frame(video: Path) -> Image.Image:
     meta = next(reader)
     width, height = meta["size"]
     frame = None
-    for frame in reader:
-        pass
+    for buffer in reader:  # H.264 has no cheap seek to the last frame of a short clip; read through
+        frame = buffer
     if frame is None:
         raise ValueError(f"{video.name} has no frames")
     return Image.fromarray(np.frombuffer(frame, np.uint8).reshape(height, width, 3).copy())

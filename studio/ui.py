@@ -233,7 +233,6 @@ def build_ui(studio: Studio) -> gr.Blocks:
             with gr.Row():
                 q_table = gr.Markdown("No jobs yet.", elem_id="queue-table")
                 q_preview = gr.Image(label="Running job", interactive=False, height=200, format="png")
-            q_cancel_id = gr.Textbox(visible=False)
 
         # ---- handlers -----------------------------------------------------------------------
         def text_to_video(prompt: str, negative_prompt: str = "", size: str = "", frames: float = 0,
