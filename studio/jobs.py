@@ -59,6 +59,7 @@ class Job:
     error: str | None = None
     image_path: str | None = None
     version: int = 0  # bumped on every change, so watchers know when to redraw
+    preview_version: int = 0  # bumped when a new preview arrives
     preview: np.ndarray | None = field(default=None, repr=False)  # the latest preview strip, memory only
 
     def record(self) -> dict[str, Any]:
@@ -205,6 +206,7 @@ class JobQueue:
             job.eta_s = progress.eta_s
             if progress.preview is not None:
                 job.preview = tile(progress.preview)
+                job.preview_version += 1
             self._touch(job)
 
     # ---- state ----------------------------------------------------------------------------------

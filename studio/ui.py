@@ -6,15 +6,17 @@ Settings); the generation streams watch a server-owned job, so a closed tab neve
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
+import numpy as np
 
 from pipelines.catalogue import IMAGE_TO_VIDEO, TEXT_TO_VIDEO, get_spec
 from pipelines.memory import AUTO, PROFILES
-from pipelines.request import MAX_SEED, GenerationRequest, RequestError
+from pipelines.request import GenerationRequest, RequestError
 from studio import history
 from studio.jobs import CANCELLED, DONE, QUEUED, RUNNING, Job
 from studio.settings import PRECISIONS, Settings, SettingsError, model_choices, save_settings
@@ -30,7 +32,7 @@ EXAMPLE_PROMPTS = [
     "A paper boat drifts down a rain-soaked city gutter, neon reflections, macro lens",
     "A teacher draws a glowing diagram of the solar system on a chalkboard, planets start to orbit",
 ]
-WATCH_TIMEOUT_S = 1.0
+POLL_S = 0.1  # how often a watching page looks at its job
 
 
 def size_choices(spec_id: str, task: str) -> list[str]:
@@ -60,26 +62,44 @@ def status_text(job: Job, position: int) -> str:
     return f"**{job.status.capitalize()}** — {job.message}"
 
 
-def progress_fraction(job: Job) -> float:
-    return job.step / job.total_steps if job.total_steps else 0.0
+BAR_COLOURS = {RUNNING: (99, 102, 241), DONE: (74, 190, 120)}
 
 
-def watch(studio: Studio, job: Job) -> Iterator[tuple[Any, str, str | None, str, int | None]]:
+def preview_with_bar(job: Job) -> np.ndarray:
+    """The preview strip with a progress bar under it: indigo while denoising, green when the clip is done."""
+    strip = job.preview
+    bar = np.full((8, strip.shape[1], 3), 40, np.uint8)
+    fraction = 1.0 if job.status == DONE else (job.step / job.total_steps if job.total_steps else 0.0)
+    bar[:, : round(strip.shape[1] * fraction)] = BAR_COLOURS.get(job.status, (120, 120, 120))
+    return np.concatenate([strip, bar])
+
+
+async def watch(studio: Studio, job: Job) -> AsyncIterator[tuple[Any, str, str | None, str, int | None]]:
     """Yield (preview, status, clip, job id, seed) whenever the job changes, until it finishes.
 
-    If the browser goes away Gradio stops iterating this generator; the job itself runs on."""
+    If the browser goes away Gradio stops iterating this generator; the job itself runs on. Polling
+    keeps no thread busy per watcher, so many open pages cost nothing while they wait."""
     seen = -1
+    shown = None
     while True:
-        current = studio.jobs.wait_for_change(job.id, seen, timeout=WATCH_TIMEOUT_S)
+        current = studio.jobs.get(job.id)
         if current is None:
             raise gr.Error("The job disappeared from the queue.")
-        seen = current.version
-        clip = current.clip if current.status == DONE else None
-        yield current.preview, status_text(current, studio.jobs.position(current.id)), clip, current.id, current.seed
-        if current.finished:
-            if current.status not in (DONE, CANCELLED):
-                raise gr.Error(current.message)
-            return
+        if current.version != seen:
+            seen = current.version
+            clip = current.clip if current.status == DONE else None
+            position = studio.jobs.position(current.id)
+            # Each chunk carries a preview only when it looks different: Gradio 6.31 can drop a stream's
+            # last chunk when an image output repeats unchanged before it.
+            key = (current.preview_version, current.status)
+            preview = gr.skip() if key == shown or current.preview is None else preview_with_bar(current)
+            shown = key
+            yield preview, status_text(current, position), clip, current.id, current.seed
+            if current.finished:
+                if current.status not in (DONE, CANCELLED):
+                    raise gr.Error(current.message)
+                return
+        await asyncio.sleep(POLL_S)
 
 
 def submit(studio: Studio, request: GenerationRequest) -> Job:
@@ -135,9 +155,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
                             t_guidance = gr.Slider(
                                 0, 20, value=settings.guidance_scale or spec.guidance_scale, step=0.5, label="Guidance"
                             )
-                            t_seed = gr.Number(
-                                value=-1, precision=0, minimum=-1, maximum=MAX_SEED, label="Seed (-1 = random)"
-                            )
+                            t_seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
                         with gr.Row():
                             t_go = gr.Button("Generate", variant="primary", elem_id="t2v-generate")
                             t_cancel = gr.Button("Cancel", variant="stop", elem_id="t2v-cancel")
@@ -181,9 +199,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
                             i_guidance = gr.Slider(
                                 0, 20, value=settings.guidance_scale or spec.guidance_scale, step=0.5, label="Guidance"
                             )
-                            i_seed = gr.Number(
-                                value=-1, precision=0, minimum=-1, maximum=MAX_SEED, label="Seed (-1 = random)"
-                            )
+                            i_seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
                         with gr.Row():
                             i_go = gr.Button("Generate", variant="primary", elem_id="i2v-generate")
                             i_cancel = gr.Button("Cancel", variant="stop")
@@ -235,7 +251,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 q_preview = gr.Image(label="Running job", interactive=False, height=200, format="png")
 
         # ---- handlers -----------------------------------------------------------------------
-        def text_to_video(prompt: str, negative_prompt: str = "", size: str = "", frames: float = 0,
+        async def text_to_video(prompt: str, negative_prompt: str = "", size: str = "", frames: float = 0,
                           steps: float = 0, guidance_scale: float = -1, seed: float = -1):  # fmt: skip
             current = studio.settings
             width, height = parse_size(size or None)
@@ -245,10 +261,12 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 guidance_scale=None if guidance_scale is None or guidance_scale < 0 else float(guidance_scale),
                 seed=_number(seed),
             )  # fmt: skip
-            yield from watch(studio, submit(studio, request))
+            async for update in watch(studio, submit(studio, request)):
+                yield update
 
-        def image_to_video(image, prompt: str, negative_prompt: str = "", size: str = AUTO_SIZE, frames: float = 0,
-                           steps: float = 0, guidance_scale: float = -1, seed: float = -1):  # fmt: skip
+        async def image_to_video(image, prompt: str, negative_prompt: str = "", size: str = AUTO_SIZE,
+                                 frames: float = 0, steps: float = 0, guidance_scale: float = -1,
+                                 seed: float = -1):  # fmt: skip
             current = studio.settings
             if image is None:
                 raise gr.Error("Image-to-video needs a picture: upload one or pick a clip's last frame.")
@@ -259,7 +277,8 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 guidance_scale=None if guidance_scale is None or guidance_scale < 0 else float(guidance_scale),
                 seed=_number(seed), image=image,
             )  # fmt: skip
-            yield from watch(studio, submit(studio, request))
+            async for update in watch(studio, submit(studio, request)):
+                yield update
 
         def cancel(job_id: str) -> str:
             if job_id and studio.jobs.cancel(job_id):

@@ -1,0 +1,185 @@
+"""The studio as an API client sees it: the real app launched on 127.0.0.1 with the test model."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from studio.history import list_clips
+from tests.media import decode_video
+from tests.server import studio
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory):
+    with studio(tmp_path_factory.mktemp("api")) as s:
+        yield s
+
+
+@pytest.fixture
+def client(running):
+    c = Client(running.url, verbose=False)
+    yield c
+    c.close()
+
+
+def stream(job) -> list[tuple]:
+    updates = []
+    for update in job:
+        updates.append(update)
+    return updates
+
+
+def test_previews_stream_before_the_clip_and_the_clip_decodes(client):
+    job = client.submit(prompt="a red cat walks", steps=4, frames=13, seed=77, api_name="/text_to_video")
+    updates = stream(job)
+    final = job.result()
+    preview, status, video, job_id, seed = final
+    assert "Done" in status and seed == 77 and job_id
+    with_preview = [i for i, u in enumerate(updates) if u[0]]
+    with_video = [i for i, u in enumerate(updates) if u[2]]
+    assert with_preview and with_video and with_preview[0] < with_video[0]
+    step_lines = [u[1] for u in updates if "Step" in u[1]]
+    assert any("Step 4/4" in s for s in step_lines)
+    assert Image.open(preview).size[0] > 0
+    frames, fps = decode_video(Path(video))
+    assert frames.shape == (13, 64, 96, 3) and fps == 8
+
+
+def test_image_to_video_endpoint(client, tmp_path):
+    picture = tmp_path / "portrait.png"
+    Image.fromarray(np.full((300, 180, 3), (30, 120, 200), np.uint8)).save(picture)
+    result = client.predict(
+        image=handle_file(str(picture)), prompt="the sea moves", steps=3, api_name="/image_to_video"
+    )
+    frames, _ = decode_video(Path(result[2]))
+    assert frames.shape[1:3] == (96, 64)  # a portrait picture gets the portrait preset
+    # frame 0 of image-to-video is the picture itself (up to the random test model's VAE)
+    assert "Done" in result[1]
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"prompt": "   "}, "Write a prompt"),
+        ({"prompt": "a cat", "frames": 10}, "4n+1"),
+        ({"prompt": "a cat", "seed": -5}, "seed"),
+    ],
+)
+def test_bad_input_returns_its_message(client, kwargs, fragment):
+    with pytest.raises(Exception) as info:
+        client.predict(**kwargs, api_name="/text_to_video")
+    assert fragment in str(info.value)
+
+
+def test_image_to_video_without_a_picture_says_so(client):
+    with pytest.raises(Exception, match="needs a picture"):
+        client.predict(image=None, prompt="x", api_name="/image_to_video")
+
+
+def test_cancel_stops_the_running_job(client, running):
+    job = client.submit(prompt="cancel me", steps=100, frames=33, api_name="/text_to_video")
+    job_id = None
+    for update in job:
+        if "Step" in update[1]:
+            job_id = update[3]
+            break
+    assert job_id
+    assert "Cancelling" in client.predict(job_id, api_name="/cancel")
+    for _ in job:
+        pass
+    final = job.outputs()[-1]
+    assert "Cancelled at step" in final[1] and final[2] is None
+    assert "Cancelled at step 100/100" not in final[1]
+    assert not [c for c in list_clips(running.output_dir) if c.settings["prompt"] == "cancel me"]
+
+
+def test_a_client_that_disconnects_leaves_the_job_running(running):
+    c = Client(running.url, verbose=False)
+    job = c.submit(prompt="keep going without me", steps=100, frames=33, api_name="/text_to_video")
+    last_step = None
+    for update in job:
+        if "Step" in update[1]:
+            last_step = update[1]
+            break
+    assert last_step and "Step 100/100" not in last_step
+    job.cancel()  # what closing the tab does: the stream stops
+    c.close()
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        clips = [clip for clip in list_clips(running.output_dir) if clip.settings["prompt"] == "keep going without me"]
+        if clips:
+            break
+        time.sleep(0.5)
+    assert clips, "the job stopped with its client"
+    assert clips[0].settings["steps"] == 100
+    frames, _ = decode_video(clips[0].video)
+    assert frames.shape[0] == 33
+
+
+def test_files_served_are_limited_to_outputs_and_assets(running, client):
+    result = client.predict(prompt="served", steps=2, frames=5, api_name="/text_to_video")
+    assert "Done" in result[1]
+    clip = next(c for c in list_clips(running.output_dir) if c.settings["prompt"] == "served")
+
+    def status(path: Path) -> int:
+        try:
+            return urllib.request.urlopen(f"{running.url}gradio_api/file={path}", timeout=10).status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    assert status(clip.video) == 200
+    assert status(Path(__file__).resolve().parents[1] / "assets" / "example-landscape.png") == 200
+    assert status(Path("/etc/passwd")) in (403, 404)
+    assert status(running.home / "settings.json") in (403, 404)
+    job_record = next((running.output_dir / ".jobs").glob("*.json"))
+    assert status(job_record) in (403, 404)
+
+
+def test_settings_persist_across_a_restart_and_bad_values_are_refused(tmp_path):
+    home = tmp_path / "home"
+    with studio(tmp_path / "a", home=home) as first:
+        c = Client(first.url, verbose=False)
+        args = dict(model="test-tiny", profile="auto", precision="fp8", output_dir=str(first.output_dir),
+                    guidance=3.5, negative="grainy, dull")  # fmt: skip
+        refused = c.predict(**args, steps=500, api_name="/save_settings")
+        assert "Not saved" in refused[0] and "from 1 to 100" in refused[0]
+        assert not (home / "settings.json").exists()
+        saved = c.predict(**args, steps=7, api_name="/save_settings")
+        assert "Saved" in saved[0]
+        c.close()
+    stored = json.loads((home / "settings.json").read_text())
+    assert (stored["steps"], stored["precision"], stored["negative_prompt"]) == (7, "fp8", "grainy, dull")
+
+    with studio(tmp_path / "b", home=home) as second:
+        c = Client(second.url, verbose=False)
+        api = c.view_api(print_info=False, return_format="dict")
+        params = {p["parameter_name"]: p for p in api["named_endpoints"]["/text_to_video"]["parameters"]}
+        assert params["steps"]["parameter_default"] == 7
+        assert params["negative_prompt"]["parameter_default"] == "grainy, dull"
+        # everything but the prompt has a default, so keyword calls need only the prompt
+        assert [name for name, p in params.items() if not p["parameter_has_default"]] == ["prompt"]
+        i2v = api["named_endpoints"]["/image_to_video"]["parameters"]
+        assert sorted(p["parameter_name"] for p in i2v if not p["parameter_has_default"]) == ["prompt"]
+        c.close()
+
+
+def test_a_wrong_password_is_refused_when_auth_is_on(tmp_path):
+    with studio(tmp_path, "--auth", "alice:correct-horse") as s:
+        with pytest.raises(ValueError, match="Could not login"):
+            Client(s.url, verbose=False, auth=("alice", "wrong"))
+        with pytest.raises(ValueError, match="credentials were not provided"):
+            Client(s.url, verbose=False)
+        ok = Client(s.url, verbose=False, auth=("alice", "correct-horse"))
+        result = ok.predict(prompt="behind a login", steps=2, frames=5, api_name="/text_to_video")
+        assert "Done" in result[1]
+        ok.close()
