@@ -151,7 +151,9 @@ def build_ui(studio: Studio) -> gr.Blocks:
                                 label=f"Frames ({spec.fps} fps)",
                             )
                         with gr.Row():
-                            t_steps = gr.Slider(1, 100, value=settings.steps or spec.steps, step=1, label="Steps")
+                            t_steps = gr.Slider(
+                                1, 100, value=settings.steps or spec.steps, step=1, label="Steps", elem_id="t2v-steps"
+                            )
                             t_guidance = gr.Slider(
                                 0, 20, value=settings.guidance_scale or spec.guidance_scale, step=0.5, label="Guidance"
                             )
@@ -310,6 +312,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
             return "\n".join(lines), running.preview if running is not None else None
 
         q_timer.tick(refresh_queue, None, [q_table, q_preview], api_visibility="private", show_progress="hidden")
+        demo.load(refresh_queue, None, [q_table, q_preview], api_visibility="private", show_progress="hidden")
 
         def clip_names() -> list[tuple[str, str]]:
             return [(c.title, c.video.name) for c in history.list_clips(studio.output_dir)]

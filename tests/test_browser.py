@@ -1,0 +1,90 @@
+"""A real browser on the studio: Debian's Chromium driven by Playwright, as a creator would use it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.server import studio
+
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
+
+pytestmark = pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian's chromium is not installed")
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    from playwright.sync_api import sync_playwright
+
+    with studio(tmp_path_factory.mktemp("browser")) as running, sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-gpu"],
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(running.url)
+        page.wait_for_selector("#t2v-prompt textarea", timeout=60_000)
+        yield page
+        browser.close()
+
+
+def test_generate_in_the_browser_shows_changing_previews_and_a_playable_video(page):
+    # Record every preview image the page shows, from before the click on.
+    page.evaluate(
+        """() => {
+            window.__previews = [];
+            const seen = () => {
+                const img = document.querySelector('#t2v-preview img');
+                if (img && img.src && window.__previews.at(-1) !== img.src) window.__previews.push(img.src);
+            };
+            new MutationObserver(seen).observe(document.body, {subtree: true, childList: true, attributes: true});
+        }"""
+    )
+    page.fill("#t2v-prompt textarea", "a paper boat drifts down a rainy street")
+    steps = page.locator("#t2v-steps input[type=number]")
+    steps.fill("40")
+    steps.press("Enter")
+    page.click("#t2v-generate")
+
+    video = page.locator("#t2v-video video")
+    video.wait_for(timeout=120_000)
+    page.wait_for_function(
+        "() => { const v = document.querySelector('#t2v-video video'); return v && v.readyState >= 1; }",
+        timeout=60_000,
+    )
+    info = page.evaluate(
+        """() => {
+            const v = document.querySelector('#t2v-video video');
+            return {w: v.videoWidth, h: v.videoHeight, d: v.duration, error: v.error && v.error.code};
+        }"""
+    )
+    assert info["error"] is None
+    assert (info["w"], info["h"]) == (96, 64)
+    assert info["d"] == pytest.approx(9 / 8, abs=0.15)  # 9 frames at 8 fps
+    assert len(set(page.evaluate("() => window.__previews"))) >= 2, "the preview never changed"
+    assert "Done" in page.inner_text("#t2v-status")
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "studio-text-to-video.png"), full_page=True)
+
+
+def test_the_library_lists_the_clip_after_a_reload(page):
+    page.reload()
+    page.get_by_role("tab", name="Library").click()
+    page.wait_for_selector("#library-video video", timeout=30_000)
+    assert "paper boat" in page.inner_text("body")
+    page.screenshot(path=str(SCREENSHOTS / "studio-library.png"), full_page=True)
+
+
+def test_the_page_fits_a_phone(page):
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.get_by_role("tab", name="Text to video").click()
+    page.wait_for_selector("#t2v-generate")
+    overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 1, f"the page scrolls sideways by {overflow}px on a phone"
+    assert page.locator("#t2v-generate").is_visible()
+    page.screenshot(path=str(SCREENSHOTS / "studio-phone.png"), full_page=False)
