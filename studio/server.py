@@ -68,10 +68,21 @@ def parse_auth(value: str | None) -> tuple[str, str] | None:
     return user, password
 
 
+def resolve_auth(share: bool, auth_value: str | None) -> tuple[tuple[str, str] | None, str | None]:
+    """A public link never opens without a login: with --share and no --auth, a strong password is made
+    and shown once (it is not stored anywhere)."""
+    auth = parse_auth(auth_value)
+    if share and auth is None:
+        auth = ("wan", secrets.token_urlsafe(16))
+        return auth, f"Sharing is on, so the studio needs a login: user '{auth[0]}', password '{auth[1]}'"
+    return auth, None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="app.py", description="Wan Studio: a local studio for the Wan2.2 video models.")
-    p.add_argument("--host", default=os.environ.get("WAN_STUDIO_HOST", "127.0.0.1"))
-    p.add_argument("--port", type=int, default=int(os.environ.get("WAN_STUDIO_PORT", "7860")))
+    # Hugging Face Spaces set GRADIO_SERVER_NAME/PORT; locally the studio listens on loopback only.
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     p.add_argument("--model", default=None, help="default model (catalogue id or local folder)")
     p.add_argument("--output-dir", default=None, help="where clips and the history live (default: outputs)")
     p.add_argument("--share", action="store_true", help="a Gradio public link; turns authentication on")
@@ -93,10 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         overrides["output_dir"] = args.output_dir
     settings = replace(settings, **overrides).validate()
 
-    auth = parse_auth(args.auth)
-    if args.share and auth is None:
-        auth = ("wan", secrets.token_urlsafe(12))
-        print(f"Sharing is on, so the studio needs a login: user '{auth[0]}', password '{auth[1]}'", flush=True)
+    auth, notice = resolve_auth(args.share, args.auth)
+    if notice:
+        print(notice, flush=True)
 
     import gradio as gr
 

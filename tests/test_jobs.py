@@ -102,3 +102,15 @@ def test_restart_resumes_queued_jobs_and_marks_running_ones_interrupted(manager,
     wait_until(lambda: jobs.get(queued.id).status == DONE)
     assert [c.settings["prompt"] for c in list_clips(out_dir)] == ["resumed after restart"]
     assert jobs.get(queued.id).status != QUEUED
+
+
+def test_sharing_always_needs_a_login():
+    from studio.server import resolve_auth
+
+    auth, notice = resolve_auth(share=True, auth_value=None)
+    assert auth[0] == "wan" and len(auth[1]) >= 20 and auth[1] in notice
+    assert resolve_auth(share=True, auth_value=None)[0][1] != auth[1]  # a fresh password each start
+    assert resolve_auth(share=True, auth_value="me:pw") == (("me", "pw"), None)
+    assert resolve_auth(share=False, auth_value=None) == (None, None)
+    with pytest.raises(SystemExit, match="USER:PASSWORD"):
+        resolve_auth(share=False, auth_value="no-colon")
