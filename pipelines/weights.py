@@ -30,10 +30,13 @@ def _progress_class(callback: DownloadCallback, repo: str) -> type[tqdm]:
     """A tqdm that also tells our caller, so the UI and CLI can draw the download like any other wait."""
 
     class _Reporting(tqdm):
-        def update(self, n: float = 1) -> bool | None:
+        done = 0  # counted here: a disabled tqdm (HF_HUB_DISABLE_PROGRESS_BARS) does not count
+
+        def update(self, n: float | None = 1) -> bool | None:
             shown = super().update(n)
+            self.done += n or 0
             if self.total:
-                callback(min(1.0, self.n / self.total), f"Downloading {repo}: {self.n}/{self.total} files")
+                callback(min(1.0, self.done / self.total), f"Downloading {repo}: {self.done:g}/{self.total:g} files")
             return shown
 
     return _Reporting

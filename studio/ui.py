@@ -142,6 +142,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
                                 size_choices(spec.id, TEXT_TO_VIDEO),
                                 value=size_choices(spec.id, TEXT_TO_VIDEO)[0],
                                 label="Size",
+                                allow_custom_value=True,
                             )
                             t_frames = gr.Slider(
                                 spec.min_frames,
@@ -188,7 +189,12 @@ def build_ui(studio: Studio) -> gr.Blocks:
                             label="Negative prompt", lines=2, value=settings.negative_prompt or spec.negative_prompt
                         )
                         with gr.Row():
-                            i_size = gr.Dropdown(size_choices(spec.id, IMAGE_TO_VIDEO), value=AUTO_SIZE, label="Size")
+                            i_size = gr.Dropdown(
+                                size_choices(spec.id, IMAGE_TO_VIDEO),
+                                value=AUTO_SIZE,
+                                label="Size",
+                                allow_custom_value=True,
+                            )
                             i_frames = gr.Slider(
                                 spec.min_frames,
                                 spec.max_frames,

@@ -79,6 +79,13 @@ def test_the_library_lists_the_clip_after_a_reload(page):
     assert "paper boat" in page.inner_text("body")
     page.screenshot(path=str(SCREENSHOTS / "studio-library.png"), full_page=True)
 
+    page.get_by_role("button", name="Reuse settings").click()
+    page.wait_for_function(
+        "() => document.querySelector('#t2v-prompt textarea').value.includes('paper boat')", timeout=30_000
+    )
+    assert page.locator("#t2v-steps input[type=number]").input_value() == "40"
+    assert page.locator("#t2v-prompt textarea").is_visible()  # the form's tab is the one shown
+
 
 def test_the_page_fits_a_phone(page):
     page.set_viewport_size({"width": 390, "height": 844})

@@ -183,3 +183,18 @@ def test_a_wrong_password_is_refused_when_auth_is_on(tmp_path):
         result = ok.predict(prompt="behind a login", steps=2, frames=5, api_name="/text_to_video")
         assert "Done" in result[1]
         ok.close()
+
+
+def test_a_model_that_cannot_load_gives_a_message_and_the_server_keeps_serving(tmp_path):
+    with studio(tmp_path) as s:
+        c = Client(s.url, verbose=False)
+        base = dict(profile="auto", precision="auto", output_dir=str(s.output_dir), steps=None, guidance=None,
+                    negative="")  # fmt: skip
+        assert "Saved" in c.predict(model="Wan-AI/Wan2.1-T2V-1.3B-Diffusers", **base, api_name="/save_settings")[0]
+        with pytest.raises(Exception) as info:
+            c.predict(prompt="a cat", size="256x256", frames=5, steps=2, api_name="/text_to_video")
+        assert "not downloaded yet and offline mode is on" in str(info.value)
+        assert "Saved" in c.predict(model="test-tiny", **base, api_name="/save_settings")[0]
+        result = c.predict(prompt="a cat", size="96x64", frames=5, steps=2, api_name="/text_to_video")
+        assert "Done" in result[1]
+        c.close()
