@@ -15,7 +15,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +125,12 @@ class JobQueue:
 
     def get(self, job_id: str) -> Job | None:
         return self._jobs.get(job_id)
+
+    def snapshot(self, job_id: str) -> Job | None:
+        """A consistent copy: the worker changes the live job while a watcher is still reading it."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            return None if job is None else replace(job, fields=dict(job.fields))
 
     def jobs(self) -> list[Job]:
         """Newest first."""

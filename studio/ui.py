@@ -82,15 +82,14 @@ async def watch(studio: Studio, job: Job) -> AsyncIterator[tuple[Any, str, str |
     seen = -1
     shown = None
     while True:
-        current = studio.jobs.get(job.id)
+        current = studio.jobs.snapshot(job.id)
         if current is None:
             raise gr.Error("The job disappeared from the queue.")
         if current.version != seen:
             seen = current.version
             clip = current.clip if current.status == DONE else None
             position = studio.jobs.position(current.id)
-            # Each chunk carries a preview only when it looks different: Gradio 6.31 can drop a stream's
-            # last chunk when an image output repeats unchanged before it.
+            # A chunk carries the preview only when it changed: no image is sent twice.
             key = (current.preview_version, current.status)
             preview = gr.skip() if key == shown or current.preview is None else preview_with_bar(current)
             shown = key
