@@ -50,15 +50,23 @@ def parse_size(text: str | None) -> tuple[int | None, int | None]:
     return width, height
 
 
+def text_bar(fraction: float, width: int = 20) -> str:
+    filled = round(max(0.0, min(1.0, fraction)) * width)
+    return f"`{'█' * filled}{'░' * (width - filled)}` {fraction:.0%}"
+
+
 def status_text(job: Job, position: int) -> str:
+    """One line per state, with a bar for every wait that has a measure (download, load, steps)."""
     if job.status == QUEUED:
         return f"**Queued** — position {position} in the GPU queue. {job.message}"
     if job.status == RUNNING:
         if job.stage == "denoise" and job.total_steps:
             eta = f", about {job.eta_s:.0f} s left" if job.eta_s is not None else ""
-            return f"**Step {job.step}/{job.total_steps}**{eta} · seed {job.seed}"
-        percent = f" ({job.fraction:.0%})" if job.stage in ("download", "load") else ""
-        return f"**{job.stage.capitalize() or 'Starting'}**{percent}: {job.message}"
+            bar = text_bar(job.step / job.total_steps)
+            return f"**Step {job.step}/{job.total_steps}** {bar}{eta} · seed {job.seed}"
+        if job.stage in ("download", "load"):
+            return f"**{job.stage.capitalize()}** {text_bar(job.fraction)} {job.message}"
+        return f"**{job.stage.capitalize() or 'Starting'}**: {job.message}"
     return f"**{job.status.capitalize()}** — {job.message}"
 
 
