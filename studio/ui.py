@@ -7,6 +7,7 @@ Settings); the generation streams watch a server-owned job, so a closed tab neve
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,7 @@ import numpy as np
 from pipelines.catalogue import IMAGE_TO_VIDEO, TEXT_TO_VIDEO, get_spec
 from pipelines.memory import AUTO, PROFILES
 from pipelines.request import GenerationRequest, RequestError
-from studio import history
+from studio import film, history
 from studio.jobs import CANCELLED, DONE, QUEUED, RUNNING, Job
 from studio.settings import PRECISIONS, Settings, SettingsError, model_choices, save_settings
 
@@ -237,6 +238,26 @@ def build_ui(studio: Studio) -> gr.Blocks:
                     lib_reuse = gr.Button("Reuse settings")
                     lib_continue = gr.Button("Continue from its last frame")
 
+            # ---- Storyboard ---------------------------------------------------------------------
+            with gr.Tab("Storyboard", id="storyboard"):
+                gr.Markdown(
+                    "Shots play in order. Each shot: `clip` (a library file), `start_s`/`end_s` (trim), "
+                    "`transition` into the next (`cut` or `crossfade`, with `crossfade_s`). Optional `title`, "
+                    "`audio` (a file path; looped or trimmed to the film, faded in and out), `size`, `fps`, "
+                    "`format` (`mp4` or `webm`). Saved in the output folder."
+                )
+                with gr.Row():
+                    sb_pick = gr.Dropdown([], label="Library clip", scale=3)
+                    sb_add = gr.Button("Add to storyboard", scale=1)
+                sb_json = gr.Code(
+                    value=film.load_storyboard_text(studio.output_dir), language="json", label="Storyboard"
+                )
+                sb_summary = gr.Markdown(elem_id="storyboard-summary")
+                with gr.Row():
+                    sb_save = gr.Button("Save storyboard")
+                    sb_export = gr.Button("Export film", variant="primary", elem_id="storyboard-export")
+                sb_film = gr.Video(label="Film", interactive=False)
+
             # ---- Settings -----------------------------------------------------------------------
             with gr.Tab("Settings", id="settings"):
                 s_model = gr.Dropdown(
@@ -333,7 +354,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
         def refresh_library():
             names = clip_names()
             first = names[0][1] if names else None
-            return gr.update(choices=names, value=first), gr.update(choices=names, value=first)
+            return (gr.update(choices=names, value=first),) * 3
 
         def show_clip(name: str | None):
             clip = history.find_clip(studio.output_dir, name) if name else None
@@ -364,11 +385,11 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 raise gr.Error("Pick a clip first.")
             return history.last_frame(clip.video), gr.Tabs(selected="i2v")
 
-        lib_refresh.click(refresh_library, None, [lib_pick, i_from_clip], api_visibility="private")
-        demo.load(refresh_library, None, [lib_pick, i_from_clip], api_visibility="private")
+        lib_refresh.click(refresh_library, None, [lib_pick, i_from_clip, sb_pick], api_visibility="private")
+        demo.load(refresh_library, None, [lib_pick, i_from_clip, sb_pick], api_visibility="private")
         lib_pick.change(show_clip, lib_pick, [lib_video, lib_info], api_visibility="private")
-        t_video.change(refresh_library, None, [lib_pick, i_from_clip], api_visibility="private")
-        i_video.change(refresh_library, None, [lib_pick, i_from_clip], api_visibility="private")
+        t_video.change(refresh_library, None, [lib_pick, i_from_clip, sb_pick], api_visibility="private")
+        i_video.change(refresh_library, None, [lib_pick, i_from_clip, sb_pick], api_visibility="private")
         lib_reuse.click(
             reuse, lib_pick,
             [t_prompt, t_negative, t_size, t_frames, t_steps, t_guidance, t_seed,
@@ -377,6 +398,46 @@ def build_ui(studio: Studio) -> gr.Blocks:
         )  # fmt: skip
         lib_continue.click(use_last_frame, lib_pick, [i_image, tabs], api_visibility="private")
         i_use_frame.click(use_last_frame, i_from_clip, [i_image, tabs], api_visibility="private")
+
+        def parse_board(text: str) -> film.Storyboard:
+            try:
+                return film.Storyboard.from_json(json.loads(text or "{}"))
+            except json.JSONDecodeError as err:
+                raise gr.Error(f"The storyboard is not valid JSON: {err}") from None
+            except film.StoryboardError as err:
+                raise gr.Error(str(err)) from None
+
+        def summarise(text: str) -> str:
+            try:
+                board = parse_board(text)
+                return f"**{len(board.shots)} shots, {film.film_duration(board, studio.output_dir):.1f} s**"
+            except (gr.Error, film.StoryboardError) as err:
+                return f"**Not ready:** {getattr(err, 'message', None) or err}"
+
+        def add_shot(text: str, name: str | None):
+            if not name:
+                raise gr.Error("Pick a clip first.")
+            board = parse_board(text)
+            board.shots.append(film.Shot(clip=name))
+            return json.dumps(board.to_json(), indent=2)
+
+        def save_board(text: str) -> str:
+            path = film.save_storyboard(parse_board(text), studio.output_dir)
+            return f"Saved to `{path}`. " + summarise(text)
+
+        def assemble(storyboard: str, progress=gr.Progress()):  # noqa: B008 (Gradio injects it)
+            board = parse_board(storyboard)
+            try:
+                path = film.export_film(board, studio.output_dir, on_progress=lambda f, m: progress(f, desc=m))
+            except film.StoryboardError as err:
+                raise gr.Error(str(err)) from None
+            return str(path)
+
+        sb_add.click(add_shot, [sb_json, sb_pick], sb_json, api_visibility="private")
+        sb_json.change(summarise, sb_json, sb_summary, api_visibility="private", show_progress="hidden")
+        sb_save.click(save_board, sb_json, sb_summary, api_visibility="private")
+        sb_export.click(assemble, sb_json, sb_film, api_name="assemble")
+        demo.load(summarise, sb_json, sb_summary, api_visibility="private", show_progress="hidden")
 
         def save(model, profile, precision, output_dir, steps, guidance, negative):
             candidate = Settings(

@@ -198,3 +198,18 @@ def test_a_model_that_cannot_load_gives_a_message_and_the_server_keeps_serving(t
         result = c.predict(prompt="a cat", size="96x64", frames=5, steps=2, api_name="/text_to_video")
         assert "Done" in result[1]
         c.close()
+
+
+def test_assemble_endpoint_makes_a_film_from_a_storyboard(client, running):
+    first = client.predict(prompt="film shot one", steps=2, frames=9, api_name="/text_to_video")
+    second = client.predict(prompt="film shot two", steps=2, frames=9, api_name="/text_to_video")
+    names = [Path(r[2]).name for r in (first, second)]
+    board = {"shots": [{"clip": names[0], "transition": "crossfade", "crossfade_s": 0.25}, {"clip": names[1]}]}
+    film = client.predict(json.dumps(board), api_name="/assemble")
+    frames, fps = decode_video(Path(film))
+    assert fps == 8 and frames.shape[1:3] == (64, 96)
+    assert abs(frames.shape[0] - 16) <= 1  # 9 + 9 frames less a 0.25 s crossfade at 8 fps
+    with pytest.raises(Exception, match="not in the library"):
+        client.predict(json.dumps({"shots": [{"clip": "nope.mp4"}]}), api_name="/assemble")
+    with pytest.raises(Exception, match="storyboard is empty"):
+        client.predict("{}", api_name="/assemble")

@@ -1,0 +1,243 @@
+"""From clips to a film: a storyboard (JSON) of trimmed shots with cuts or crossfades, an optional title
+card and audio track, exported with moviepy.
+
+Frames are streamed from the clip files by moviepy's readers (never an ImageSequenceClip holding the
+whole film in RAM). The film is written under a temporary name and linked into place, so a failed
+export leaves nothing behind and never replaces an earlier film.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from pipelines.video import TMP_PREFIX, slugify
+from studio.history import find_clip
+
+FORMATS = {
+    "mp4": dict(codec="libx264", audio_codec="aac", ffmpeg_params=["-pix_fmt", "yuv420p", "-movflags", "+faststart"]),
+    "webm": dict(codec="libvpx-vp9", audio_codec="libopus", ffmpeg_params=["-pix_fmt", "yuv420p"]),
+}
+STORYBOARD_FILE = "storyboard.json"
+
+
+class StoryboardError(ValueError):
+    pass
+
+
+@dataclass
+class Shot:
+    clip: str  # file name of a clip in the output folder
+    start_s: float = 0.0
+    end_s: float | None = None  # None: to the clip's end
+    transition: str = "cut"  # into the next shot: "cut" or "crossfade"
+    crossfade_s: float = 0.5
+
+
+@dataclass
+class Storyboard:
+    shots: list[Shot] = field(default_factory=list)
+    title: str | None = None  # a title card before the first shot
+    title_s: float = 2.0
+    title_colour: str = "#101828"
+    audio: str | None = None  # a path to an audio file
+    audio_fade_s: float = 1.0
+    size: tuple[int, int] | None = None  # None: the first shot's size
+    fps: float | None = None  # None: the first shot's frame rate
+    format: str = "mp4"
+
+    @classmethod
+    def from_json(cls, data: dict) -> Storyboard:
+        try:
+            shots = [Shot(**shot) for shot in data.get("shots", [])]
+            rest = {k: v for k, v in data.items() if k != "shots"}
+            if rest.get("size") is not None:
+                rest["size"] = tuple(rest["size"])
+            return cls(shots=shots, **rest)
+        except TypeError as err:
+            raise StoryboardError(f"The storyboard has a field Wan Studio does not know: {err}") from None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def save_storyboard(board: Storyboard, output_dir: Path) -> Path:
+    path = Path(output_dir) / STORYBOARD_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(board.to_json(), indent=2))
+    tmp.replace(path)
+    return path
+
+
+def load_storyboard_text(output_dir: Path) -> str:
+    """The saved storyboard as the editor shows it; an empty one when none is saved or it is damaged."""
+    try:
+        board = load_storyboard(output_dir)
+    except (ValueError, StoryboardError):
+        board = Storyboard()
+    return json.dumps(board.to_json(), indent=2)
+
+
+def load_storyboard(output_dir: Path) -> Storyboard:
+    path = Path(output_dir) / STORYBOARD_FILE
+    if not path.is_file():
+        return Storyboard()
+    return Storyboard.from_json(json.loads(path.read_text()))
+
+
+def _open_clips(board: Storyboard, output_dir: Path) -> list:
+    """Check every shot against its file; raise StoryboardError naming the first problem."""
+    from moviepy import VideoFileClip
+
+    if not board.shots:
+        raise StoryboardError("The storyboard is empty: add at least one clip from the library.")
+    if board.format not in FORMATS:
+        raise StoryboardError(f"Export format must be one of {', '.join(FORMATS)}; got '{board.format}'.")
+    clips = []
+    for n, shot in enumerate(board.shots, start=1):
+        found = find_clip(output_dir, shot.clip)
+        if found is None:
+            raise StoryboardError(f"Shot {n}: the clip '{shot.clip}' is not in the library.")
+        clip = VideoFileClip(str(found.video), audio=False)
+        end = clip.duration if shot.end_s is None else shot.end_s
+        if not 0 <= shot.start_s < end <= clip.duration + 1e-3:
+            clip.close()
+            raise StoryboardError(
+                f"Shot {n}: the trim {shot.start_s:g}–{end:g} s is empty or outside the clip (0–{clip.duration:g} s)."
+            )
+        if shot.transition not in ("cut", "crossfade"):
+            raise StoryboardError(f"Shot {n}: the transition must be 'cut' or 'crossfade'.")
+        clips.append(clip.subclipped(shot.start_s, end))
+    for n, (shot, clip) in enumerate(zip(board.shots[:-1], clips[1:], strict=False), start=1):
+        if shot.transition == "crossfade" and not 0 < shot.crossfade_s < min(clip.duration, clips[n - 1].duration):
+            raise StoryboardError(f"Shot {n}: the crossfade must be shorter than both shots it joins.")
+    return clips
+
+
+def _letterbox(clip, size: tuple[int, int]):
+    """Fit inside the film's size keeping the aspect ratio; bars fill the rest. Never stretched."""
+    from moviepy import ColorClip, CompositeVideoClip
+
+    if tuple(clip.size) == tuple(size):
+        return clip
+    scale = min(size[0] / clip.w, size[1] / clip.h)
+    fitted = clip.resized((max(2, round(clip.w * scale)), max(2, round(clip.h * scale))))
+    background = ColorClip(size, color=(0, 0, 0), duration=clip.duration)
+    return CompositeVideoClip([background, fitted.with_position("center")], size=size)
+
+
+def _title_card(text: str, size: tuple[int, int], colour: str, duration: float):
+    from moviepy import ImageClip
+
+    image = Image.new("RGB", size, colour)
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=max(12, size[1] // 10))
+    box = draw.textbbox((0, 0), text, font=font)
+    position = ((size[0] - (box[2] - box[0])) / 2, (size[1] - (box[3] - box[1])) / 2)
+    draw.text(position, text, fill=(240, 240, 240), font=font)
+    return ImageClip(np.asarray(image), duration=duration)
+
+
+def _audio_track(path: str, duration: float, fade_s: float):
+    from moviepy import AudioFileClip, afx
+
+    if not Path(path).is_file():
+        raise StoryboardError(f"The audio file '{path}' does not exist.")
+    try:
+        audio = AudioFileClip(path)
+    except (OSError, KeyError, IndexError, ValueError) as err:
+        raise StoryboardError(f"The audio file '{Path(path).name}' could not be read: {err}") from None
+    if audio.duration is None or audio.duration <= 0:
+        raise StoryboardError(f"The audio file '{Path(path).name}' holds no sound.")
+    fitted = audio.with_effects([afx.AudioLoop(duration=duration)]) if audio.duration < duration else audio
+    fitted = fitted.subclipped(0, duration)
+    if fade_s > 0:
+        fade = min(fade_s, duration / 2)
+        fitted = fitted.with_effects([afx.AudioFadeIn(fade), afx.AudioFadeOut(fade)])
+    return fitted
+
+
+def film_duration(board: Storyboard, output_dir: Path) -> float:
+    clips = _open_clips(board, output_dir)
+    try:
+        total = sum(c.duration for c in clips) + (board.title_s if board.title else 0.0)
+        total -= sum(s.crossfade_s for s in board.shots[:-1] if s.transition == "crossfade")
+        return total
+    finally:
+        for clip in clips:
+            clip.close()
+
+
+def export_film(board: Storyboard, output_dir: Path, on_progress: Callable[[float, str], None] | None = None) -> Path:
+    """Render the storyboard to `<output>/films/<time>_<title>.<format>`; raise StoryboardError on bad input."""
+    from moviepy import CompositeVideoClip, vfx
+    from proglog import ProgressBarLogger
+
+    output_dir = Path(output_dir)
+    clips = _open_clips(board, output_dir)
+    opened = list(clips)
+    try:
+        size = tuple(board.size) if board.size else tuple(clips[0].size)
+        if size[0] % 2 or size[1] % 2:
+            raise StoryboardError(f"The film size must have even sides; got {size[0]}x{size[1]}.")
+        fps = board.fps or clips[0].fps
+        pieces = [_letterbox(c, size) for c in clips]
+        for n, shot in enumerate(board.shots[:-1]):
+            if shot.transition == "crossfade":
+                pieces[n + 1] = pieces[n + 1].with_effects([vfx.CrossFadeIn(shot.crossfade_s)])
+        if board.title:
+            pieces.insert(0, _title_card(board.title, size, board.title_colour, board.title_s))
+        # Overlaps: a crossfade pulls the next shot back by its length.
+        start = 0.0
+        timed = []
+        shots = ([None] if board.title else []) + list(board.shots)
+        for n, piece in enumerate(pieces):
+            timed.append(piece.with_start(start))
+            overlap = shots[n].crossfade_s if shots[n] is not None and shots[n].transition == "crossfade" else 0.0
+            overlap = overlap if n + 1 < len(pieces) else 0.0
+            start += piece.duration - overlap
+        film = CompositeVideoClip(timed, size=size).with_duration(start)
+        if board.audio:
+            film = film.with_audio(_audio_track(board.audio, film.duration, board.audio_fade_s))
+
+        films_dir = output_dir / "films"
+        films_dir.mkdir(parents=True, exist_ok=True)
+        tmp = films_dir / f"{TMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}.{board.format}"
+
+        class _Logger(ProgressBarLogger):
+            def bars_callback(self, bar, attr, value, old_value=None):
+                total = self.bars[bar].get("total") or 0
+                if on_progress and bar == "frame_index" and total:
+                    on_progress(min(1.0, value / total), f"Rendering frame {value}/{total}")
+
+        try:
+            settings = FORMATS[board.format]
+            film.write_videofile(
+                str(tmp), fps=fps, codec=settings["codec"], audio=board.audio is not None,
+                audio_codec=settings["audio_codec"], ffmpeg_params=settings["ffmpeg_params"],
+                logger=_Logger(), temp_audiofile_path=str(films_dir),
+            )  # fmt: skip
+            stem = f"{time.strftime('%Y%m%d-%H%M%S')}_{slugify(board.title or 'film')}"
+            for n in range(1, 10_000):
+                final = films_dir / (f"{stem}.{board.format}" if n == 1 else f"{stem}-{n}.{board.format}")
+                try:
+                    os.link(tmp, final)
+                    break
+                except FileExistsError:
+                    continue
+            return final
+        finally:
+            tmp.unlink(missing_ok=True)
+            for leftover in films_dir.glob(f"{TMP_PREFIX}*"):
+                if leftover.stat().st_mtime < time.time() - 3600:
+                    leftover.unlink(missing_ok=True)
+    finally:
+        for clip in opened:
+            clip.close()

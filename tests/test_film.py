@@ -1,0 +1,104 @@
+"""Films from clips: decoded back and measured."""
+
+from __future__ import annotations
+
+import math
+import struct
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines import APP_NAME
+from pipelines.video import write_clip
+from studio.film import Shot, Storyboard, StoryboardError, export_film, film_duration, load_storyboard, save_storyboard
+from tests.media import decode_video, probe
+
+RED, BLUE = (220, 30, 30), (30, 30, 220)
+
+
+def make_clip(out_dir: Path, name: str, colour, size=(96, 64), frames=16, fps=8) -> str:
+    pixels = np.zeros((frames, size[1], size[0], 3), np.uint8)
+    pixels[:] = colour
+    files = write_clip(pixels, fps, out_dir, name, {"app": APP_NAME, "settings": {"prompt": name}})
+    return files.video.name
+
+
+def sine_wav(path: Path, seconds: float = 1.0, rate: int = 44100) -> Path:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        samples = (int(12000 * math.sin(2 * math.pi * 440 * i / rate)) for i in range(int(seconds * rate)))
+        w.writeframes(b"".join(struct.pack("<h", s) for s in samples))
+    return path
+
+
+@pytest.fixture
+def two_clips(out_dir):
+    return make_clip(out_dir, "red", RED), make_clip(out_dir, "blue-portrait", BLUE, size=(64, 96))
+
+
+def test_crossfade_letterbox_and_audio(out_dir, two_clips, tmp_path):
+    red, blue = two_clips
+    board = Storyboard(
+        shots=[Shot(red, transition="crossfade", crossfade_s=0.5), Shot(blue)],
+        audio=str(sine_wav(tmp_path / "tone.wav")),
+    )
+    assert film_duration(board, out_dir) == pytest.approx(3.5)
+    progress = []
+    film = export_film(board, out_dir, on_progress=lambda f, m: progress.append(f))
+    frames, fps = decode_video(film)
+    assert fps == 8 and frames.shape[1:3] == (64, 96)
+    assert abs(frames.shape[0] - 28) <= 1  # 2 s + 2 s - 0.5 s at 8 fps
+    centre = frames[:, 32, 48].astype(int)
+    assert np.abs(centre[2] - RED).max() < 25  # the red shot
+    assert np.abs(centre[-2] - BLUE).max() < 25  # the blue shot
+    middle = centre[14]  # t = 1.75 s, the crossfade's midpoint
+    assert 60 < middle[0] < 190 and 60 < middle[2] < 190, middle
+    # the portrait shot is letterboxed: black bars left and right, never stretched
+    last = frames[-2].astype(int)
+    assert last[32, 2].max() < 20 and last[32, 93].max() < 20
+    streams = {s["codec_type"]: s for s in probe(film)["streams"]}
+    assert streams["video"]["codec_name"] == "h264" and streams["video"]["pix_fmt"] == "yuv420p"
+    assert streams["audio"]["codec_name"] == "aac"
+    assert float(streams["audio"]["duration"]) == pytest.approx(3.5, abs=0.1)  # looped 1 s tone
+    assert progress and progress[-1] == pytest.approx(1.0, abs=0.05)
+
+
+def test_trim_and_title_card(out_dir, two_clips):
+    red, blue = two_clips
+    board = Storyboard(shots=[Shot(red, start_s=0.5, end_s=1.5), Shot(blue, end_s=1.0)], title="The End", title_s=1.0)
+    film = export_film(board, out_dir)
+    frames, _ = decode_video(film)
+    assert frames.shape[0] == 24  # 1 s title + 1 s + 1 s at 8 fps
+    assert frames[3].mean() < 80  # the dark title card
+    assert np.abs(frames[12, 32, 48].astype(int) - RED).max() < 25
+
+
+def test_exports_never_overwrite_and_the_storyboard_persists(out_dir, two_clips):
+    red, _ = two_clips
+    board = Storyboard(shots=[Shot(red)], title="same")
+    first, second = export_film(board, out_dir), export_film(board, out_dir)
+    assert first != second and first.exists() and second.exists()
+    save_storyboard(board, out_dir)
+    assert load_storyboard(out_dir) == board
+
+
+@pytest.mark.parametrize(
+    "make_board, fragment",
+    [
+        (lambda red, p: Storyboard(), "empty"),
+        (lambda red, p: Storyboard(shots=[Shot("missing.mp4")]), "not in the library"),
+        (lambda red, p: Storyboard(shots=[Shot(red, start_s=1.0, end_s=1.0)]), "trim"),
+        (lambda red, p: Storyboard(shots=[Shot(red)], audio=str(p)), "could not be read"),
+    ],
+)
+def test_bad_storyboards_say_why_and_write_nothing(out_dir, two_clips, tmp_path, make_board, fragment):
+    broken_audio = tmp_path / "broken.mp3"
+    broken_audio.write_bytes(b"this is not audio")
+    with pytest.raises(StoryboardError, match=fragment):
+        export_film(make_board(two_clips[0], broken_audio), out_dir)
+    films = out_dir / "films"
+    assert not films.exists() or not any(films.iterdir())
