@@ -22,8 +22,20 @@ from pipelines.video import TMP_PREFIX, slugify
 from studio.history import find_clip
 
 FORMATS = {
-    "mp4": dict(codec="libx264", audio_codec="aac", ffmpeg_params=["-pix_fmt", "yuv420p", "-movflags", "+faststart"]),
-    "webm": dict(codec="libvpx-vp9", audio_codec="libopus", ffmpeg_params=["-pix_fmt", "yuv420p"]),
+    "mp4": dict(
+        codec="libx264",
+        audio_codec="aac",
+        audio_ext="m4a",
+        audio_fps=44100,
+        ffmpeg_params=["-pix_fmt", "yuv420p", "-movflags", "+faststart"],
+    ),  # fmt: skip
+    "webm": dict(
+        codec="libvpx-vp9",
+        audio_codec="libopus",
+        audio_ext="ogg",
+        audio_fps=48000,  # Opus takes no 44.1 kHz
+        ffmpeg_params=["-pix_fmt", "yuv420p"],
+    ),  # fmt: skip
 }
 STORYBOARD_FILE = "storyboard.json"
 
@@ -221,8 +233,9 @@ def export_film(board: Storyboard, output_dir: Path, on_progress: Callable[[floa
             settings = FORMATS[board.format]
             film.write_videofile(
                 str(tmp), fps=fps, codec=settings["codec"], audio=board.audio is not None,
-                audio_codec=settings["audio_codec"], ffmpeg_params=settings["ffmpeg_params"],
-                logger=_Logger(), temp_audiofile_path=str(films_dir),
+                audio_codec=settings["audio_codec"], audio_fps=settings["audio_fps"],
+                ffmpeg_params=settings["ffmpeg_params"],
+                logger=_Logger(), temp_audiofile=str(tmp.with_suffix(f".audio.{settings['audio_ext']}")),
             )  # fmt: skip
             stem = f"{time.strftime('%Y%m%d-%H%M%S')}_{slugify(board.title or 'film')}"
             for n in range(1, 10_000):
@@ -235,6 +248,7 @@ def export_film(board: Storyboard, output_dir: Path, on_progress: Callable[[floa
             return final
         finally:
             tmp.unlink(missing_ok=True)
+            tmp.with_suffix(f".audio.{FORMATS[board.format]['audio_ext']}").unlink(missing_ok=True)
             for leftover in films_dir.glob(f"{TMP_PREFIX}*"):
                 if leftover.stat().st_mtime < time.time() - 3600:
                     leftover.unlink(missing_ok=True)

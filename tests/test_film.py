@@ -67,6 +67,16 @@ def test_crossfade_letterbox_and_audio(out_dir, two_clips, tmp_path):
     assert progress and progress[-1] == pytest.approx(1.0, abs=0.05)
 
 
+def test_webm_export_has_vp9_and_opus(out_dir, two_clips, tmp_path):
+    board = Storyboard(shots=[Shot(two_clips[0])], audio=str(sine_wav(tmp_path / "tone.wav")), format="webm")
+    film = export_film(board, out_dir)
+    assert film.suffix == ".webm"
+    codecs = {s["codec_type"]: s["codec_name"] for s in probe(film)["streams"]}
+    assert codecs == {"video": "vp9", "audio": "opus"}
+    assert decode_video(film)[0].shape[0] == 16
+    assert [p.name for p in (out_dir / "films").iterdir()] == [film.name]  # no temporary audio left
+
+
 def test_trim_and_title_card(out_dir, two_clips):
     red, blue = two_clips
     board = Storyboard(shots=[Shot(red, start_s=0.5, end_s=1.5), Shot(blue, end_s=1.0)], title="The End", title_s=1.0)
