@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from pipelines.video import TMP_PREFIX, slugify
+from pipelines.video import TMP_PREFIX, ffmpeg_exe, slugify
 from studio.history import find_clip
 
 FORMATS = {
@@ -29,6 +30,7 @@ FORMATS = {
         audio_fps=44100,
         ffmpeg_params=["-pix_fmt", "yuv420p", "-movflags", "+faststart"],
     ),  # fmt: skip
+    "gif": dict(),  # no sound; scaled to at most GIF_MAX_WIDTH wide
     "webm": dict(
         codec="libvpx-vp9",
         audio_codec="libopus",
@@ -38,6 +40,7 @@ FORMATS = {
     ),  # fmt: skip
 }
 STORYBOARD_FILE = "storyboard.json"
+GIF_MAX_WIDTH = 480
 
 
 class StoryboardError(ValueError):
@@ -62,8 +65,9 @@ class Storyboard:
     audio: str | None = None  # a path to an audio file
     audio_fade_s: float = 1.0
     size: tuple[int, int] | None = None  # None: the first shot's size
-    fps: float | None = None  # None: the first shot's frame rate
-    format: str = "mp4"
+    fps: float | None = None  # None: the first shot's frame rate; another rate is motion-interpolated
+    slow_motion: bool = False  # half speed, motion-interpolated
+    format: str = "mp4"  # "mp4", "webm" or "gif"
 
     @classmethod
     def from_json(cls, data: dict) -> Storyboard:
@@ -181,77 +185,150 @@ def film_duration(board: Storyboard, output_dir: Path) -> float:
     try:
         total = sum(c.duration for c in clips) + (board.title_s if board.title else 0.0)
         total -= sum(s.crossfade_s for s in board.shots[:-1] if s.transition == "crossfade")
-        return total
+        return total * (2 if board.slow_motion else 1)
     finally:
         for clip in clips:
             clip.close()
 
 
-def export_film(board: Storyboard, output_dir: Path, on_progress: Callable[[float, str], None] | None = None) -> Path:
-    """Render the storyboard to `<output>/films/<time>_<title>.<format>`; raise StoryboardError on bad input."""
-    from moviepy import CompositeVideoClip, vfx
+def _stage_logger(on_progress: Callable[[float, str], None] | None, low: float, high: float, label: str):
+    """moviepy's frame counter mapped onto [low, high] of the whole export."""
     from proglog import ProgressBarLogger
+
+    class _Logger(ProgressBarLogger):
+        def bars_callback(self, bar, attr, value, old_value=None):
+            total = self.bars[bar].get("total") or 0
+            if on_progress and bar == "frame_index" and total:
+                on_progress(low + (high - low) * min(1.0, value / total), f"{label}: frame {value}/{total}")
+
+    return _Logger()
+
+
+def _interpolate(
+    source: Path, target: Path, fps: float, frames: int, source_fps: float, report: Callable[[float], None]
+) -> None:
+    """ffmpeg's motion-compensated frame interpolation (minterpolate) to a new frame rate.
+
+    minterpolate ends at the last source frame's timestamp; holding that frame for one source frame's
+    duration (tpad) keeps the film's length."""
+    chain = f"minterpolate=fps={fps:g}:mi_mode=mci,tpad=stop_mode=clone:stop_duration={1 / source_fps:.6f}"
+    args = [
+        ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-i", str(source),
+        "-vf", chain, "-frames:v", str(frames), "-an", "-c:v", "libx264", "-crf", "12",
+        "-preset", "veryfast", "-pix_fmt", "yuv420p", "-progress", "pipe:1", "-nostats", str(target),
+    ]  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("frame=") and frames:
+            report(min(1.0, int(line.split("=")[1]) / frames))
+    stderr = proc.stderr.read()
+    if proc.wait() != 0:
+        raise RuntimeError(f"Frame interpolation failed: {stderr.strip()[-400:]}")
+
+
+def _publish(tmp: Path, films_dir: Path, stem: str, suffix: str) -> Path:
+    """Link the finished file to a free name: an earlier film is never replaced."""
+    for n in range(1, 10_000):
+        final = films_dir / (f"{stem}.{suffix}" if n == 1 else f"{stem}-{n}.{suffix}")
+        try:
+            os.link(tmp, final)
+            return final
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"no free file name for {stem} in {films_dir}")
+
+
+def export_film(board: Storyboard, output_dir: Path, on_progress: Callable[[float, str], None] | None = None) -> Path:
+    """Render the storyboard to `<output>/films/<time>_<title>.<format>`; StoryboardError on bad input.
+
+    Stages: compose the shots (moviepy, frames streamed from the clip files); when the frame rate changes
+    or for slow motion, interpolate motion with ffmpeg; then add the audio and encode the chosen format.
+    Every intermediate is a temporary file in the films folder, removed whatever happens.
+    """
+    from moviepy import CompositeVideoClip, VideoFileClip, vfx
 
     output_dir = Path(output_dir)
     clips = _open_clips(board, output_dir)
     opened = list(clips)
+    films_dir = output_dir / "films"
+    token = f"{TMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}"
+    temporaries: list[Path] = []
+
+    def temporary(suffix: str) -> Path:
+        path = films_dir / f"{token}-{len(temporaries)}.{suffix}"
+        temporaries.append(path)
+        return path
+
     try:
         size = tuple(board.size) if board.size else tuple(clips[0].size)
         if size[0] % 2 or size[1] % 2:
             raise StoryboardError(f"The film size must have even sides; got {size[0]}x{size[1]}.")
-        fps = board.fps or clips[0].fps
+        source_fps = clips[0].fps
+        target_fps = float(board.fps or source_fps)
+        if not 1 <= target_fps <= 60:
+            raise StoryboardError(f"The film's frame rate must be from 1 to 60 fps; got {target_fps:g}.")
+        audio = None
         pieces = [_letterbox(c, size) for c in clips]
         for n, shot in enumerate(board.shots[:-1]):
             if shot.transition == "crossfade":
                 pieces[n + 1] = pieces[n + 1].with_effects([vfx.CrossFadeIn(shot.crossfade_s)])
         if board.title:
             pieces.insert(0, _title_card(board.title, size, board.title_colour, board.title_s))
-        # Overlaps: a crossfade pulls the next shot back by its length.
+        # A crossfade pulls the next shot back by its length.
         start = 0.0
         timed = []
         shots = ([None] if board.title else []) + list(board.shots)
         for n, piece in enumerate(pieces):
             timed.append(piece.with_start(start))
-            overlap = shots[n].crossfade_s if shots[n] is not None and shots[n].transition == "crossfade" else 0.0
-            overlap = overlap if n + 1 < len(pieces) else 0.0
-            start += piece.duration - overlap
-        film = CompositeVideoClip(timed, size=size).with_duration(start)
+            joins = n + 1 < len(pieces) and shots[n] is not None and shots[n].transition == "crossfade"
+            start += piece.duration - (shots[n].crossfade_s if joins else 0.0)
+        video = CompositeVideoClip(timed, size=size).with_duration(start)
+        sample_fps = source_fps
+        if board.slow_motion:
+            video = video.with_effects([vfx.MultiplySpeed(0.5)])
+            sample_fps = source_fps / 2  # each source frame once; interpolation makes the rest
         if board.audio:
-            film = film.with_audio(_audio_track(board.audio, film.duration, board.audio_fade_s))
+            audio = _audio_track(board.audio, video.duration, board.audio_fade_s)  # checked before any work
 
-        films_dir = output_dir / "films"
         films_dir.mkdir(parents=True, exist_ok=True)
-        tmp = films_dir / f"{TMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}.{board.format}"
-
-        class _Logger(ProgressBarLogger):
-            def bars_callback(self, bar, attr, value, old_value=None):
-                total = self.bars[bar].get("total") or 0
-                if on_progress and bar == "frame_index" and total:
-                    on_progress(min(1.0, value / total), f"Rendering frame {value}/{total}")
-
-        try:
-            settings = FORMATS[board.format]
-            film.write_videofile(
-                str(tmp), fps=fps, codec=settings["codec"], audio=board.audio is not None,
-                audio_codec=settings["audio_codec"], audio_fps=settings["audio_fps"],
-                ffmpeg_params=settings["ffmpeg_params"],
-                logger=_Logger(), temp_audiofile=str(tmp.with_suffix(f".audio.{settings['audio_ext']}")),
+        interpolate = board.slow_motion or abs(target_fps - source_fps) > 1e-6
+        if interpolate:
+            composed = temporary("mp4")
+            video.write_videofile(
+                str(composed), fps=sample_fps, codec="libx264", audio=False, preset="veryfast",
+                ffmpeg_params=["-crf", "12", "-pix_fmt", "yuv420p"],
+                logger=_stage_logger(on_progress, 0.0, 0.5, "Composing"),
             )  # fmt: skip
-            stem = f"{time.strftime('%Y%m%d-%H%M%S')}_{slugify(board.title or 'film')}"
-            for n in range(1, 10_000):
-                final = films_dir / (f"{stem}.{board.format}" if n == 1 else f"{stem}-{n}.{board.format}")
-                try:
-                    os.link(tmp, final)
-                    break
-                except FileExistsError:
-                    continue
-            return final
-        finally:
-            tmp.unlink(missing_ok=True)
-            tmp.with_suffix(f".audio.{FORMATS[board.format]['audio_ext']}").unlink(missing_ok=True)
-            for leftover in films_dir.glob(f"{TMP_PREFIX}*"):
-                if leftover.stat().st_mtime < time.time() - 3600:
-                    leftover.unlink(missing_ok=True)
+            smooth = temporary("mp4")
+            _interpolate(
+                composed, smooth, target_fps, round(video.duration * target_fps), sample_fps,
+                lambda f: on_progress and on_progress(0.5 + 0.3 * f, f"Interpolating to {target_fps:g} fps"),
+            )  # fmt: skip
+            video = VideoFileClip(str(smooth), audio=False)
+            opened.append(video)
+        low = 0.8 if interpolate else 0.0
+        tmp = temporary(board.format)
+        if board.format == "gif":
+            scale = min(1.0, GIF_MAX_WIDTH / size[0])
+            gif = video.resized(scale) if scale < 1 else video
+            gif.write_gif(str(tmp), fps=target_fps, logger=_stage_logger(on_progress, low, 1.0, "Writing GIF"))
+        else:
+            if audio is not None:
+                video = video.with_audio(audio)
+            settings = FORMATS[board.format]
+            video.write_videofile(
+                str(tmp), fps=target_fps, codec=settings["codec"], audio=audio is not None,
+                audio_codec=settings["audio_codec"], audio_fps=settings["audio_fps"],
+                ffmpeg_params=settings["ffmpeg_params"], temp_audiofile=str(temporary(settings["audio_ext"])),
+                logger=_stage_logger(on_progress, low, 1.0, "Encoding"),
+            )  # fmt: skip
+        stem = f"{time.strftime('%Y%m%d-%H%M%S')}_{slugify(board.title or 'film')}"
+        film = _publish(tmp, films_dir, stem, board.format)
+        if on_progress:
+            on_progress(1.0, f"Film ready: {film.name}")
+        return film
     finally:
         for clip in opened:
             clip.close()
+        for path in temporaries:
+            path.unlink(missing_ok=True)

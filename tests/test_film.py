@@ -112,3 +112,75 @@ def test_bad_storyboards_say_why_and_write_nothing(out_dir, two_clips, tmp_path,
         export_film(make_board(two_clips[0], broken_audio), out_dir)
     films = out_dir / "films"
     assert not films.exists() or not any(films.iterdir())
+
+
+def moving_clip(out_dir: Path, name: str, frames: int = 16, fps: int = 16) -> str:
+    """A white square sliding right one step per frame, for motion interpolation."""
+    pixels = np.zeros((frames, 64, 96, 3), np.uint8)
+    for i in range(frames):
+        pixels[i, 24:40, 4 + i * 4 : 20 + i * 4] = 255
+    return write_clip(pixels, fps, out_dir, name, {"app": APP_NAME, "settings": {"prompt": name}}).video.name
+
+
+def square_x(frame: np.ndarray) -> float:
+    cols = np.where(frame[32].max(axis=1) > 128)[0]
+    return float(cols.mean()) if len(cols) else float("nan")
+
+
+def test_frame_rate_conversion_interpolates_motion(out_dir):
+    clip = moving_clip(out_dir, "slide")
+    film = export_film(Storyboard(shots=[Shot(clip)], fps=24), out_dir)
+    frames, fps = decode_video(film)
+    assert fps == 24 and abs(frames.shape[0] - 24) <= 1  # 1 s at 24 fps from 16 source frames
+    # an in-between frame shows the square between two source positions, not a repeated frame
+    positions = [square_x(f) for f in frames[:12]]
+    steps = np.diff(positions)
+    assert np.nanmax(steps) < 7.0 and np.nanmin(steps) > 0.5  # smooth: no jumps, no freezes
+
+
+def test_slow_motion_doubles_the_length(out_dir):
+    clip = moving_clip(out_dir, "slide")
+    film = export_film(Storyboard(shots=[Shot(clip)], fps=16, slow_motion=True), out_dir)
+    frames, fps = decode_video(film)
+    assert fps == 16 and abs(frames.shape[0] - 32) <= 1  # 2 s at 16 fps
+    assert film_duration(Storyboard(shots=[Shot(clip)], slow_motion=True), out_dir) == pytest.approx(2.0)
+
+
+def test_gif_export(out_dir):
+    from PIL import Image
+
+    film = export_film(Storyboard(shots=[Shot(moving_clip(out_dir, "slide"))], format="gif"), out_dir)
+    with Image.open(film) as gif:
+        assert gif.format == "GIF" and gif.n_frames == 16 and gif.size == (96, 64)
+
+
+def test_audio_fades_in_and_out(out_dir, two_clips, tmp_path):
+    import subprocess
+
+    from pipelines.video import ffmpeg_exe
+
+    board = Storyboard(shots=[Shot(two_clips[0])], audio=str(sine_wav(tmp_path / "t.wav", 3.0)), audio_fade_s=0.5)
+    film = export_film(board, out_dir)
+    raw = subprocess.run(
+        [ffmpeg_exe(), "-v", "error", "-i", str(film), "-f", "s16le", "-ac", "1", "-ar", "8000", "-"],
+        capture_output=True, check=True,
+    ).stdout  # fmt: skip
+    pcm = np.abs(np.frombuffer(raw, np.int16).astype(float))
+    loudness = lambda a, b: pcm[int(a * 8000) : int(b * 8000)].mean()  # noqa: E731
+    assert loudness(0.0, 0.05) < 0.2 * loudness(0.9, 1.1)
+    assert loudness(1.95, 2.0) < 0.2 * loudness(0.9, 1.1)
+    assert len(pcm) / 8000 == pytest.approx(2.0, abs=0.1)  # trimmed to the film
+
+
+def test_a_failed_export_leaves_no_file(out_dir, monkeypatch):
+    from studio import film as film_module
+
+    clip = moving_clip(out_dir, "slide")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Frame interpolation failed: disk full")
+
+    monkeypatch.setattr(film_module, "_interpolate", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_film(Storyboard(shots=[Shot(clip)], fps=24), out_dir)
+    assert list((out_dir / "films").iterdir()) == []
