@@ -198,6 +198,22 @@ CATALOGUE: dict[str, ModelSpec] = {
 DEFAULT_MODEL = _TI2V_5B.id
 
 
+def image_to_video_model_for(model_id: str) -> ModelSpec:
+    """The model that continues a clip made by `model_id`: itself if it does image-to-video, else the
+    catalogue model with the same text encoder and VAE that does (T2V-A14B -> I2V-A14B)."""
+    spec = get_spec(model_id)
+    if spec.supports(IMAGE_TO_VIDEO):
+        return spec
+    for other in CATALOGUE.values():
+        if (
+            other.supports(IMAGE_TO_VIDEO)
+            and spec.shared_components
+            and other.shared_components == spec.shared_components
+        ):
+            return other
+    return CATALOGUE[DEFAULT_MODEL]
+
+
 class UnknownModelError(ValueError):
     pass
 

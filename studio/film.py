@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -84,7 +85,24 @@ class Storyboard:
         return asdict(self)
 
 
+_storyboard_lock = threading.Lock()  # the page and the GPU worker (extensions) both write the file
+
+
+def append_shot(output_dir: Path, clip_name: str, start_s: float = 0.0) -> Storyboard:
+    """Add a clip at the end of the saved storyboard (an extended shot joins its take)."""
+    with _storyboard_lock:
+        board = load_storyboard(output_dir)
+        board.shots.append(Shot(clip=clip_name, start_s=start_s))
+        _write_storyboard(board, output_dir)
+    return board
+
+
 def save_storyboard(board: Storyboard, output_dir: Path) -> Path:
+    with _storyboard_lock:
+        return _write_storyboard(board, output_dir)
+
+
+def _write_storyboard(board: Storyboard, output_dir: Path) -> Path:
     path = Path(output_dir) / STORYBOARD_FILE
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(board.to_json(), indent=2))

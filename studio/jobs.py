@@ -58,6 +58,7 @@ class Job:
     clip: str | None = None  # the finished MP4's path
     error: str | None = None
     image_path: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # what the studio wants done with the clip (kept on disk)
     version: int = 0  # bumped on every change, so watchers know when to redraw
     preview_version: int = 0  # bumped when a new preview arrives
     preview: np.ndarray | None = field(default=None, repr=False)  # the latest preview strip, memory only
@@ -88,6 +89,7 @@ class JobQueue:
         output_dir: Path,
         default_model: str = DEFAULT_MODEL,
         generate: GenerateFn = default_generate,
+        on_done: Callable[[Job], None] | None = None,
     ):
         self.manager = manager
         self.output_dir = Path(output_dir)
@@ -95,6 +97,7 @@ class JobQueue:
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.default_model = default_model
         self._generate = generate
+        self._on_done = on_done  # called in the worker thread after a clip is written
         self._jobs: dict[str, Job] = {}
         self._cancels: dict[str, threading.Event] = {}
         self._queue: queue.Queue[str] = queue.Queue()
@@ -105,11 +108,11 @@ class JobQueue:
         self._worker.start()
 
     # ---- submitting and watching ----------------------------------------------------------------
-    def submit(self, request: GenerationRequest) -> Job:
+    def submit(self, request: GenerationRequest, extra: dict[str, Any] | None = None) -> Job:
         """Check the request now (so bad input is answered at once), then queue it."""
         validate_request(request, self.default_model)  # raises RequestError with every problem
         fields_ = {k: v for k, v in asdict(request).items() if k != "image"}
-        job = Job(id=uuid.uuid4().hex[:12], fields=fields_)
+        job = Job(id=uuid.uuid4().hex[:12], fields=fields_, extra=dict(extra or {}))
         if request.image is not None:
             from pipelines.images import load_image
 
@@ -196,6 +199,14 @@ class JobQueue:
             return
         with self._lock:
             job.clip = str(files.video)
+        if self._on_done is not None:
+            try:
+                self._on_done(job)
+            except Exception as err:  # the clip is safe in the library whatever the hook does
+                with self._lock:
+                    self._finish(job, DONE, f"Done, but the follow-up failed: {err}")
+                return
+        with self._lock:
             self._finish(job, DONE, f"Done in {result.timings['total_s']:.1f} s (seed {request.seed})")
 
     def _request_of(self, job: Job) -> GenerationRequest:

@@ -15,6 +15,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 from pipelines.catalogue import get_spec  # noqa: E402
 from pipelines.manager import PipelineManager  # noqa: E402
 from pipelines.video import clean_temporaries  # noqa: E402
+from studio import film, history  # noqa: E402
 from studio.jobs import JobQueue, default_generate  # noqa: E402
 from studio.settings import Settings, config_dir, load_settings  # noqa: E402
 
@@ -34,7 +35,16 @@ class Studio:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         clean_temporaries(self.output_dir)
         self.manager = PipelineManager(profile=settings.profile_choice, offline=offline)
-        self.jobs = JobQueue(self.manager, self.output_dir, settings.model, generate=gpu_generate_fn())
+        self.jobs = JobQueue(
+            self.manager, self.output_dir, settings.model, generate=gpu_generate_fn(), on_done=self._after_clip
+        )
+
+    def _after_clip(self, job) -> None:
+        """An extension job's clip joins the storyboard, even when no page is open."""
+        if job.extra.get("append_to_storyboard"):
+            # Its first frame is the previous shot's last one: start one frame in, so the joint does not stall.
+            fps = history.find_clip(self.output_dir, Path(job.clip).name).settings["fps"]
+            film.append_shot(self.output_dir, Path(job.clip).name, start_s=1.0 / fps)
 
     def apply_settings(self, settings: Settings) -> None:
         """Model, profile and form defaults apply to the next job; the output folder after a restart."""

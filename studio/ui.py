@@ -6,21 +6,19 @@ Settings); the generation streams watch a server-owned job, so a closed tab neve
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import gradio as gr
-import numpy as np
 
 from pipelines.catalogue import IMAGE_TO_VIDEO, TEXT_TO_VIDEO, get_spec
 from pipelines.memory import AUTO, PROFILES
-from pipelines.request import GenerationRequest, RequestError
-from studio import film, history
-from studio.jobs import CANCELLED, DONE, QUEUED, RUNNING, Job
+from pipelines.request import GenerationRequest
+from studio import history
+from studio.jobs import RUNNING
 from studio.settings import PRECISIONS, Settings, SettingsError, model_choices, save_settings
+from studio.storyboard_tab import build_storyboard_tab
+from studio.watch import status_text, submit, watch
 
 if TYPE_CHECKING:
     from studio.server import Studio
@@ -33,7 +31,6 @@ EXAMPLE_PROMPTS = [
     "A paper boat drifts down a rain-soaked city gutter, neon reflections, macro lens",
     "A teacher draws a glowing diagram of the solar system on a chalkboard, planets start to orbit",
 ]
-POLL_S = 0.1  # how often a watching page looks at its job
 
 
 def size_choices(spec_id: str, task: str) -> list[str]:
@@ -49,72 +46,6 @@ def parse_size(text: str | None) -> tuple[int | None, int | None]:
     except ValueError:
         raise gr.Error(f"Size must look like 1280x704; got '{text}'.") from None
     return width, height
-
-
-def text_bar(fraction: float, width: int = 20) -> str:
-    filled = round(max(0.0, min(1.0, fraction)) * width)
-    return f"`{'█' * filled}{'░' * (width - filled)}` {fraction:.0%}"
-
-
-def status_text(job: Job, position: int) -> str:
-    """One line per state, with a bar for every wait that has a measure (download, load, steps)."""
-    if job.status == QUEUED:
-        return f"**Queued** — position {position} in the GPU queue. {job.message}"
-    if job.status == RUNNING:
-        if job.stage == "denoise" and job.total_steps:
-            eta = f", about {job.eta_s:.0f} s left" if job.eta_s is not None else ""
-            bar = text_bar(job.step / job.total_steps)
-            return f"**Step {job.step}/{job.total_steps}** {bar}{eta} · seed {job.seed}"
-        if job.stage in ("download", "load"):
-            return f"**{job.stage.capitalize()}** {text_bar(job.fraction)} {job.message}"
-        return f"**{job.stage.capitalize() or 'Starting'}**: {job.message}"
-    return f"**{job.status.capitalize()}** — {job.message}"
-
-
-BAR_COLOURS = {RUNNING: (99, 102, 241), DONE: (74, 190, 120)}
-
-
-def preview_with_bar(job: Job) -> np.ndarray:
-    """The preview strip with a progress bar under it: indigo while denoising, green when the clip is done."""
-    strip = job.preview
-    bar = np.full((8, strip.shape[1], 3), 40, np.uint8)
-    fraction = 1.0 if job.status == DONE else (job.step / job.total_steps if job.total_steps else 0.0)
-    bar[:, : round(strip.shape[1] * fraction)] = BAR_COLOURS.get(job.status, (120, 120, 120))
-    return np.concatenate([strip, bar])
-
-
-async def watch(studio: Studio, job: Job) -> AsyncIterator[tuple[Any, str, str | None, str, int | None]]:
-    """Yield (preview, status, clip, job id, seed) whenever the job changes, until it finishes.
-
-    If the browser goes away Gradio stops iterating this generator; the job itself runs on. Polling
-    keeps no thread busy per watcher, so many open pages cost nothing while they wait."""
-    seen = -1
-    shown = None
-    while True:
-        current = studio.jobs.snapshot(job.id)
-        if current is None:
-            raise gr.Error("The job disappeared from the queue.")
-        if current.version != seen:
-            seen = current.version
-            clip = current.clip if current.status == DONE else None
-            position = studio.jobs.position(current.id)
-            # A chunk carries the preview only when it changed: no image is sent twice.
-            key = (current.preview_version, current.status)
-            preview = gr.skip() if key == shown or current.preview is None else preview_with_bar(current)
-            shown = key
-            yield preview, status_text(current, position), clip, current.id, current.seed
-            if current.finished:
-                if current.status not in (DONE, CANCELLED):
-                    raise gr.Error(current.message)
-                return
-        await asyncio.sleep(POLL_S)
-
-
-def submit(studio: Studio, request: GenerationRequest) -> Job:
-    try:
-        return studio.jobs.submit(request)
-    except RequestError as err:
-        raise gr.Error("\n".join(err.problems.values())) from None
 
 
 def _number(value: float | None) -> int | None:
@@ -240,23 +171,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
 
             # ---- Storyboard ---------------------------------------------------------------------
             with gr.Tab("Storyboard", id="storyboard"):
-                gr.Markdown(
-                    "Shots play in order. Each shot: `clip` (a library file), `start_s`/`end_s` (trim), "
-                    "`transition` into the next (`cut` or `crossfade`, with `crossfade_s`). Optional `title`, "
-                    "`audio` (a file path; looped or trimmed to the film, faded in and out), `size`, `fps`, "
-                    "`format` (`mp4` or `webm`). Saved in the output folder."
-                )
-                with gr.Row():
-                    sb_pick = gr.Dropdown([], label="Library clip", scale=3)
-                    sb_add = gr.Button("Add to storyboard", scale=1)
-                sb_json = gr.Code(
-                    value=film.load_storyboard_text(studio.output_dir), language="json", label="Storyboard"
-                )
-                sb_summary = gr.Markdown(elem_id="storyboard-summary")
-                with gr.Row():
-                    sb_save = gr.Button("Save storyboard")
-                    sb_export = gr.Button("Export film", variant="primary", elem_id="storyboard-export")
-                sb_film = gr.Video(label="Film", interactive=False)
+                board_tab = build_storyboard_tab(studio)
 
             # ---- Settings -----------------------------------------------------------------------
             with gr.Tab("Settings", id="settings"):
@@ -354,7 +269,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
         def refresh_library():
             names = clip_names()
             first = names[0][1] if names else None
-            return (gr.update(choices=names, value=first),) * 3
+            return tuple(gr.update(choices=names, value=first) for _ in range(3))  # Gradio edits each in place
 
         def show_clip(name: str | None):
             clip = history.find_clip(studio.output_dir, name) if name else None
@@ -385,11 +300,12 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 raise gr.Error("Pick a clip first.")
             return history.last_frame(clip.video), gr.Tabs(selected="i2v")
 
-        lib_refresh.click(refresh_library, None, [lib_pick, i_from_clip, sb_pick], api_visibility="private")
-        demo.load(refresh_library, None, [lib_pick, i_from_clip, sb_pick], api_visibility="private")
+        demo.load(board_tab.summarise, board_tab.inputs, board_tab.summary, api_visibility="private")
+        lib_refresh.click(refresh_library, None, [lib_pick, i_from_clip, board_tab.pick], api_visibility="private")
+        demo.load(refresh_library, None, [lib_pick, i_from_clip, board_tab.pick], api_visibility="private")
         lib_pick.change(show_clip, lib_pick, [lib_video, lib_info], api_visibility="private")
-        t_video.change(refresh_library, None, [lib_pick, i_from_clip, sb_pick], api_visibility="private")
-        i_video.change(refresh_library, None, [lib_pick, i_from_clip, sb_pick], api_visibility="private")
+        t_video.change(refresh_library, None, [lib_pick, i_from_clip, board_tab.pick], api_visibility="private")
+        i_video.change(refresh_library, None, [lib_pick, i_from_clip, board_tab.pick], api_visibility="private")
         lib_reuse.click(
             reuse, lib_pick,
             [t_prompt, t_negative, t_size, t_frames, t_steps, t_guidance, t_seed,
@@ -398,46 +314,6 @@ def build_ui(studio: Studio) -> gr.Blocks:
         )  # fmt: skip
         lib_continue.click(use_last_frame, lib_pick, [i_image, tabs], api_visibility="private")
         i_use_frame.click(use_last_frame, i_from_clip, [i_image, tabs], api_visibility="private")
-
-        def parse_board(text: str) -> film.Storyboard:
-            try:
-                return film.Storyboard.from_json(json.loads(text or "{}"))
-            except json.JSONDecodeError as err:
-                raise gr.Error(f"The storyboard is not valid JSON: {err}") from None
-            except film.StoryboardError as err:
-                raise gr.Error(str(err)) from None
-
-        def summarise(text: str) -> str:
-            try:
-                board = parse_board(text)
-                return f"**{len(board.shots)} shots, {film.film_duration(board, studio.output_dir):.1f} s**"
-            except (gr.Error, film.StoryboardError) as err:
-                return f"**Not ready:** {getattr(err, 'message', None) or err}"
-
-        def add_shot(text: str, name: str | None):
-            if not name:
-                raise gr.Error("Pick a clip first.")
-            board = parse_board(text)
-            board.shots.append(film.Shot(clip=name))
-            return json.dumps(board.to_json(), indent=2)
-
-        def save_board(text: str) -> str:
-            path = film.save_storyboard(parse_board(text), studio.output_dir)
-            return f"Saved to `{path}`. " + summarise(text)
-
-        def assemble(storyboard: str, progress=gr.Progress()):  # noqa: B008 (Gradio injects it)
-            board = parse_board(storyboard)
-            try:
-                path = film.export_film(board, studio.output_dir, on_progress=lambda f, m: progress(f, desc=m))
-            except film.StoryboardError as err:
-                raise gr.Error(str(err)) from None
-            return str(path)
-
-        sb_add.click(add_shot, [sb_json, sb_pick], sb_json, api_visibility="private")
-        sb_json.change(summarise, sb_json, sb_summary, api_visibility="private", show_progress="hidden")
-        sb_save.click(save_board, sb_json, sb_summary, api_visibility="private")
-        sb_export.click(assemble, sb_json, sb_film, api_name="assemble")
-        demo.load(summarise, sb_json, sb_summary, api_visibility="private", show_progress="hidden")
 
         def save(model, profile, precision, output_dir, steps, guidance, negative):
             candidate = Settings(

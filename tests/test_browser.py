@@ -95,3 +95,26 @@ def test_the_page_fits_a_phone(page):
     assert overflow <= 1, f"the page scrolls sideways by {overflow}px on a phone"
     assert page.locator("#t2v-generate").is_visible()
     page.screenshot(path=str(SCREENSHOTS / "studio-phone.png"), full_page=False)
+
+
+def test_storyboard_extend_a_shot_then_export_a_film(page):
+    page.set_viewport_size({"width": 1280, "height": 1000})
+    page.get_by_role("tab", name="Storyboard").click()
+    page.locator("#storyboard-add").click()  # the library's newest clip
+    page.wait_for_function(
+        "() => document.querySelector('#storyboard-summary').innerText.includes('1 shots')", timeout=30_000
+    )
+    page.fill("#extend-prompt textarea", "the boat drifts on")
+    page.locator("#extend-go").click()
+    # the extension runs as a job and joins the storyboard when it is done
+    page.wait_for_function(
+        "() => document.querySelector('#storyboard-summary').innerText.includes('2 shots')", timeout=120_000
+    )
+    page.locator("#storyboard-export").click()
+    page.wait_for_function(
+        "() => { const v = document.querySelector('#storyboard-film video'); return v && v.readyState >= 1; }",
+        timeout=120_000,
+    )
+    duration = page.evaluate("() => document.querySelector('#storyboard-film video').duration")
+    assert duration == pytest.approx(9 / 8 + 8 / 8, abs=0.2)  # 9 frames + 9 less the shared joint frame, 8 fps
+    page.screenshot(path=str(SCREENSHOTS / "studio-storyboard.png"), full_page=True)

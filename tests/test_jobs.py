@@ -114,3 +114,15 @@ def test_sharing_always_needs_a_login():
     assert resolve_auth(share=False, auth_value=None) == (None, None)
     with pytest.raises(SystemExit, match="USER:PASSWORD"):
         resolve_auth(share=False, auth_value="no-colon")
+
+
+def test_a_failing_follow_up_never_loses_the_clip(manager, out_dir):
+    def broken_hook(job):
+        raise OSError("storyboard folder is read-only")
+
+    jobs = JobQueue(manager, out_dir, TINY, on_done=broken_hook)
+    job = jobs.submit(request(seed=3), extra={"append_to_storyboard": True})
+    wait_until(lambda: jobs.get(job.id).finished)
+    assert jobs.get(job.id).status == DONE and "follow-up failed" in jobs.get(job.id).message
+    assert [c.settings["seed"] for c in list_clips(out_dir)] == [3]
+    assert json.loads((out_dir / ".jobs" / f"{job.id}.json").read_text())["extra"] == {"append_to_storyboard": True}

@@ -1,0 +1,85 @@
+"""Watching a server-owned job from a page or an API stream: status lines, preview strips, the stream itself."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+import numpy as np
+
+from pipelines.request import GenerationRequest, RequestError
+from studio.jobs import CANCELLED, DONE, QUEUED, RUNNING, Job
+
+if TYPE_CHECKING:
+    from studio.server import Studio
+
+POLL_S = 0.1  # how often a watching page looks at its job
+
+
+def text_bar(fraction: float, width: int = 20) -> str:
+    filled = round(max(0.0, min(1.0, fraction)) * width)
+    return f"`{'█' * filled}{'░' * (width - filled)}` {fraction:.0%}"
+
+
+def status_text(job: Job, position: int) -> str:
+    """One line per state, with a bar for every wait that has a measure (download, load, steps)."""
+    if job.status == QUEUED:
+        return f"**Queued** — position {position} in the GPU queue. {job.message}"
+    if job.status == RUNNING:
+        if job.stage == "denoise" and job.total_steps:
+            eta = f", about {job.eta_s:.0f} s left" if job.eta_s is not None else ""
+            bar = text_bar(job.step / job.total_steps)
+            return f"**Step {job.step}/{job.total_steps}** {bar}{eta} · seed {job.seed}"
+        if job.stage in ("download", "load"):
+            return f"**{job.stage.capitalize()}** {text_bar(job.fraction)} {job.message}"
+        return f"**{job.stage.capitalize() or 'Starting'}**: {job.message}"
+    return f"**{job.status.capitalize()}** — {job.message}"
+
+
+BAR_COLOURS = {RUNNING: (99, 102, 241), DONE: (74, 190, 120)}
+
+
+def preview_with_bar(job: Job) -> np.ndarray:
+    """The preview strip with a progress bar under it: indigo while denoising, green when the clip is done."""
+    strip = job.preview
+    bar = np.full((8, strip.shape[1], 3), 40, np.uint8)
+    fraction = 1.0 if job.status == DONE else (job.step / job.total_steps if job.total_steps else 0.0)
+    bar[:, : round(strip.shape[1] * fraction)] = BAR_COLOURS.get(job.status, (120, 120, 120))
+    return np.concatenate([strip, bar])
+
+
+async def watch(studio: Studio, job: Job) -> AsyncIterator[tuple[Any, str, str | None, str, int | None]]:
+    """Yield (preview, status, clip, job id, seed) whenever the job changes, until it finishes.
+
+    If the browser goes away Gradio stops iterating this generator; the job itself runs on. Polling
+    keeps no thread busy per watcher, so many open pages cost nothing while they wait."""
+    seen = -1
+    shown = None
+    while True:
+        current = studio.jobs.snapshot(job.id)
+        if current is None:
+            raise gr.Error("The job disappeared from the queue.")
+        if current.version != seen:
+            seen = current.version
+            clip = current.clip if current.status == DONE else None
+            position = studio.jobs.position(current.id)
+            # A chunk carries the preview only when it changed: no image is sent twice.
+            key = (current.preview_version, current.status)
+            preview = gr.skip() if key == shown or current.preview is None else preview_with_bar(current)
+            shown = key
+            yield preview, status_text(current, position), clip, current.id, current.seed
+            if current.finished:
+                if current.status not in (DONE, CANCELLED):
+                    raise gr.Error(current.message)
+                return
+        await asyncio.sleep(POLL_S)
+
+
+def submit(studio: Studio, request: GenerationRequest, extra: dict[str, Any] | None = None) -> Job:
+    """Queue a request; bad input becomes a message in the page (and an error for API callers)."""
+    try:
+        return studio.jobs.submit(request, extra=extra)
+    except RequestError as err:
+        raise gr.Error("\n".join(err.problems.values())) from None
