@@ -31,6 +31,7 @@ class StoryboardTab:
     summary: gr.Markdown
     inputs: list
     summarise: Callable[..., str]  # run at page load too
+    reload: Callable[[], tuple]  # the saved storyboard for every input, at page load
 
 
 def board_to_rows(board: film.Storyboard) -> pd.DataFrame:
@@ -204,6 +205,19 @@ def build_storyboard_tab(studio: Studio) -> StoryboardTab:
     def reload_rows():
         return board_to_rows(film.load_storyboard(out))
 
+    def reload_all():
+        """The saved storyboard into every control: a reopened page shows what was saved, not what the
+        page held when the server started."""
+        try:
+            board = film.load_storyboard(out)
+        except (ValueError, film.StoryboardError):
+            board = film.Storyboard()
+        return (
+            board_to_rows(board), board.title or "", board.title_colour, board.title_s, board.audio,
+            board.audio_fade_s, board.format, str(int(board.fps)) if board.fps else "source", board.slow_motion,
+            "x".join(map(str, board.size)) if board.size else "",
+        )  # fmt: skip
+
     add.click(add_shot, [pick, table], table, api_visibility="private")
     up.click(lambda r, i: move(r, i, -1), [table, row], [table, row], api_visibility="private")
     down.click(lambda r, i: move(r, i, 1), [table, row], [table, row], api_visibility="private")
@@ -216,7 +230,7 @@ def build_storyboard_tab(studio: Studio) -> StoryboardTab:
         extend_last, [ext_prompt, *inputs], [ext_preview, ext_status, *ext_hidden], api_visibility="private"
     ).then(reload_rows, None, table, api_visibility="private")
     api_button.click(assemble, api_json, api_film, api_name="assemble")
-    return StoryboardTab(pick=pick, summary=summary, inputs=inputs, summarise=summarise)
+    return StoryboardTab(pick=pick, summary=summary, inputs=inputs, summarise=summarise, reload=reload_all)
 
 
 def _parse_size(text: str | None) -> tuple[int, int] | None:

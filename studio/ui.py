@@ -300,7 +300,9 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 raise gr.Error("Pick a clip first.")
             return history.last_frame(clip.video), gr.Tabs(selected="i2v")
 
-        demo.load(board_tab.summarise, board_tab.inputs, board_tab.summary, api_visibility="private")
+        demo.load(board_tab.reload, None, board_tab.inputs, api_visibility="private").then(
+            board_tab.summarise, board_tab.inputs, board_tab.summary, api_visibility="private"
+        )
         lib_refresh.click(refresh_library, None, [lib_pick, i_from_clip, board_tab.pick], api_visibility="private")
         demo.load(refresh_library, None, [lib_pick, i_from_clip, board_tab.pick], api_visibility="private")
         lib_pick.change(show_clip, lib_pick, [lib_video, lib_info], api_visibility="private")

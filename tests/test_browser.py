@@ -118,3 +118,12 @@ def test_storyboard_extend_a_shot_then_export_a_film(page):
     duration = page.evaluate("() => document.querySelector('#storyboard-film video').duration")
     assert duration == pytest.approx(9 / 8 + 8 / 8, abs=0.2)  # 9 frames + 9 less the shared joint frame, 8 fps
     page.screenshot(path=str(SCREENSHOTS / "studio-storyboard.png"), full_page=True)
+
+
+def test_a_reopened_page_shows_the_saved_storyboard(page):
+    page.reload()
+    page.get_by_role("tab", name="Storyboard").click()
+    page.wait_for_function(
+        "() => document.querySelector('#storyboard-summary').innerText.includes('2 shots')", timeout=30_000
+    )
+    assert "the-boat-drifts-on" in page.inner_text("#storyboard-table")
