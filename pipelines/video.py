@@ -14,6 +14,7 @@ import re
 import subprocess
 import time
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,16 +94,29 @@ def write_clip(
     sidecar: dict[str, Any],
     input_image: Any | None = None,
     comment: str | None = None,
+    sign: Callable[[Path, Path], None] | None = None,
 ) -> ClipFiles:
-    """Encode and publish a clip under a fresh name `<time>_<hint>[-n].mp4` with its sidecar."""
+    """Encode and publish a clip under a fresh name `<time>_<hint>[-n].mp4` with its sidecar.
+
+    `sign(unsigned, signed)` adds Content Credentials; if it fails the unsigned clip is published and the
+    sidecar says why, so a signing problem never loses a clip."""
     out_dir.mkdir(parents=True, exist_ok=True)
     token = f"{os.getpid()}-{time.monotonic_ns()}"
     tmp_video = out_dir / f"{TMP_PREFIX}{token}.mp4"
     tmp_sidecar = out_dir / f"{TMP_PREFIX}{token}.json"
     tmp_image = out_dir / f"{TMP_PREFIX}{token}.png"
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    tmp_signed = out_dir / f"{TMP_PREFIX}{token}.signed.mp4"
+    provenance: dict[str, Any] = {"signed": False}
     try:
         encode_mp4(frames, fps, tmp_video, comment=comment)
+        if sign is not None:
+            try:
+                sign(tmp_video, tmp_signed)
+                os.replace(tmp_signed, tmp_video)
+                provenance = {"signed": True}
+            except Exception as err:  # any signing failure: keep the clip, say why
+                provenance = {"signed": False, "signing_error": str(err)}
         if input_image is not None:
             input_image.save(tmp_image, format="PNG")
         for n in range(1, 10_000):
@@ -122,11 +136,12 @@ def write_clip(
         if image is not None:
             _link_no_overwrite(tmp_image, image)
         data = dict(sidecar, file=video.name, input_image=image.name if image is not None else None)
+        data["provenance"] = {**data.get("provenance", {}), **provenance}
         tmp_sidecar.write_text(json.dumps(data, indent=2, ensure_ascii=False))
         _link_no_overwrite(tmp_sidecar, meta)
         return ClipFiles(video, meta, image)
     finally:
-        for tmp in (tmp_video, tmp_sidecar, tmp_image):
+        for tmp in (tmp_video, tmp_sidecar, tmp_image, tmp_signed):
             tmp.unlink(missing_ok=True)
 
 

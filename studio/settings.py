@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from pipelines.catalogue import CATALOGUE, DEFAULT_MODEL, UnknownModelError, get_spec
 from pipelines.memory import AUTO, PROFILES
+from pipelines.paths import config_dir
 from pipelines.request import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_STEPS
 
 PRECISIONS = ("auto", "bf16", "fp8")
-
-
-def config_dir() -> Path:
-    """WAN_STUDIO_HOME, else ~/.config/wan-studio; holds settings.json and nothing the browser can fetch."""
-    return Path(os.environ.get("WAN_STUDIO_HOME") or Path.home() / ".config" / "wan-studio")
 
 
 class SettingsError(ValueError):

@@ -9,6 +9,8 @@ import pytest
 # Tests never touch the hub: offline flags on, test models built into a cache shared by the whole run.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WAN_STUDIO_CACHE", os.path.join(tempfile.gettempdir(), "wan-studio-test-cache"))
+# Settings and the signing key of the test run stay out of the user's config folder.
+os.environ.setdefault("WAN_STUDIO_HOME", tempfile.mkdtemp(prefix="wan-studio-home-"))
 
 
 @pytest.fixture(scope="session")

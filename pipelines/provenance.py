@@ -1,0 +1,237 @@
+"""Content Credentials (C2PA): every clip and film is signed as AI-generated, fully offline.
+
+On first use a local self-signed CA and a signing certificate are made and kept in the user's config
+folder (keys/; the private key is readable by the user only and never leaves the machine). Manifests
+say `c2pa.created` with digitalSourceType trainedAlgorithmicMedia (films: compositeWithTrained…, with
+their clips as ingredients), the model id, and the app's name and version; the prompt only when the
+user opts in.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipelines import APP_NAME, __version__
+from pipelines.paths import config_dir
+
+TRAINED = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
+COMPOSITE = "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia"
+MIME = {".mp4": "video/mp4", ".webm": "video/webm", ".gif": "image/gif", ".png": "image/png", ".jpg": "image/jpeg"}
+_keys_lock = threading.Lock()
+
+
+class SigningError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Identity:
+    chain_pem: bytes  # signing certificate, then the local CA
+    key_pem: bytes
+    issuer: str
+
+
+def keys_dir() -> Path:
+    return config_dir() / "keys"
+
+
+def identity() -> Identity:
+    """This machine's signing identity, made on first use."""
+    folder = keys_dir()
+    chain, key = folder / "signer-chain.pem", folder / "signer-key.pem"
+    with _keys_lock:
+        if not (chain.is_file() and key.is_file()):
+            _make_identity(folder)
+        return Identity(chain.read_bytes(), key.read_bytes(), issuer=f"{APP_NAME} local CA")
+
+
+def studio_mark() -> int:
+    """The 32-bit watermark payload of this studio: derived from its signing certificate, so a
+    watermark read back can be matched to the studio that made the clip."""
+    return int.from_bytes(hashlib.sha256(identity().chain_pem).digest()[:4], "big")
+
+
+def _make_identity(folder: Path) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    valid = dict(not_valid_before=now - datetime.timedelta(days=1), not_valid_after=now + datetime.timedelta(days=3650))
+
+    def usage(**on: bool) -> x509.KeyUsage:
+        names = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment", "key_agreement",
+                 "key_cert_sign", "crl_sign", "encipher_only", "decipher_only")  # fmt: skip
+        return x509.KeyUsage(**{n: on.get(n, False) for n in names})
+
+    def name(common: str) -> x509.Name:
+        return x509.Name(
+            [x509.NameAttribute(NameOID.COMMON_NAME, common), x509.NameAttribute(NameOID.ORGANIZATION_NAME, APP_NAME)]
+        )
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = name(f"{APP_NAME} local CA")
+    ca = (
+        x509.CertificateBuilder(
+            subject_name=ca_name,
+            issuer_name=ca_name,
+            public_key=ca_key.public_key(),
+            serial_number=x509.random_serial_number(),
+            **valid,
+        )  # fmt: skip
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(usage(key_cert_sign=True, crl_sign=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder(
+            subject_name=name(f"{APP_NAME} signer"),
+            issuer_name=ca_name,
+            public_key=key.public_key(),
+            serial_number=x509.random_serial_number(),
+            **valid,
+        )  # fmt: skip
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(usage(digital_signature=True), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    pem = serialization.Encoding.PEM
+    (folder / "ca.pem").write_bytes(ca.public_bytes(pem))
+    (folder / "signer-chain.pem").write_bytes(cert.public_bytes(pem) + ca.public_bytes(pem))
+    key_path = folder / "signer-key.pem"
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    # The CA's key is not needed again: a new identity is made if the files are deleted.
+
+
+def manifest(title: str, model: str | None, prompt: str | None = None, composite: bool = False) -> dict:
+    parameters = {"model": model} if model else {}
+    if prompt:
+        parameters["prompt"] = prompt
+    action = {
+        "action": "c2pa.created",
+        "digitalSourceType": COMPOSITE if composite else TRAINED,
+        "softwareAgent": {"name": APP_NAME, "version": __version__},
+    }
+    if parameters:
+        action["parameters"] = parameters
+    return {
+        "claim_generator_info": [{"name": APP_NAME, "version": __version__}],
+        "title": title,
+        "assertions": [{"label": "c2pa.actions.v2", "data": {"actions": [action]}}],
+    }
+
+
+def sign_file(source: Path, target: Path, claim: dict, ingredients: list[Path] = ()) -> None:
+    """Write a signed copy of `source` to `target`; SigningError says why it could not."""
+    try:
+        import c2pa
+
+        mime = MIME.get(source.suffix.lower())
+        if mime is None:
+            raise SigningError(f"C2PA signing does not support {source.suffix} files")
+        me = identity()
+        signer = c2pa.Signer.from_info(c2pa.C2paSignerInfo(b"es256", me.chain_pem, me.key_pem, None))
+        builder = c2pa.Builder(claim)
+        for ingredient in ingredients:
+            with open(ingredient, "rb") as stream:
+                builder.add_ingredient(
+                    {"title": ingredient.name, "relationship": "componentOf"}, MIME[ingredient.suffix.lower()], stream
+                )
+        with open(source, "rb") as src, open(target, "w+b") as dst:
+            builder.sign(signer, mime, src, dst)
+    except SigningError:
+        raise
+    except Exception as err:  # the native library raises its own error types; keep the reason
+        raise SigningError(f"{type(err).__name__}: {err}") from err
+
+
+@dataclass
+class Verification:
+    has_manifest: bool
+    valid: bool = False  # signature and content hashes check out
+    tampered: bool = False  # the media changed after signing
+    issuer: str | None = None
+    local_key: bool = False  # signed by this machine's own key
+    declared: dict = field(default_factory=dict)  # source type, model, app, prompt, ingredients
+    problems: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        if not self.has_manifest:
+            return "No Content Credentials: this file carries no C2PA manifest."
+        if self.tampered:
+            return "Changed after signing: the media no longer matches its signed manifest."
+        if not self.valid:
+            return "Invalid Content Credentials: " + "; ".join(self.problems)
+        who = "this studio's own key" if self.local_key else (self.issuer or "an unknown signer")
+        return f"Valid Content Credentials, signed by {who}."
+
+
+def verify_file(path: Path) -> Verification:
+    import c2pa
+
+    mime = MIME.get(Path(path).suffix.lower())
+    try:
+        with open(path, "rb") as stream:
+            reader = c2pa.Reader(mime, stream) if mime else c2pa.Reader(str(path), stream)
+            report = json.loads(reader.json())
+            state = reader.get_validation_state()
+    except Exception as err:
+        if "ManifestNotFound" in type(err).__name__ or "no JUMBF" in str(err):
+            return Verification(has_manifest=False)
+        return Verification(has_manifest=False, problems=[f"{type(err).__name__}: {err}"])
+    statuses = report.get("validation_status") or []
+    codes = [s.get("code", "") for s in statuses]
+    failures = [s for s in statuses if s.get("code") != "signingCredential.untrusted"]
+    active = report.get("manifests", {}).get(report.get("active_manifest"), {})
+    signature = active.get("signature_info", {})
+    declared = _declared(active)
+    return Verification(
+        has_manifest=True,
+        valid=state in ("Valid", "Trusted") and not failures,
+        tampered=any("mismatch" in code for code in codes),
+        issuer=signature.get("issuer"),
+        local_key=_is_local(signature),
+        declared=declared,
+        problems=[f"{s.get('code')}: {s.get('explanation')}" for s in failures],
+    )
+
+
+def _is_local(signature: dict) -> bool:
+    """Signed by a certificate issued by this machine's CA (same issuer name and our serial on disk)."""
+    serial = signature.get("cert_serial_number")
+    chain = keys_dir() / "signer-chain.pem"
+    if not serial or not chain.is_file():
+        return False
+    from cryptography import x509
+
+    ours = x509.load_pem_x509_certificates(chain.read_bytes())[0]
+    return str(ours.serial_number) == str(serial)
+
+
+def _declared(active: dict) -> dict:
+    out: dict = {"title": active.get("title"), "generator": active.get("claim_generator_info")}
+    for assertion in active.get("assertions", []):
+        if assertion.get("label", "").startswith("c2pa.actions"):
+            for action in assertion.get("data", {}).get("actions", []):
+                if action.get("action") == "c2pa.created":
+                    out["action"] = "c2pa.created"
+                    out["digital_source_type"] = action.get("digitalSourceType")
+                    out.update(action.get("parameters", {}))
+    out["ingredients"] = [i.get("title") for i in active.get("ingredients", [])]
+    return out
