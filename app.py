@@ -15,6 +15,10 @@ def main(argv: list[str] | None = None) -> int:
         from studio.cli import main as generate_main
 
         return generate_main(argv[1:])
+    if argv and argv[0] == "verify":
+        from studio.verify import main as verify_main
+
+        return verify_main(argv[1:])
     from studio.server import main as studio_main
 
     return studio_main(argv)

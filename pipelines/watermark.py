@@ -61,7 +61,8 @@ def codeword(payload: int) -> np.ndarray:
 def _layout(hb: int, wb: int) -> tuple[np.ndarray, np.ndarray]:
     """Which codeword bit each block carries, and each block's dither, from the public key."""
     rng = np.random.default_rng(KEY)
-    bit_of_block = rng.integers(0, CODE_BITS, (hb, wb))
+    # Balanced: every bit gets the same number of blocks (give or take one), scattered over the frame.
+    bit_of_block = (rng.permutation(hb * wb) % CODE_BITS).reshape(hb, wb)
     dither = rng.random((len(COEFFICIENTS), hb, wb)).astype(np.float32) * DELTA
     return bit_of_block, dither
 
@@ -144,3 +145,22 @@ def raw_bit_accuracy(frames: np.ndarray, payload: int) -> float:
             right += int((bit == bits[bit_of_block][None]).sum())
             total += bit.size
     return right / max(1, total)
+
+
+def read_file(path: str, max_frames: int = 64) -> WatermarkReading | None:
+    """The watermark in a video or GIF file (its first `max_frames` frames); None if it holds no frames."""
+    import imageio_ffmpeg
+
+    try:
+        reader = imageio_ffmpeg.read_frames(str(path))
+        meta = next(reader)
+    except (OSError, RuntimeError, StopIteration):
+        return None
+    width, height = meta["size"]
+    frames = []
+    for buffer in reader:
+        frames.append(np.frombuffer(buffer, np.uint8).reshape(height, width, 3))
+        if len(frames) >= max_frames:
+            reader.close()
+            break
+    return extract(np.stack(frames)) if frames else None

@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", type=Path, default=Path(DEFAULT_OUT_DIR))
     p.add_argument("--profile", default=AUTO, choices=[AUTO, *PROFILES], help="memory profile (default: auto)")
     p.add_argument("--offline", action="store_true", help="never contact the Hugging Face Hub")
+    p.add_argument("--watermark", action="store_true", help="embed the invisible watermark")
+    p.add_argument("--include-prompt", action="store_true", help="put the prompt in the signed Content Credentials")
     return p
 
 
@@ -80,8 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
     _quiet_libraries()
-    from pipelines.clip import save_clip
+    from pipelines.clip import ClipOptions, save_clip
     from pipelines.manager import GenerationCancelled, OutOfMemoryError, PipelineManager
+    from pipelines.video import read_sidecar
     from pipelines.weights import ModelUnavailableError
 
     try:
@@ -108,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = manager.generate(request, on_progress=bars)
         bars.close()
-        files = save_clip(result, args.out_dir)
+        options = ClipOptions(sign=True, include_prompt=args.include_prompt, watermark=args.watermark)
+        files = save_clip(result, args.out_dir, options)
     except (DoesNotFitError, OutOfMemoryError, ModelUnavailableError) as err:
         bars.close()
         print(f"error: {err}", file=sys.stderr)
@@ -118,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: nothing was written", file=sys.stderr)
         return 130
     print(f"seed {request.seed}; {result.timings['total_s']:.1f} s; sidecar {files.sidecar}", file=sys.stderr)
+    signing = read_sidecar(files.video).get("provenance", {})
+    if not signing.get("signed"):
+        print(f"warning: the clip is not signed: {signing.get('signing_error')}", file=sys.stderr)
     print(files.video)
     return 0
 

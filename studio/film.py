@@ -20,16 +20,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from pipelines import APP_NAME, __version__, provenance
 from pipelines.video import TMP_PREFIX, ffmpeg_exe, slugify
 from studio.history import find_clip
 
+COMMENT = "AI-generated: assembled in Wan Studio from clips made with Wan models"
 FORMATS = {
     "mp4": dict(
         codec="libx264",
         audio_codec="aac",
         audio_ext="m4a",
         audio_fps=44100,
-        ffmpeg_params=["-pix_fmt", "yuv420p", "-movflags", "+faststart"],
+        ffmpeg_params=["-pix_fmt", "yuv420p", "-movflags", "+faststart", "-metadata", f"comment={COMMENT}"],
     ),  # fmt: skip
     "gif": dict(),  # no sound; scaled to at most GIF_MAX_WIDTH wide
     "webm": dict(
@@ -37,7 +39,7 @@ FORMATS = {
         audio_codec="libopus",
         audio_ext="ogg",
         audio_fps=48000,  # Opus takes no 44.1 kHz
-        ffmpeg_params=["-pix_fmt", "yuv420p"],
+        ffmpeg_params=["-pix_fmt", "yuv420p", "-metadata", f"comment={COMMENT}"],
     ),  # fmt: skip
 }
 STORYBOARD_FILE = "storyboard.json"
@@ -256,12 +258,19 @@ def _publish(tmp: Path, films_dir: Path, stem: str, suffix: str) -> Path:
     raise RuntimeError(f"no free file name for {stem} in {films_dir}")
 
 
-def export_film(board: Storyboard, output_dir: Path, on_progress: Callable[[float, str], None] | None = None) -> Path:
+def export_film(
+    board: Storyboard,
+    output_dir: Path,
+    on_progress: Callable[[float, str], None] | None = None,
+    sign: bool = True,
+) -> Path:
     """Render the storyboard to `<output>/films/<time>_<title>.<format>`; StoryboardError on bad input.
 
     Stages: compose the shots (moviepy, frames streamed from the clip files); when the frame rate changes
     or for slow motion, interpolate motion with ffmpeg; then add the audio and encode the chosen format.
-    Every intermediate is a temporary file in the films folder, removed whatever happens.
+    Every intermediate is a temporary file in the films folder, removed whatever happens. The film is
+    signed with Content Credentials listing its clips as ingredients; `<film>.json` records the storyboard
+    and whether signing worked.
     """
     from moviepy import CompositeVideoClip, VideoFileClip, vfx
 
@@ -341,7 +350,21 @@ def export_film(board: Storyboard, output_dir: Path, on_progress: Callable[[floa
                 logger=_stage_logger(on_progress, low, 1.0, "Encoding"),
             )  # fmt: skip
         stem = f"{time.strftime('%Y%m%d-%H%M%S')}_{slugify(board.title or 'film')}"
+        record = {"app": APP_NAME, "app_version": __version__, "storyboard": board.to_json()}
+        if sign:
+            signed = temporary(board.format)
+            sources = [find_clip(output_dir, shot.clip).video for shot in board.shots]
+            claim = provenance.manifest(f"{stem}.{board.format}", model=None, composite=True)
+            try:
+                provenance.sign_file(tmp, signed, claim, ingredients=sources)
+                os.replace(signed, tmp)
+                record["provenance"] = {"signed": True, "ingredients": [p.name for p in sources]}
+            except provenance.SigningError as err:  # the film is kept unsigned; the record says why
+                record["provenance"] = {"signed": False, "signing_error": str(err)}
         film = _publish(tmp, films_dir, stem, board.format)
+        sidecar = temporary("json")
+        sidecar.write_text(json.dumps(record, indent=2))
+        os.link(sidecar, film.with_suffix(film.suffix + ".json"))
         if on_progress:
             on_progress(1.0, f"Film ready: {film.name}")
         return film

@@ -23,11 +23,12 @@ import numpy as np
 from PIL import Image
 
 from pipelines.catalogue import DEFAULT_MODEL
-from pipelines.clip import save_clip
+from pipelines.clip import ClipOptions, save_clip
 from pipelines.manager import GenerationCancelled, GenerationResult, OutOfMemoryError, PipelineManager, Progress
 from pipelines.memory import DoesNotFitError
 from pipelines.preview import tile
 from pipelines.request import GenerationRequest, RequestError, ValidRequest, validate_request
+from pipelines.video import read_sidecar
 from pipelines.weights import ModelUnavailableError
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED, INTERRUPTED = (
@@ -90,6 +91,7 @@ class JobQueue:
         default_model: str = DEFAULT_MODEL,
         generate: GenerateFn = default_generate,
         on_done: Callable[[Job], None] | None = None,
+        clip_options: ClipOptions = ClipOptions(),  # noqa: B008
     ):
         self.manager = manager
         self.output_dir = Path(output_dir)
@@ -98,6 +100,7 @@ class JobQueue:
         self.default_model = default_model
         self._generate = generate
         self._on_done = on_done  # called in the worker thread after a clip is written
+        self.clip_options = clip_options  # signing and watermark; the studio updates it from Settings
         self._jobs: dict[str, Job] = {}
         self._cancels: dict[str, threading.Event] = {}
         self._queue: queue.Queue[str] = queue.Queue()
@@ -188,7 +191,7 @@ class JobQueue:
             with self._lock:
                 job.message = "Writing the clip"
                 self._touch(job)
-            files = save_clip(result, self.output_dir)
+            files = save_clip(result, self.output_dir, self.clip_options)
         except GenerationCancelled:
             with self._lock:
                 self._finish(job, CANCELLED, f"Cancelled at step {job.step}/{job.total_steps}")
@@ -206,8 +209,10 @@ class JobQueue:
                 with self._lock:
                     self._finish(job, DONE, f"Done, but the follow-up failed: {err}")
                 return
+        signing = read_sidecar(files.video).get("provenance", {})
+        unsigned = "" if signing.get("signed") else f" Not signed: {signing.get('signing_error')}."
         with self._lock:
-            self._finish(job, DONE, f"Done in {result.timings['total_s']:.1f} s (seed {request.seed})")
+            self._finish(job, DONE, f"Done in {result.timings['total_s']:.1f} s (seed {request.seed}).{unsigned}")
 
     def _request_of(self, job: Job) -> GenerationRequest:
         image = Image.open(job.image_path) if job.image_path else None

@@ -36,8 +36,9 @@ class Studio:
         clean_temporaries(self.output_dir)
         self.manager = PipelineManager(profile=settings.profile_choice, offline=offline)
         self.jobs = JobQueue(
-            self.manager, self.output_dir, settings.model, generate=gpu_generate_fn(), on_done=self._after_clip
-        )
+            self.manager, self.output_dir, settings.model, generate=gpu_generate_fn(), on_done=self._after_clip,
+            clip_options=settings.clip_options,
+        )  # fmt: skip
 
     def _after_clip(self, job) -> None:
         """An extension job's clip joins the storyboard, even when no page is open."""
@@ -51,6 +52,7 @@ class Studio:
         self.settings = settings
         self.manager.requested_profile = settings.profile_choice
         self.jobs.default_model = settings.model
+        self.jobs.clip_options = settings.clip_options
 
 
 def gpu_generate_fn():

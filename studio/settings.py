@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from pipelines.catalogue import CATALOGUE, DEFAULT_MODEL, UnknownModelError, get_spec
+from pipelines.clip import ClipOptions
 from pipelines.memory import AUTO, PROFILES
 from pipelines.paths import config_dir
 from pipelines.request import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_STEPS
@@ -27,6 +28,12 @@ class Settings:
     steps: int | None = None  # None: each model's own default
     guidance_scale: float | None = None
     negative_prompt: str | None = None
+    watermark: bool = False  # invisible watermark in every new clip
+    include_prompt: bool = False  # the prompt inside the signed Content Credentials
+
+    @property
+    def clip_options(self) -> ClipOptions:
+        return ClipOptions(sign=True, include_prompt=self.include_prompt, watermark=self.watermark)
 
     def validate(self) -> Settings:
         """Raise SettingsError with the reason for the first bad value."""

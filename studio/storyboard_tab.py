@@ -179,9 +179,13 @@ def build_storyboard_tab(studio: Studio) -> StoryboardTab:
 
     def _export(board: film.Storyboard, progress) -> Path:
         try:
-            return film.export_film(board, out, on_progress=lambda f, m: progress(f, desc=m))
+            path = film.export_film(board, out, on_progress=lambda f, m: progress(f, desc=m))
         except film.StoryboardError as err:
             raise gr.Error(str(err)) from None
+        record = json.loads(path.with_suffix(path.suffix + ".json").read_text())
+        if not record.get("provenance", {}).get("signed"):
+            gr.Warning(f"The film is not signed: {record.get('provenance', {}).get('signing_error')}")
+        return path
 
     async def extend_last(prompt: str, *values):
         board = board_from(*values)

@@ -18,6 +18,7 @@ from studio import history
 from studio.jobs import RUNNING
 from studio.settings import PRECISIONS, Settings, SettingsError, model_choices, save_settings
 from studio.storyboard_tab import build_storyboard_tab
+from studio.verify import report as verify_report
 from studio.watch import status_text, submit, watch
 
 if TYPE_CHECKING:
@@ -191,8 +192,30 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 s_negative = gr.Textbox(
                     value=settings.negative_prompt, label="Default negative prompt (empty: the model's)"
                 )
+                with gr.Row():
+                    s_watermark = gr.Checkbox(
+                        value=settings.watermark, label="Invisible watermark in new clips (survives re-encoding)"
+                    )
+                    s_include_prompt = gr.Checkbox(
+                        value=settings.include_prompt, label="Put the prompt in the signed Content Credentials"
+                    )
+                gr.Markdown(
+                    "Every clip and film is signed with Content Credentials (C2PA) that label it as AI-generated, "
+                    "with a key made on this machine that never leaves it."
+                )
                 s_save = gr.Button("Save settings", variant="primary", elem_id="settings-save")
                 s_status = gr.Markdown(studio.settings_warning or "", elem_id="settings-status")
+
+            # ---- Verify ---------------------------------------------------------------------------
+            with gr.Tab("Verify", id="verify"):
+                gr.Markdown(
+                    "Check any video or picture: does it carry valid Content Credentials, what do they declare, "
+                    "was it changed after signing, and does it carry a Wan Studio watermark?"
+                )
+                v_file = gr.File(label="File to check", type="filepath", elem_id="verify-file")
+                v_go = gr.Button("Verify", variant="primary", elem_id="verify-go")
+                v_report = gr.Markdown(elem_id="verify-report")
+                v_details = gr.JSON(label="Details")
 
         # ---- Queue: always visible, shows the running job after a reload ------------------------
         with gr.Accordion("Queue and activity", open=True):
@@ -317,12 +340,14 @@ def build_ui(studio: Studio) -> gr.Blocks:
         lib_continue.click(use_last_frame, lib_pick, [i_image, tabs], api_visibility="private")
         i_use_frame.click(use_last_frame, i_from_clip, [i_image, tabs], api_visibility="private")
 
-        def save(model, profile, precision, output_dir, steps, guidance, negative):
+        def save(
+            model, profile, precision, output_dir, steps, guidance, negative, watermark=False, include_prompt=False
+        ):
             candidate = Settings(
                 model=model, memory_profile=profile, precision=precision, output_dir=(output_dir or "").strip(),
                 steps=None if steps in (None, "") else int(steps),
                 guidance_scale=None if guidance in (None, "") else float(guidance),
-                negative_prompt=negative or None,
+                negative_prompt=negative or None, watermark=bool(watermark), include_prompt=bool(include_prompt),
             )  # fmt: skip
             try:
                 path = save_settings(candidate)
@@ -333,9 +358,19 @@ def build_ui(studio: Studio) -> gr.Blocks:
             return f"Saved to `{path}`.", f"Model: **{new_spec.label}** — {new_spec.description}"
 
         s_save.click(
-            save, [s_model, s_profile, s_precision, s_output, s_steps, s_guidance, s_negative], [s_status, model_note],
+            save,
+            [s_model, s_profile, s_precision, s_output, s_steps, s_guidance, s_negative, s_watermark, s_include_prompt],
+            [s_status, model_note],
             api_name="save_settings",
         )  # fmt: skip
+
+        def verify(path: str | None):
+            if not path:
+                raise gr.Error("Choose a file to check.")
+            text, details = verify_report(Path(path))
+            return "\n\n".join(text.splitlines()), details
+
+        v_go.click(verify, v_file, [v_report, v_details], api_name="verify")
 
         def form_for_model(model: str):
             try:

@@ -74,7 +74,8 @@ def test_webm_export_has_vp9_and_opus(out_dir, two_clips, tmp_path):
     codecs = {s["codec_type"]: s["codec_name"] for s in probe(film)["streams"]}
     assert codecs == {"video": "vp9", "audio": "opus"}
     assert decode_video(film)[0].shape[0] == 16
-    assert [p.name for p in (out_dir / "films").iterdir()] == [film.name]  # no temporary audio left
+    # the film and its record, no temporary audio or video left
+    assert sorted(p.name for p in (out_dir / "films").iterdir()) == [film.name, film.name + ".json"]
 
 
 def test_trim_and_title_card(out_dir, two_clips):

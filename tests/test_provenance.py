@@ -1,0 +1,125 @@
+"""Content Credentials and the watermark, read back from the files the studio wrote."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines import provenance, watermark
+from pipelines.clip import ClipOptions, save_clip
+from pipelines.request import GenerationRequest, validate_request
+from pipelines.video import encode_mp4, read_sidecar
+from studio.film import Shot, Storyboard, export_film
+from tests.media import decode_video, moov_before_mdat
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAINED = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
+
+
+@pytest.fixture(scope="module")
+def result(manager):
+    request = validate_request(GenerationRequest(prompt="a red cat on a roof", model="test-tiny", seed=5), "test-tiny")
+    return manager.generate(request)
+
+
+def flip_media_byte(path: Path, target: Path) -> Path:
+    data = bytearray(path.read_bytes())
+    data[data.find(b"mdat") + 100] ^= 0xFF
+    target.write_bytes(data)
+    return target
+
+
+def test_a_clip_is_signed_as_ai_generated_and_tampering_shows(result, out_dir, tmp_path):
+    files = save_clip(result, out_dir)
+    assert read_sidecar(files.video)["provenance"]["signed"] is True
+    assert moov_before_mdat(files.video)  # signing keeps the clip streamable
+    check = provenance.verify_file(files.video)
+    assert check.valid and not check.tampered and check.local_key
+    assert check.declared["digital_source_type"] == TRAINED
+    assert check.declared["model"] == "test-tiny"
+    assert check.declared["generator"][0]["name"] == "Wan Studio"
+    assert "prompt" not in check.declared  # only when the user opts in
+    assert decode_video(files.video)[0].shape[0] == 9  # still a playable clip
+
+    changed = provenance.verify_file(flip_media_byte(files.video, tmp_path / "changed.mp4"))
+    assert changed.has_manifest and changed.tampered and not changed.valid
+    assert "Changed after signing" in changed.summary()
+
+
+def test_the_prompt_goes_in_only_when_asked(result, out_dir):
+    files = save_clip(result, out_dir, ClipOptions(include_prompt=True))
+    assert provenance.verify_file(files.video).declared["prompt"] == "a red cat on a roof"
+
+
+def test_a_signing_failure_keeps_the_clip(result, out_dir, monkeypatch):
+    def broken(*args, **kwargs):
+        raise provenance.SigningError("the key folder is not readable")
+
+    monkeypatch.setattr(provenance, "sign_file", broken)
+    files = save_clip(result, out_dir)
+    assert files.video.is_file() and decode_video(files.video)[0].shape[0] == 9
+    signing = read_sidecar(files.video)["provenance"]
+    assert signing == {"signed": False, "signing_error": "the key folder is not readable"}
+    assert not provenance.verify_file(files.video).has_manifest
+
+
+def test_a_film_is_signed_with_its_clips_as_ingredients(result, out_dir):
+    first = save_clip(result, out_dir).video
+    second = save_clip(result, out_dir).video
+    film = export_film(Storyboard(shots=[Shot(first.name), Shot(second.name)]), out_dir)
+    check = provenance.verify_file(film)
+    assert check.valid and check.declared["digital_source_type"].endswith("compositeWithTrainedAlgorithmicMedia")
+    assert check.declared["ingredients"] == [first.name, second.name]
+
+
+def test_verify_command(result, out_dir, tmp_path):
+    signed = save_clip(result, out_dir).video
+    plain = tmp_path / "plain.mp4"
+    encode_mp4(np.zeros((5, 32, 32, 3), np.uint8), 8, plain)
+
+    def verify(path: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "app.py", "verify", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
+
+    ok = verify(signed)
+    assert ok.returncode == 0 and "Valid Content Credentials" in ok.stdout
+    assert "trainedAlgorithmicMedia" in ok.stdout and "test-tiny" in ok.stdout
+    none = verify(plain)
+    assert none.returncode == 2
+    assert none.stdout.startswith("No Content Credentials: this file carries no C2PA manifest.")
+    changed = verify(flip_media_byte(signed, tmp_path / "changed.mp4"))
+    assert changed.returncode == 1 and "Changed after signing" in changed.stdout
+
+
+def landscape_pan(frames: int = 33) -> np.ndarray:
+    """Natural-looking content: the example picture panning, as in docs/PERFORMANCE.md."""
+    base = np.asarray(Image.open(ROOT / "assets" / "example-landscape.png").convert("RGB").resize((832, 480)))
+    return np.stack([np.roll(base, 3 * t, axis=1) for t in range(frames)])
+
+
+@pytest.mark.parametrize("crf, documented", [(18, 0.97), (23, 0.95), (28, 0.85)])
+def test_watermark_reads_back_after_reencoding(tmp_path, crf, documented):
+    payload = 0x5EED1234
+    marked = watermark.embed(landscape_pan(), payload)
+    psnr = 10 * np.log10(255**2 / ((marked.astype(float) - landscape_pan()) ** 2).mean())
+    assert psnr > 45  # invisible
+    clip = tmp_path / f"crf{crf}.mp4"
+    encode_mp4(marked, 16, clip, crf=crf)
+    frames, _ = decode_video(clip)
+    reading = watermark.extract(frames)
+    assert reading.payload == payload
+    assert watermark.raw_bit_accuracy(frames, payload) >= documented - 0.02  # the documented figure
+    assert watermark.extract(landscape_pan()).payload is None  # no false mark on unmarked video
+
+
+def test_a_watermarked_clip_carries_this_studios_mark(result, out_dir):
+    files = save_clip(result, out_dir, ClipOptions(watermark=True))
+    reading = watermark.read_file(str(files.video))
+    assert reading.payload == provenance.studio_mark()
+    assert read_sidecar(files.video)["provenance"]["watermark"] == f"{provenance.studio_mark():08x}"
