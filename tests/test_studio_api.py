@@ -213,3 +213,22 @@ def test_assemble_endpoint_makes_a_film_from_a_storyboard(client, running):
         client.predict(json.dumps({"shots": [{"clip": "nope.mp4"}]}), api_name="/assemble")
     with pytest.raises(Exception, match="storyboard is empty"):
         client.predict("{}", api_name="/assemble")
+
+
+def test_verify_endpoint_and_watermark_setting(tmp_path):
+    with studio(tmp_path) as s:
+        c = Client(s.url, verbose=False)
+        base = dict(model="test-tiny", profile="auto", precision="auto", output_dir=str(s.output_dir), steps=None,
+                    guidance=None, negative="")  # fmt: skip
+        assert "Saved" in c.predict(**base, watermark=True, include_prompt=True, api_name="/save_settings")[0]
+        result = c.predict(prompt="a lighthouse at dusk", steps=2, frames=9, api_name="/text_to_video")
+        assert "Done" in result[1] and "Not signed" not in result[1]
+        text, details = c.predict(handle_file(result[2]), api_name="/verify")
+        assert "Valid Content Credentials, signed by this studio's own key" in text
+        assert details["declared"]["prompt"] == "a lighthouse at dusk"
+        assert details["watermark"] is not None and "(this studio)" in text
+        plain = tmp_path / "plain.png"
+        Image.new("RGB", (64, 64)).save(plain)
+        text, details = c.predict(handle_file(str(plain)), api_name="/verify")
+        assert text.startswith("No Content Credentials") and details["has_manifest"] is False
+        c.close()
