@@ -13,8 +13,8 @@ import gradio as gr
 
 from pipelines.catalogue import IMAGE_TO_VIDEO, TEXT_TO_VIDEO, get_spec
 from pipelines.memory import AUTO, PROFILES
-from pipelines.request import GenerationRequest
 from studio import history
+from studio.forms import AUTO_SIZE, build_form, form_request, reuse_values, size_choices
 from studio.jobs import RUNNING
 from studio.settings import PRECISIONS, Settings, SettingsError, model_choices, save_settings
 from studio.storyboard_tab import build_storyboard_tab
@@ -25,32 +25,6 @@ if TYPE_CHECKING:
     from studio.server import Studio
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
-AUTO_SIZE = "auto (match the picture)"
-EXAMPLE_PROMPTS = [
-    "A red fox trots through fresh snow at sunrise, breath steaming, low tracking shot",
-    "Time-lapse of clouds rolling over a mountain lake, reflections on calm water",
-    "A paper boat drifts down a rain-soaked city gutter, neon reflections, macro lens",
-    "A teacher draws a glowing diagram of the solar system on a chalkboard, planets start to orbit",
-]
-
-
-def size_choices(spec_id: str, task: str) -> list[str]:
-    sizes = [f"{w}x{h}" for w, h in get_spec(spec_id).sizes]
-    return [AUTO_SIZE, *sizes] if task == IMAGE_TO_VIDEO else sizes
-
-
-def parse_size(text: str | None) -> tuple[int | None, int | None]:
-    if not text or text == AUTO_SIZE:
-        return None, None
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise gr.Error(f"Size must look like 1280x704; got '{text}'.") from None
-    return width, height
-
-
-def _number(value: float | None) -> int | None:
-    return None if value is None else int(value)
 
 
 def build_ui(studio: Studio) -> gr.Blocks:
@@ -68,95 +42,25 @@ def build_ui(studio: Studio) -> gr.Blocks:
         with gr.Tabs() as tabs:
             # ---- Text to video ------------------------------------------------------------------
             with gr.Tab("Text to video", id="t2v"):
-                with gr.Row():
-                    with gr.Column(scale=1, min_width=300):
-                        t_prompt = gr.Textbox(
-                            label="Prompt", lines=3, placeholder="Describe the shot", elem_id="t2v-prompt"
-                        )
-                        gr.Examples(EXAMPLE_PROMPTS, inputs=t_prompt, label="Examples")
-                        t_negative = gr.Textbox(
-                            label="Negative prompt", lines=2, value=settings.negative_prompt or spec.negative_prompt
-                        )
-                        with gr.Row():
-                            t_size = gr.Dropdown(
-                                size_choices(spec.id, TEXT_TO_VIDEO),
-                                value=size_choices(spec.id, TEXT_TO_VIDEO)[0],
-                                label="Size",
-                                allow_custom_value=True,
-                            )
-                            t_frames = gr.Slider(
-                                spec.min_frames,
-                                spec.max_frames,
-                                value=spec.frames,
-                                step=spec.frame_step,
-                                label=f"Frames ({spec.fps} fps)",
-                            )
-                        with gr.Row():
-                            t_steps = gr.Slider(
-                                1, 100, value=settings.steps or spec.steps, step=1, label="Steps", elem_id="t2v-steps"
-                            )
-                            t_guidance = gr.Slider(
-                                0, 20, value=settings.guidance_scale or spec.guidance_scale, step=0.5, label="Guidance"
-                            )
-                            t_seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
-                        with gr.Row():
-                            t_go = gr.Button("Generate", variant="primary", elem_id="t2v-generate")
-                            t_cancel = gr.Button("Cancel", variant="stop", elem_id="t2v-cancel")
-                    with gr.Column(scale=1, min_width=300):
-                        t_status = gr.Markdown("Ready.", elem_id="t2v-status")
-                        t_preview = gr.Image(
-                            label="Live preview", interactive=False, elem_id="t2v-preview", format="png"
-                        )
-                        t_video = gr.Video(label="Clip", interactive=False, elem_id="t2v-video")
-                        t_seed_used = gr.Number(label="Seed used", precision=0, interactive=False)
-                        t_job = gr.Textbox(visible=False, label="Job id")
+                t2v, _ = build_form(TEXT_TO_VIDEO, spec, settings, "Describe the shot")
 
             # ---- Image to video -----------------------------------------------------------------
             with gr.Tab("Image to video", id="i2v"):
-                with gr.Row():
-                    with gr.Column(scale=1, min_width=300):
-                        i_image = gr.Image(
-                            label="Start picture (upload or paste)", type="pil", sources=["upload", "clipboard"],
-                            value=str(ASSETS / "example-landscape.png"), elem_id="i2v-image",
-                        )  # fmt: skip
-                        with gr.Row():
-                            i_from_clip = gr.Dropdown([], label="Or the last frame of a library clip", scale=3)
-                            i_use_frame = gr.Button("Use last frame", scale=1)
-                        i_prompt = gr.Textbox(
-                            label="Prompt", lines=3, placeholder="What happens next", elem_id="i2v-prompt"
-                        )
-                        i_negative = gr.Textbox(
-                            label="Negative prompt", lines=2, value=settings.negative_prompt or spec.negative_prompt
-                        )
-                        with gr.Row():
-                            i_size = gr.Dropdown(
-                                size_choices(spec.id, IMAGE_TO_VIDEO),
-                                value=AUTO_SIZE,
-                                label="Size",
-                                allow_custom_value=True,
-                            )
-                            i_frames = gr.Slider(
-                                spec.min_frames,
-                                spec.max_frames,
-                                value=spec.frames,
-                                step=spec.frame_step,
-                                label=f"Frames ({spec.fps} fps)",
-                            )
-                        with gr.Row():
-                            i_steps = gr.Slider(1, 100, value=settings.steps or spec.steps, step=1, label="Steps")
-                            i_guidance = gr.Slider(
-                                0, 20, value=settings.guidance_scale or spec.guidance_scale, step=0.5, label="Guidance"
-                            )
-                            i_seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
-                        with gr.Row():
-                            i_go = gr.Button("Generate", variant="primary", elem_id="i2v-generate")
-                            i_cancel = gr.Button("Cancel", variant="stop")
-                    with gr.Column(scale=1, min_width=300):
-                        i_status = gr.Markdown("Ready.")
-                        i_preview = gr.Image(label="Live preview", interactive=False, format="png")
-                        i_video = gr.Video(label="Clip", interactive=False)
-                        i_seed_used = gr.Number(label="Seed used", precision=0, interactive=False)
-                        i_job = gr.Textbox(visible=False, label="Job id")
+
+                def picture_widgets():
+                    image = gr.Image(
+                        label="Start picture (upload or paste)", type="pil", sources=["upload", "clipboard"],
+                        value=str(ASSETS / "example-landscape.png"), elem_id="i2v-image",
+                    )  # fmt: skip
+                    with gr.Row():
+                        from_clip = gr.Dropdown([], label="Or the last frame of a library clip", scale=3)
+                        use_frame = gr.Button("Use last frame", scale=1)
+                    return image, from_clip, use_frame
+
+                i2v, (i_image, i_from_clip, i_use_frame) = build_form(
+                    IMAGE_TO_VIDEO, spec, settings, "What happens next", above_prompt=picture_widgets
+                )
+                i2v.size.value = AUTO_SIZE
 
             # ---- Library ------------------------------------------------------------------------
             with gr.Tab("Library", id="library"):
@@ -226,30 +130,21 @@ def build_ui(studio: Studio) -> gr.Blocks:
 
         # ---- handlers -----------------------------------------------------------------------
         async def text_to_video(prompt: str, negative_prompt: str = "", size: str = "", frames: float = 0,
-                          steps: float = 0, guidance_scale: float = -1, seed: float = -1):  # fmt: skip
-            current = studio.settings
-            width, height = parse_size(size or None)
-            request = GenerationRequest(
-                prompt=prompt, model=current.model, task=TEXT_TO_VIDEO, negative_prompt=negative_prompt or None,
-                width=width, height=height, frames=_number(frames) or None, steps=_number(steps) or None,
-                guidance_scale=None if guidance_scale is None or guidance_scale < 0 else float(guidance_scale),
-                seed=_number(seed),
-            )  # fmt: skip
+                                steps: float = 0, guidance_scale: float = -1, seed: float = -1):  # fmt: skip
+            request = form_request(
+                studio.settings.model, TEXT_TO_VIDEO, prompt, negative_prompt, size, frames, steps, guidance_scale, seed
+            )
             async for update in watch(studio, submit(studio, request)):
                 yield update
 
         async def image_to_video(image, prompt: str, negative_prompt: str = "", size: str = AUTO_SIZE,
                                  frames: float = 0, steps: float = 0, guidance_scale: float = -1,
                                  seed: float = -1):  # fmt: skip
-            current = studio.settings
             if image is None:
                 raise gr.Error("Image-to-video needs a picture: upload one or pick a clip's last frame.")
-            width, height = parse_size(size)
-            request = GenerationRequest(
-                prompt=prompt, model=current.model, task=IMAGE_TO_VIDEO, negative_prompt=negative_prompt or None,
-                width=width, height=height, frames=_number(frames) or None, steps=_number(steps) or None,
-                guidance_scale=None if guidance_scale is None or guidance_scale < 0 else float(guidance_scale),
-                seed=_number(seed), image=image,
+            request = form_request(
+                studio.settings.model, IMAGE_TO_VIDEO, prompt, negative_prompt, size, frames, steps, guidance_scale,
+                seed, image=image,
             )  # fmt: skip
             async for update in watch(studio, submit(studio, request)):
                 yield update
@@ -259,18 +154,16 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 return "Cancelling…"
             return "Nothing to cancel."
 
-        gen_outputs_t = [t_preview, t_status, t_video, t_job, t_seed_used]
-        gen_outputs_i = [i_preview, i_status, i_video, i_job, i_seed_used]
-        t_go.click(
-            text_to_video, [t_prompt, t_negative, t_size, t_frames, t_steps, t_guidance, t_seed], gen_outputs_t,
+        t2v.go.click(
+            text_to_video, t2v.settings_inputs, t2v.outputs,
             api_name="text_to_video", concurrency_limit=None, show_progress="minimal",
         )  # fmt: skip
-        i_go.click(
-            image_to_video, [i_image, i_prompt, i_negative, i_size, i_frames, i_steps, i_guidance, i_seed],
-            gen_outputs_i, api_name="image_to_video", concurrency_limit=None, show_progress="minimal",
+        i2v.go.click(
+            image_to_video, [i_image, *i2v.settings_inputs], i2v.outputs,
+            api_name="image_to_video", concurrency_limit=None, show_progress="minimal",
         )  # fmt: skip
-        t_cancel.click(cancel, t_job, t_status, api_name="cancel", concurrency_limit=None)
-        i_cancel.click(cancel, i_job, i_status, api_visibility="private", concurrency_limit=None)
+        t2v.cancel.click(cancel, t2v.job, t2v.status, api_name="cancel", concurrency_limit=None)
+        i2v.cancel.click(cancel, i2v.job, i2v.status, api_visibility="private", concurrency_limit=None)
 
         def refresh_queue():
             jobs = studio.jobs.jobs()[:12]
@@ -304,11 +197,9 @@ def build_ui(studio: Studio) -> gr.Blocks:
             clip = history.find_clip(studio.output_dir, name) if name else None
             if clip is None:
                 raise gr.Error("Pick a clip first.")
-            s = clip.settings
-            size = f"{s['width']}x{s['height']}"
             is_i2v = clip.sidecar.get("task") == IMAGE_TO_VIDEO
             image = str(clip.input_image) if is_i2v and clip.input_image and clip.input_image.is_file() else gr.update()
-            values = [s["prompt"], s["negative_prompt"], size, s["frames"], s["steps"], s["guidance_scale"], s["seed"]]
+            values = reuse_values(clip.settings)
             keep = [gr.update()] * 7
             return (
                 *(keep if is_i2v else values),
@@ -329,14 +220,11 @@ def build_ui(studio: Studio) -> gr.Blocks:
         lib_refresh.click(refresh_library, None, [lib_pick, i_from_clip, board_tab.pick], api_visibility="private")
         demo.load(refresh_library, None, [lib_pick, i_from_clip, board_tab.pick], api_visibility="private")
         lib_pick.change(show_clip, lib_pick, [lib_video, lib_info], api_visibility="private")
-        t_video.change(refresh_library, None, [lib_pick, i_from_clip, board_tab.pick], api_visibility="private")
-        i_video.change(refresh_library, None, [lib_pick, i_from_clip, board_tab.pick], api_visibility="private")
+        for form in (t2v, i2v):
+            form.video.change(refresh_library, None, [lib_pick, i_from_clip, board_tab.pick], api_visibility="private")
         lib_reuse.click(
-            reuse, lib_pick,
-            [t_prompt, t_negative, t_size, t_frames, t_steps, t_guidance, t_seed,
-             i_prompt, i_negative, i_size, i_frames, i_steps, i_guidance, i_seed, i_image, tabs],
-            api_visibility="private",
-        )  # fmt: skip
+            reuse, lib_pick, [*t2v.settings_inputs, *i2v.settings_inputs, i_image, tabs], api_visibility="private"
+        )
         lib_continue.click(use_last_frame, lib_pick, [i_image, tabs], api_visibility="private")
         i_use_frame.click(use_last_frame, i_from_clip, [i_image, tabs], api_visibility="private")
 
@@ -387,6 +275,6 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 frames,
             )
 
-        s_save.click(form_for_model, s_model, [t_size, t_frames, i_size, i_frames], api_visibility="private")
+        s_save.click(form_for_model, s_model, [t2v.size, t2v.frames, i2v.size, i2v.frames], api_visibility="private")
 
     return demo

@@ -1,0 +1,133 @@
+"""The generation form shared by the Text to video and Image to video tabs, and the request it makes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from pipelines.catalogue import IMAGE_TO_VIDEO, ModelSpec, get_spec
+from pipelines.request import GenerationRequest
+from studio.settings import Settings
+
+AUTO_SIZE = "auto (match the picture)"
+EXAMPLE_PROMPTS = [
+    "A red fox trots through fresh snow at sunrise, breath steaming, low tracking shot",
+    "Time-lapse of clouds rolling over a mountain lake, reflections on calm water",
+    "A paper boat drifts down a rain-soaked city gutter, neon reflections, macro lens",
+    "A teacher draws a glowing diagram of the solar system on a chalkboard, planets start to orbit",
+]
+
+
+@dataclass
+class GenerationForm:
+    task: str
+    prompt: gr.Textbox
+    negative: gr.Textbox
+    size: gr.Dropdown
+    frames: gr.Slider
+    steps: gr.Slider
+    guidance: gr.Slider
+    seed: gr.Number
+    go: gr.Button
+    cancel: gr.Button
+    status: gr.Markdown
+    preview: gr.Image
+    video: gr.Video
+    seed_used: gr.Number
+    job: gr.Textbox
+
+    @property
+    def settings_inputs(self) -> list:
+        """The controls a clip's settings fill back in, in `reuse_values` order."""
+        return [self.prompt, self.negative, self.size, self.frames, self.steps, self.guidance, self.seed]
+
+    @property
+    def outputs(self) -> list:
+        """What a generation stream updates: (preview, status, clip, job id, seed)."""
+        return [self.preview, self.status, self.video, self.job, self.seed_used]
+
+
+def size_choices(spec_id: str, task: str) -> list[str]:
+    sizes = [f"{w}x{h}" for w, h in get_spec(spec_id).sizes]
+    return [AUTO_SIZE, *sizes] if task == IMAGE_TO_VIDEO else sizes
+
+
+def parse_size(text: str | None) -> tuple[int | None, int | None]:
+    if not text or text == AUTO_SIZE:
+        return None, None
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise gr.Error(f"Size must look like 1280x704; got '{text}'.") from None
+    return width, height
+
+
+def build_form(
+    task: str, spec: ModelSpec, settings: Settings, placeholder: str, above_prompt: Callable[[], Any] | None = None
+) -> tuple[GenerationForm, Any]:
+    """Lay out one tab's form; `above_prompt` adds widgets (the start picture) above the prompt."""
+    sizes = size_choices(spec.id, task)
+    with gr.Row():
+        with gr.Column(scale=1, min_width=300):
+            extra = above_prompt() if above_prompt else None
+            prompt = gr.Textbox(label="Prompt", lines=3, placeholder=placeholder, elem_id=f"{task}-prompt")
+            if above_prompt is None:
+                gr.Examples(EXAMPLE_PROMPTS, inputs=prompt, label="Examples")
+            negative = gr.Textbox(
+                label="Negative prompt", lines=2, value=settings.negative_prompt or spec.negative_prompt
+            )
+            with gr.Row():
+                size = gr.Dropdown(sizes, value=sizes[0], label="Size", allow_custom_value=True)
+                frames = gr.Slider(
+                    spec.min_frames, spec.max_frames, value=spec.frames, step=spec.frame_step,
+                    label=f"Frames ({spec.fps} fps)",
+                )  # fmt: skip
+            with gr.Row():
+                steps = gr.Slider(
+                    1, 100, value=settings.steps or spec.steps, step=1, label="Steps", elem_id=f"{task}-steps"
+                )
+                guidance = gr.Slider(
+                    0, 20, value=settings.guidance_scale or spec.guidance_scale, step=0.5, label="Guidance"
+                )
+                seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
+            with gr.Row():
+                go = gr.Button("Generate", variant="primary", elem_id=f"{task}-generate")
+                cancel = gr.Button("Cancel", variant="stop", elem_id=f"{task}-cancel")
+        with gr.Column(scale=1, min_width=300):
+            status = gr.Markdown("Ready.", elem_id=f"{task}-status")
+            preview = gr.Image(label="Live preview", interactive=False, elem_id=f"{task}-preview", format="png")
+            video = gr.Video(label="Clip", interactive=False, elem_id=f"{task}-video")
+            seed_used = gr.Number(label="Seed used", precision=0, interactive=False)
+            job = gr.Textbox(visible=False, label="Job id")
+    form = GenerationForm(
+        task, prompt, negative, size, frames, steps, guidance, seed, go, cancel, status, preview, video, seed_used, job
+    )
+    return form, extra
+
+
+def form_request(
+    model: str, task: str, prompt: str, negative_prompt: str, size: str, frames: float, steps: float,
+    guidance_scale: float, seed: float, image: Any = None,
+) -> GenerationRequest:  # fmt: skip
+    """Widget values to a request: empty or out-of-band values mean "the model's default"."""
+    width, height = parse_size(size or None)
+    return GenerationRequest(
+        prompt=prompt, model=model, task=task, negative_prompt=negative_prompt or None, width=width, height=height,
+        frames=_whole(frames) or None, steps=_whole(steps) or None,
+        guidance_scale=None if guidance_scale is None or guidance_scale < 0 else float(guidance_scale),
+        seed=_whole(seed), image=image,
+    )  # fmt: skip
+
+
+def reuse_values(settings: dict) -> list:
+    """A clip's stored settings in `GenerationForm.settings_inputs` order."""
+    s = settings
+    return [s["prompt"], s["negative_prompt"], f"{s['width']}x{s['height']}", s["frames"], s["steps"],
+            s["guidance_scale"], s["seed"]]  # fmt: skip
+
+
+def _whole(value: float | None) -> int | None:
+    return None if value is None else int(value)
