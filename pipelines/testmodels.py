@@ -150,6 +150,8 @@ _TRANSFORMER_COMMON = dict(
     patch_size=(1, 2, 2), attention_head_dim=128, text_dim=4096, freq_dim=256, cross_attn_norm=True,
     qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
 )  # fmt: skip
+# The Wan2.1 VAE, shared by the A14B pair and the 1.3B model.
+_WAN21_VAE = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True])
 FULL_SIZE_LAYOUTS = {
     "Wan-AI/Wan2.2-TI2V-5B-Diffusers": dict(
         transformer=dict(num_attention_heads=24, in_channels=48, out_channels=48, ffn_dim=14336, num_layers=30),
@@ -173,25 +175,19 @@ FULL_SIZE_LAYOUTS = {
     "Wan-AI/Wan2.2-T2V-A14B-Diffusers": dict(
         transformer=dict(num_attention_heads=40, in_channels=16, out_channels=16, ffn_dim=13824, num_layers=40),
         experts=2,
-        vae=dict(
-            base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True]
-        ),
+        vae=_WAN21_VAE,
         pipeline=dict(boundary_ratio=0.875),
     ),
     "Wan-AI/Wan2.2-I2V-A14B-Diffusers": dict(
         transformer=dict(num_attention_heads=40, in_channels=36, out_channels=16, ffn_dim=13824, num_layers=40),
         experts=2,
-        vae=dict(
-            base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True]
-        ),
+        vae=_WAN21_VAE,
         pipeline=dict(boundary_ratio=0.9),
     ),
     "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": dict(
         transformer=dict(num_attention_heads=12, in_channels=16, out_channels=16, ffn_dim=8960, num_layers=30),
         experts=1,
-        vae=dict(
-            base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True]
-        ),
+        vae=_WAN21_VAE,
         pipeline=dict(),
     ),
 }
