@@ -151,7 +151,9 @@ _TRANSFORMER_COMMON = dict(
     qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
 )  # fmt: skip
 # The Wan2.1 VAE, shared by the A14B pair and the 1.3B model.
-_WAN21_VAE = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True])
+_WAN21_VAE = dict(
+    base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True]
+)
 FULL_SIZE_LAYOUTS = {
     "Wan-AI/Wan2.2-TI2V-5B-Diffusers": dict(
         transformer=dict(num_attention_heads=24, in_channels=48, out_channels=48, ffn_dim=14336, num_layers=30),
