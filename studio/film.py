@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from pipelines import APP_NAME, __version__, provenance
 from pipelines.video import TMP_PREFIX, ffmpeg_exe, slugify
-from studio.history import find_clip
+from studio.history import list_clips
 
 COMMENT = "AI-generated: assembled in Wan Studio from clips made with Wan models"
 FORMATS = {
@@ -128,33 +128,71 @@ def load_storyboard(output_dir: Path) -> Storyboard:
     return Storyboard.from_json(json.loads(path.read_text()))
 
 
-def _open_clips(board: Storyboard, output_dir: Path) -> list:
-    """Check every shot against its file; raise StoryboardError naming the first problem."""
-    from moviepy import VideoFileClip
+@dataclass(frozen=True)
+class _CheckedShot:
+    shot: Shot
+    video: Path
+    start_s: float
+    end_s: float
 
+    @property
+    def duration(self) -> float:
+        return self.end_s - self.start_s
+
+
+def _check(board: Storyboard, output_dir: Path) -> list[_CheckedShot]:
+    """Check every shot against the library's sidecars (no video is opened); StoryboardError names the first
+    problem."""
     if not board.shots:
         raise StoryboardError("The storyboard is empty: add at least one clip from the library.")
     if board.format not in FORMATS:
         raise StoryboardError(f"Export format must be one of {', '.join(FORMATS)}; got '{board.format}'.")
-    clips = []
+    library = {clip.video.name: clip for clip in list_clips(output_dir)}
+    checked = []
     for n, shot in enumerate(board.shots, start=1):
-        found = find_clip(output_dir, shot.clip)
-        if found is None:
+        clip = library.get(Path(shot.clip).name)
+        if clip is None:
             raise StoryboardError(f"Shot {n}: the clip '{shot.clip}' is not in the library.")
-        clip = VideoFileClip(str(found.video), audio=False)
-        end = clip.duration if shot.end_s is None else shot.end_s
-        if not 0 <= shot.start_s < end <= clip.duration + 1e-3:
-            clip.close()
+        length = _length(clip)
+        end = length if shot.end_s is None else shot.end_s
+        if not 0 <= shot.start_s < end <= length + 1e-3:
             raise StoryboardError(
-                f"Shot {n}: the trim {shot.start_s:g}–{end:g} s is empty or outside the clip (0–{clip.duration:g} s)."
+                f"Shot {n}: the trim {shot.start_s:g}–{end:g} s is empty or outside the clip (0–{length:g} s)."
             )
         if shot.transition not in ("cut", "crossfade"):
             raise StoryboardError(f"Shot {n}: the transition must be 'cut' or 'crossfade'.")
-        clips.append(clip.subclipped(shot.start_s, end))
-    for n, (shot, clip) in enumerate(zip(board.shots[:-1], clips[1:], strict=False), start=1):
-        if shot.transition == "crossfade" and not 0 < shot.crossfade_s < min(clip.duration, clips[n - 1].duration):
+        checked.append(_CheckedShot(shot, clip.video, shot.start_s, min(end, length)))
+    for n, (this, following) in enumerate(zip(checked[:-1], checked[1:], strict=False), start=1):
+        if this.shot.transition == "crossfade" and not 0 < this.shot.crossfade_s < min(
+            this.duration, following.duration
+        ):
             raise StoryboardError(f"Shot {n}: the crossfade must be shorter than both shots it joins.")
-    return clips
+    return checked
+
+
+def _length(clip) -> float:
+    """Seconds, from the sidecar when it says (every studio clip's does), else counted from the file."""
+    if clip.sidecar.get("duration_s"):
+        return float(clip.sidecar["duration_s"])
+    import imageio_ffmpeg
+
+    return float(imageio_ffmpeg.count_frames_and_secs(str(clip.video))[1])
+
+
+def _open(checked: list[_CheckedShot]) -> list:
+    """Open each shot's reader (moviepy streams frames from the file; nothing is held in RAM)."""
+    from moviepy import VideoFileClip
+
+    clips = []
+    try:
+        for c in checked:
+            reader = VideoFileClip(str(c.video), audio=False)
+            clips.append(reader)
+        return [clip.subclipped(c.start_s, min(c.end_s, clip.duration)) for clip, c in zip(clips, checked, strict=True)]
+    except Exception:
+        for clip in clips:
+            clip.close()
+        raise
 
 
 def _letterbox(clip, size: tuple[int, int]):
@@ -201,14 +239,11 @@ def _audio_track(path: str, duration: float, fade_s: float):
 
 
 def film_duration(board: Storyboard, output_dir: Path) -> float:
-    clips = _open_clips(board, output_dir)
-    try:
-        total = sum(c.duration for c in clips) + (board.title_s if board.title else 0.0)
-        total -= sum(s.crossfade_s for s in board.shots[:-1] if s.transition == "crossfade")
-        return total * (2 if board.slow_motion else 1)
-    finally:
-        for clip in clips:
-            clip.close()
+    """The film's length in seconds, from the sidecars alone (cheap enough to run on every edit)."""
+    checked = _check(board, output_dir)
+    total = sum(c.duration for c in checked) + (board.title_s if board.title else 0.0)
+    total -= sum(c.shot.crossfade_s for c in checked[:-1] if c.shot.transition == "crossfade")
+    return total * (2 if board.slow_motion else 1)
 
 
 def _stage_logger(on_progress: Callable[[float, str], None] | None, low: float, high: float, label: str):
@@ -275,7 +310,10 @@ def export_film(
     from moviepy import CompositeVideoClip, VideoFileClip, vfx
 
     output_dir = Path(output_dir)
-    clips = _open_clips(board, output_dir)
+    checked = _check(board, output_dir)
+    if board.audio:
+        _audio_track(board.audio, 1.0, 0.0).close()  # a broken audio file is refused before any work
+    clips = _open(checked)
     opened = list(clips)
     films_dir = output_dir / "films"
     token = f"{TMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}"
@@ -353,7 +391,7 @@ def export_film(
         record = {"app": APP_NAME, "app_version": __version__, "storyboard": board.to_json()}
         if sign:
             signed = temporary(board.format)
-            sources = [find_clip(output_dir, shot.clip).video for shot in board.shots]
+            sources = [c.video for c in checked]
             claim = provenance.manifest(f"{stem}.{board.format}", model=None, composite=True)
             try:
                 provenance.sign_file(tmp, signed, claim, ingredients=sources)
