@@ -25,13 +25,14 @@ from pipelines.video import TMP_PREFIX, ffmpeg_exe, slugify
 from studio.history import list_clips
 
 COMMENT = "AI-generated: assembled in Wan Studio from clips made with Wan models"
+_TAGS = ["-metadata", f"comment={COMMENT}", "-metadata", f"description={COMMENT}"]
 FORMATS = {
     "mp4": dict(
         codec="libx264",
         audio_codec="aac",
         audio_ext="m4a",
         audio_fps=44100,
-        ffmpeg_params=["-pix_fmt", "yuv420p", "-movflags", "+faststart", "-metadata", f"comment={COMMENT}"],
+        ffmpeg_params=["-pix_fmt", "yuv420p", "-movflags", "+faststart", *_TAGS],
     ),  # fmt: skip
     "gif": dict(),  # no sound; scaled to at most GIF_MAX_WIDTH wide
     "webm": dict(
@@ -39,7 +40,7 @@ FORMATS = {
         audio_codec="libopus",
         audio_ext="ogg",
         audio_fps=48000,  # Opus takes no 44.1 kHz
-        ffmpeg_params=["-pix_fmt", "yuv420p", "-metadata", f"comment={COMMENT}"],
+        ffmpeg_params=["-pix_fmt", "yuv420p", *_TAGS],
     ),  # fmt: skip
 }
 STORYBOARD_FILE = "storyboard.json"

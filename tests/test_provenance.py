@@ -15,7 +15,7 @@ from pipelines.clip import ClipOptions, save_clip
 from pipelines.request import GenerationRequest, validate_request
 from pipelines.video import encode_mp4, read_sidecar
 from studio.film import Shot, Storyboard, export_film
-from tests.media import decode_video, moov_before_mdat
+from tests.media import decode_video, moov_before_mdat, probe
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINED = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
@@ -38,6 +38,8 @@ def test_a_clip_is_signed_as_ai_generated_and_tampering_shows(result, out_dir, t
     files = save_clip(result, out_dir)
     assert read_sidecar(files.video)["provenance"]["signed"] is True
     assert moov_before_mdat(files.video)  # signing keeps the clip streamable
+    tags = probe(files.video)["format"]["tags"]
+    assert tags["comment"].startswith("AI-generated with Tiny Wan2.2") and tags["description"] == tags["comment"]
     check = provenance.verify_file(files.video)
     assert check.valid and not check.tampered and check.local_key
     assert check.declared["digital_source_type"] == TRAINED
@@ -75,6 +77,7 @@ def test_a_film_is_signed_with_its_clips_as_ingredients(result, out_dir):
     check = provenance.verify_file(film)
     assert check.valid and check.declared["digital_source_type"].endswith("compositeWithTrainedAlgorithmicMedia")
     assert check.declared["ingredients"] == [first.name, second.name]
+    assert probe(film)["format"]["tags"]["comment"].startswith("AI-generated")
 
 
 def test_verify_command(result, out_dir, tmp_path):
