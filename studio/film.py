@@ -2,7 +2,8 @@
 card and audio track, exported with moviepy.
 
 Frames are streamed from the clip files by moviepy's readers (never an ImageSequenceClip holding the
-whole film in RAM). The film is written under a temporary name and linked into place, so a failed
+whole film in RAM), at most MAX_OPEN_READERS decoders running at once, so memory stays flat however long
+the film. The film is written under a temporary name and linked into place, so a failed
 export leaves nothing behind and never replaces an earlier film.
 """
 
@@ -180,18 +181,49 @@ def _length(clip) -> float:
     return float(imageio_ffmpeg.count_frames_and_secs(str(clip.video))[1])
 
 
-def _open(checked: list[_CheckedShot]) -> list:
-    """Open each shot's reader (moviepy streams frames from the file; nothing is held in RAM)."""
+MAX_OPEN_READERS = 3  # a crossfade decodes two shots at once
+
+
+class _ReaderPool:
+    """At most `limit` ffmpeg decoders running, however many shots the film has.
+
+    moviepy starts a decoder process per VideoFileClip and keeps it until close(); a film of hundreds of
+    shots would run hundreds. Shots play in order, so the least recently used decoder belongs to a shot
+    that is done; it is stopped, and restarted at the right time should that shot be needed again.
+    """
+
+    def __init__(self, limit: int = MAX_OPEN_READERS) -> None:
+        self.limit = limit
+        self.running: list = []  # moviepy FFMPEG_VideoReaders, most recently used last
+
+    def use(self, reader, t: float) -> None:
+        if reader in self.running:
+            self.running.remove(reader)
+        elif reader.proc is None:
+            reader.initialize(t)
+        self.running.append(reader)
+        while len(self.running) > self.limit:
+            self.running.pop(0).close()
+
+
+def _open(checked: list[_CheckedShot]) -> tuple[list, list]:
+    """Each shot as a moviepy clip streaming frames from its file (nothing held in RAM), its decoder started
+    only when the shot plays."""
     from moviepy import VideoFileClip
 
-    clips = []
+    pool = _ReaderPool()
+    files = []
     try:
         for c in checked:
-            reader = VideoFileClip(str(c.video), audio=False)
-            clips.append(reader)
-        return [clip.subclipped(c.start_s, min(c.end_s, clip.duration)) for clip, c in zip(clips, checked, strict=True)]
+            files.append(VideoFileClip(str(c.video), audio=False))
+            files[-1].reader.close()  # moviepy starts it at once; the pool restarts it
+        shots = []
+        for clip, c in zip(files, checked, strict=True):
+            pooled = clip.transform(lambda get_frame, t, r=clip.reader: pool.use(r, t) or get_frame(t))
+            shots.append(pooled.subclipped(c.start_s, min(c.end_s, clip.duration)))
+        return files, shots
     except Exception:
-        for clip in clips:
+        for clip in files:
             clip.close()
         raise
 
@@ -206,6 +238,18 @@ def _letterbox(clip, size: tuple[int, int]):
     fitted = clip.resized((max(2, round(clip.w * scale)), max(2, round(clip.h * scale))))
     background = ColorClip(size, color=(0, 0, 0), duration=clip.duration)
     return CompositeVideoClip([background, fitted.with_position("center")], size=size)
+
+
+def _fade_in(clip, seconds: float):
+    """A crossfade's incoming shot: its opacity ramps from 0 to 1 over `seconds`.
+
+    moviepy's CrossFadeIn gives each shot a stored full-frame float mask (7 MB at 720P) for the length of the
+    export; this mask is computed per frame, so memory does not grow with the number of crossfades."""
+    from moviepy import VideoClip
+
+    w, h = clip.size
+    ramp = VideoClip(lambda t: np.full((h, w), min(1.0, t / seconds)), is_mask=True, duration=clip.duration)
+    return clip.with_mask(ramp)
 
 
 def _title_card(text: str, size: tuple[int, int], colour: str, duration: float):
@@ -314,8 +358,7 @@ def export_film(
     checked = _check(board, output_dir)
     if board.audio:
         _audio_track(board.audio, 1.0, 0.0).close()  # a broken audio file is refused before any work
-    clips = _open(checked)
-    opened = list(clips)
+    opened, clips = _open(checked)
     films_dir = output_dir / "films"
     token = f"{TMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}"
     temporaries: list[Path] = []
@@ -337,7 +380,7 @@ def export_film(
         pieces = [_letterbox(c, size) for c in clips]
         for n, shot in enumerate(board.shots[:-1]):
             if shot.transition == "crossfade":
-                pieces[n + 1] = pieces[n + 1].with_effects([vfx.CrossFadeIn(shot.crossfade_s)])
+                pieces[n + 1] = _fade_in(pieces[n + 1], shot.crossfade_s)
         if board.title:
             pieces.insert(0, _title_card(board.title, size, board.title_colour, board.title_s))
         # A crossfade pulls the next shot back by its length.

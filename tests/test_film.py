@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import struct
 import wave
 from pathlib import Path
@@ -185,3 +186,37 @@ def test_a_failed_export_leaves_no_file(out_dir, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         export_film(Storyboard(shots=[Shot(clip)], fps=24), out_dir)
     assert list((out_dir / "films").iterdir()) == []
+
+
+def ffmpeg_children() -> int:
+    """ffmpeg processes this test process started that are still running (Linux /proc)."""
+    count = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name = text.split("(", 1)[1].rsplit(")", 1)[0]
+        state, ppid = text.rsplit(")", 1)[1].split()[:2]
+        count += "ffmpeg" in name and int(ppid) == os.getpid() and state != "Z"
+    return count
+
+
+def test_a_long_film_runs_a_bounded_number_of_decoders(out_dir):
+    from studio.film import MAX_OPEN_READERS
+
+    colours = [(40 * i, 200 - 30 * i, 120) for i in range(7)]
+    names = [make_clip(out_dir, f"shot{i}", colour, frames=16) for i, colour in enumerate(colours)]
+    # trimmed to 0.5 s: each decoder would sit blocked on the 1.5 s left unread
+    shots = [
+        Shot(n, end_s=0.5, transition="crossfade" if i == 2 else "cut", crossfade_s=0.25) for i, n in enumerate(names)
+    ]
+    running = []
+    film = export_film(Storyboard(shots=shots), out_dir, on_progress=lambda f, m: running.append(ffmpeg_children()))
+    assert running and max(running) <= MAX_OPEN_READERS + 1  # the decoders and the encoder
+    frames, _ = decode_video(film)
+    assert frames.shape[0] == 7 * 4 - 2  # 0.5 s shots at 8 fps, one 0.25 s crossfade
+    firsts = [0, 4, 8, 10, 14, 18, 22]  # each shot's first frame (the crossfade pulls shots 4… back by 2)
+    for start, colour in zip(firsts, colours, strict=True):
+        if start != 8:  # shot 3 starts inside the crossfade
+            assert np.abs(frames[start + 1, 32, 48].astype(int) - colour).max() < 25, start
