@@ -138,7 +138,8 @@ def build_storyboard_tab(studio: Studio) -> StoryboardTab:
             seconds = film.film_duration(board, out)
         except (gr.Error, film.StoryboardError) as err:
             return f"**Not ready:** {getattr(err, 'message', None) or err}"
-        return f"**Film: {len(board.shots)} shots, {seconds:.1f} s**"
+        count = len(board.shots)
+        return f"**Film: {count} shot{'' if count == 1 else 's'}, {seconds:.1f} s**"
 
     def add_shot(name: str | None, rows):
         if not name:

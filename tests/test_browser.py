@@ -102,7 +102,7 @@ def test_storyboard_extend_a_shot_then_export_a_film(page):
     page.get_by_role("tab", name="Storyboard").click()
     page.locator("#storyboard-add").click()  # the library's newest clip
     page.wait_for_function(
-        "() => document.querySelector('#storyboard-summary').innerText.includes('1 shots')", timeout=30_000
+        "() => document.querySelector('#storyboard-summary').innerText.includes('1 shot,')", timeout=30_000
     )
     page.fill("#extend-prompt textarea", "the boat drifts on")
     page.locator("#extend-go").click()
