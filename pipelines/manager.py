@@ -23,7 +23,7 @@ from pipelines.memory import AUTO, MemoryBudget, Profile, choose_profile, estima
 from pipelines.preview import LatentToRGB, StepPreviewer, load_or_fit
 from pipelines.request import ValidRequest
 from pipelines.testmodels import cache_root
-from pipelines.weights import resolve_weights
+from pipelines.weights import ResolvedWeights, resolve_weights
 
 
 @dataclass
@@ -139,6 +139,12 @@ class PipelineManager:
             return self._generate_locked(request, on_progress or (lambda p: None), cancel or threading.Event())
         finally:
             self._lock.release()
+
+    def download(self, spec: ModelSpec, on_progress: ProgressCallback | None = None) -> ResolvedWeights:
+        """The model's files, fetched into the Hugging Face cache if missing. Needs no GPU and no lock, so
+        callers with metered GPU time (ZeroGPU) fetch first and spend the GPU time on the model."""
+        report = on_progress or (lambda p: None)
+        return resolve_weights(spec, self.offline, lambda f, m: report(Progress("download", f, m)))
 
     def _generate_locked(
         self, request: ValidRequest, report: ProgressCallback, cancel: threading.Event
@@ -260,10 +266,7 @@ class PipelineManager:
         del current
         _free_memory()
 
-        def on_download(fraction: float, message: str) -> None:
-            report(Progress("download", fraction, message))
-
-        weights = resolve_weights(spec, self.offline, on_download)
+        weights = self.download(spec, report)
         report(Progress("load", 0.0, f"Loading {spec.label} ({profile.label})"))
         pipe = self._from_pretrained(spec, task, weights.path, profile, reuse)
         report(Progress("load", 0.9, "Fitting the live-preview colours"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,20 +28,90 @@ class ResolvedWeights:
 DownloadCallback = Callable[[float, str], None]
 
 
-def _progress_class(callback: DownloadCallback, repo: str) -> type[tqdm]:
-    """A tqdm that also tells our caller, so the UI and CLI can draw the download like any other wait."""
+class _HiddenBar(tqdm):
+    """huggingface_hub's bars, never drawn (our caller draws the one bar that matters), still counting.
 
-    class _Reporting(tqdm):
-        done = 0  # counted here: a disabled tqdm (HF_HUB_DISABLE_PROGRESS_BARS) does not count
+    A disabled tqdm counts nothing and keeps no unit, so both are kept here."""
 
-        def update(self, n: float | None = 1) -> bool | None:
-            shown = super().update(n)
-            self.done += n or 0
-            if self.total:
-                callback(min(1.0, self.done / self.total), f"Downloading {repo}: {self.done:g}/{self.total:g} files")
-            return shown
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs["disable"] = True
+        self.counted = float(kwargs.get("initial") or 0)
+        self.in_bytes = kwargs.get("unit") == "B"
+        super().__init__(*args, **kwargs)
 
-    return _Reporting
+    def update(self, n: float | None = 1) -> bool | None:
+        self.counted += n or 0
+        return super().update(n)
+
+
+class DownloadMeter:
+    """One fraction for a whole model download: bytes fetched over the repository's size, with an ETA.
+
+    huggingface_hub draws several bars through the tqdm class it is given (files fetched, bytes received,
+    bytes written) from up to eight threads, and its byte totals grow as each file starts, so none of them
+    is a progress bar on its own. The meter takes the size from the file listing made before the download
+    and the bytes from whichever byte bar is furthest along; what is already in the cache counts as done.
+    Its fraction never goes backwards.
+    """
+
+    def __init__(self, repo: str, total_bytes: int, cached_bytes: int, files: int, report: DownloadCallback):
+        self.repo, self.total, self.cached, self.report = repo, max(1, total_bytes), cached_bytes, report
+        self.files_total, self.files_done = files, 0
+        self.fetched = 0.0
+        self.fraction = 0.0
+        self.started = time.monotonic()
+        self._lock = threading.Lock()
+
+    def count(self, bar: _HiddenBar) -> None:
+        with self._lock:
+            if bar.in_bytes:
+                self.fetched = max(self.fetched, bar.counted)
+            else:
+                self.files_done = int(bar.counted)
+            done = min(self.total, self.cached + self.fetched)
+            # huggingface_hub versions that count no bytes through our class still count files
+            by_files = self.files_done / max(1, self.files_total)
+            self.fraction = max(self.fraction, done / self.total if self.fetched else by_files)
+            message = f"Downloading {self.repo}: {_size(done)} of {_size(self.total)}"
+            elapsed = time.monotonic() - self.started
+            if elapsed > 2 and self.fetched > 0:
+                left_s = (self.total - done) / (self.fetched / elapsed)
+                message += f", about {_duration(left_s)} left"
+            self.report(self.fraction, f"{message} ({self.files_done}/{self.files_total} files)")
+
+    def tqdm_class(self) -> type[tqdm]:
+        meter = self
+
+        class _Counted(_HiddenBar):
+            def update(self, n: float | None = 1) -> bool | None:
+                shown = super().update(n)
+                meter.count(self)
+                return shown
+
+        return _Counted
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def _meter(repo: str, report: DownloadCallback) -> DownloadMeter | None:
+    """A meter sized from the repository's file listing; None when the Hub cannot be asked (the download
+    then falls back to the cache, or fails with its own message)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        plan = snapshot_download(repo, dry_run=True, tqdm_class=_HiddenBar)
+    except (HfHubHTTPError, OSError):
+        return None
+    size = sum(f.file_size or 0 for f in plan)
+    cached = sum(f.file_size or 0 for f in plan if not f.will_download)
+    return DownloadMeter(repo, size, cached, len(plan), report)
 
 
 def resolve_weights(spec: ModelSpec, offline: bool, on_progress: DownloadCallback | None = None) -> ResolvedWeights:
@@ -54,10 +126,11 @@ def resolve_weights(spec: ModelSpec, offline: bool, on_progress: DownloadCallbac
     report = on_progress or (lambda fraction, message: None)
     report(0.0, f"Looking for {spec.repo} in the Hugging Face cache")
     try:
+        meter = None if offline else _meter(spec.repo, report)
         path = snapshot_download(
             spec.repo,
             local_files_only=offline,
-            tqdm_class=_progress_class(report, spec.repo),
+            tqdm_class=meter.tqdm_class() if meter else None,
         )
     except LocalEntryNotFoundError as err:
         if offline:

@@ -13,7 +13,7 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from pipelines.catalogue import get_spec  # noqa: E402
-from pipelines.manager import PipelineManager  # noqa: E402
+from pipelines.manager import GenerationResult, PipelineManager  # noqa: E402
 from pipelines.video import clean_temporaries  # noqa: E402
 from studio import film, history  # noqa: E402
 from studio.jobs import JobQueue, default_generate  # noqa: E402
@@ -68,7 +68,15 @@ def gpu_generate_fn():
         scale = request.width * request.height * request.frames / (1280 * 704 * 121)
         return int(min(600, 60 + request.steps * 6 * scale * spec.weights.transformer_gb / 10))
 
-    return spaces.GPU(duration=duration)(default_generate)
+    on_gpu = spaces.GPU(duration=duration)(default_generate)
+
+    def generate(manager, request, report, cancel) -> GenerationResult:
+        # A first download takes many minutes and needs no GPU: it happens before the GPU is taken, so the
+        # GPU time (and its limit) goes to the model.
+        manager.download(request.spec, report)
+        return on_gpu(manager, request, report, cancel)
+
+    return generate
 
 
 def parse_auth(value: str | None) -> tuple[str, str] | None:

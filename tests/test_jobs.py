@@ -126,3 +126,38 @@ def test_a_failing_follow_up_never_loses_the_clip(manager, out_dir):
     assert jobs.get(job.id).status == DONE and "follow-up failed" in jobs.get(job.id).message
     assert [c.settings["seed"] for c in list_clips(out_dir)] == [3]
     assert json.loads((out_dir / ".jobs" / f"{job.id}.json").read_text())["extra"] == {"append_to_storyboard": True}
+
+
+def test_zerogpu_fetches_the_weights_before_taking_the_gpu(manager, monkeypatch):
+    import sys
+    import types
+
+    from pipelines.request import validate_request
+    from studio.server import gpu_generate_fn
+
+    monkeypatch.setitem(sys.modules, "spaces", None)  # no `spaces` package: generation runs as it is
+    assert gpu_generate_fn() is default_generate
+
+    calls = []
+    fake = types.ModuleType("spaces")
+
+    def gpu(duration):  # like spaces.GPU: the GPU exists only while the decorated function runs
+        def decorate(fn):
+            def on_gpu(*args):
+                calls.append(("gpu", duration(*args)))
+                return fn(*args)
+
+            return on_gpu
+
+        return decorate
+
+    fake.GPU = gpu
+    monkeypatch.setitem(sys.modules, "spaces", fake)
+    real_download = manager.download
+    monkeypatch.setattr(
+        manager, "download", lambda spec, report: calls.append(("download",)) or real_download(spec, report)
+    )
+    valid = validate_request(request(seed=5), TINY)
+    result = gpu_generate_fn()(manager, valid, lambda p: None, threading.Event())
+    assert result.frames.shape[0] == valid.frames
+    assert [c[0] for c in calls] == ["download", "gpu"] and 60 <= calls[1][1] <= 600

@@ -75,15 +75,3 @@ def test_a_model_missing_offline_says_how_to_get_it(tmp_path, monkeypatch):
     with pytest.raises(ModelUnavailableError) as info:
         resolve_weights(CATALOGUE["Wan-AI/Wan2.1-T2V-1.3B-Diffusers"], offline=True)
     assert "not downloaded yet and offline mode is on" in str(info.value)
-
-
-def test_download_progress_reaches_the_caller():
-    from pipelines.weights import _progress_class
-
-    seen = []
-    bar = _progress_class(lambda fraction, message: seen.append((fraction, message)), "Wan-AI/x")(total=4, disable=True)
-    for _ in range(4):
-        bar.update(1)
-    bar.close()
-    assert [f for f, _ in seen] == [0.25, 0.5, 0.75, 1.0]
-    assert seen[-1][1] == "Downloading Wan-AI/x: 4/4 files"
