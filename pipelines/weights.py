@@ -29,19 +29,11 @@ DownloadCallback = Callable[[float, str], None]
 
 
 class _HiddenBar(tqdm):
-    """huggingface_hub's bars, never drawn (our caller draws the one bar that matters), still counting.
-
-    A disabled tqdm counts nothing and keeps no unit, so both are kept here."""
+    """huggingface_hub's bars, never drawn: our caller draws the one bar that matters."""
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs["disable"] = True
-        self.counted = float(kwargs.get("initial") or 0)
-        self.in_bytes = kwargs.get("unit") == "B"
         super().__init__(*args, **kwargs)
-
-    def update(self, n: float | None = 1) -> bool | None:
-        self.counted += n or 0
-        return super().update(n)
 
 
 class DownloadMeter:
@@ -62,8 +54,9 @@ class DownloadMeter:
         self.started = time.monotonic()
         self._lock = threading.Lock()
 
-    def count(self, bar: _HiddenBar) -> None:
-        with self._lock:
+    def count(self, bar: _HiddenBar, n: float) -> None:
+        with self._lock:  # up to eight download threads update the same bar
+            bar.counted += n
             if bar.in_bytes:
                 self.fetched = max(self.fetched, bar.counted)
             else:
@@ -83,10 +76,15 @@ class DownloadMeter:
         meter = self
 
         class _Counted(_HiddenBar):
+            # counted here: a disabled tqdm counts nothing and keeps no unit
+            def __init__(self, *args, **kwargs) -> None:
+                self.counted = float(kwargs.get("initial") or 0)
+                self.in_bytes = kwargs.get("unit") == "B"
+                super().__init__(*args, **kwargs)
+
             def update(self, n: float | None = 1) -> bool | None:
-                shown = super().update(n)
-                meter.count(self)
-                return shown
+                meter.count(self, n or 0)
+                return super().update(n)
 
         return _Counted
 

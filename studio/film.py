@@ -205,6 +205,15 @@ class _ReaderPool:
         while len(self.running) > self.limit:
             self.running.pop(0).close()
 
+    def frames_of(self, reader) -> Callable:
+        """A moviepy transform that reads each frame through the pool."""
+
+        def pooled(get_frame: Callable, t: float):
+            self.use(reader, t)
+            return get_frame(t)
+
+        return pooled
+
 
 def _open(checked: list[_CheckedShot]) -> tuple[list, list]:
     """Each shot as a moviepy clip streaming frames from its file (nothing held in RAM), its decoder started
@@ -219,7 +228,7 @@ def _open(checked: list[_CheckedShot]) -> tuple[list, list]:
             files[-1].reader.close()  # moviepy starts it at once; the pool restarts it
         shots = []
         for clip, c in zip(files, checked, strict=True):
-            pooled = clip.transform(lambda get_frame, t, r=clip.reader: pool.use(r, t) or get_frame(t))
+            pooled = clip.transform(pool.frames_of(clip.reader))
             shots.append(pooled.subclipped(c.start_s, min(c.end_s, clip.duration)))
         return files, shots
     except Exception:
