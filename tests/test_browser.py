@@ -127,3 +127,29 @@ def test_a_reopened_page_shows_the_saved_storyboard(page):
         "() => document.querySelector('#storyboard-summary').innerText.includes('2 shots')", timeout=30_000
     )
     assert "the-boat-drifts-on" in page.inner_text("#storyboard-table")
+
+
+def test_image_to_video_from_a_library_clips_last_frame(page):
+    page.set_viewport_size({"width": 1280, "height": 1000})
+    page.get_by_role("tab", name="Library").click()
+    page.wait_for_selector("#library-video video", timeout=30_000)
+    page.get_by_role("button", name="Continue from its last frame").click()
+    # the Image to video tab is shown, its example picture replaced by the clip's last frame
+    page.wait_for_function(
+        """() => { const i = document.querySelector('#i2v-image img');
+                   return i && i.src && !i.src.includes('example-landscape'); }""",
+        timeout=30_000,
+    )
+    assert page.locator("#i2v-prompt textarea").is_visible()
+    page.fill("#i2v-prompt textarea", "the boat turns towards the camera")
+    page.click("#i2v-generate")
+    page.wait_for_function(
+        "() => { const v = document.querySelector('#i2v-video video'); return v && v.readyState >= 1; }",
+        timeout=120_000,
+    )
+    size = page.evaluate(
+        "() => { const v = document.querySelector('#i2v-video video'); return [v.videoWidth, v.videoHeight]; }"
+    )
+    assert size == [96, 64]  # "auto" size matches the 96x64 frame it started from
+    assert "Done" in page.inner_text("#i2v-status")
+    page.screenshot(path=str(SCREENSHOTS / "studio-image-to-video.png"), full_page=True)
