@@ -23,6 +23,8 @@ from pipelines.paths import config_dir
 TRAINED = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 COMPOSITE = "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia"
 MIME = {".mp4": "video/mp4", ".webm": "video/webm", ".gif": "image/gif", ".png": "image/png", ".jpg": "image/jpeg"}
+# The C2PA SDK embeds manifests in these; for WebM it answers "type is unsupported".
+SIGNABLE = (".mp4", ".gif", ".png", ".jpg")
 _keys_lock = threading.Lock()
 
 
@@ -137,14 +139,21 @@ def manifest(title: str, model: str | None, prompt: str | None = None, composite
     }
 
 
+def can_sign(path: Path) -> bool:
+    return Path(path).suffix.lower() in SIGNABLE
+
+
 def sign_file(source: Path, target: Path, claim: dict, ingredients: list[Path] = ()) -> None:
     """Write a signed copy of `source` to `target`; SigningError says why it could not."""
     try:
         import c2pa
 
-        mime = MIME.get(source.suffix.lower())
-        if mime is None:
-            raise SigningError(f"C2PA signing does not support {source.suffix} files")
+        if not can_sign(source):
+            raise SigningError(
+                f"{source.suffix} files cannot carry Content Credentials (the C2PA SDK does not support the "
+                f"format); MP4 and GIF exports are signed."
+            )
+        mime = MIME[source.suffix.lower()]
         me = identity()
         signer = c2pa.Signer.from_info(c2pa.C2paSignerInfo(b"es256", me.chain_pem, me.key_pem, None))
         builder = c2pa.Builder(claim)

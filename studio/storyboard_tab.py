@@ -95,7 +95,10 @@ def build_storyboard_tab(studio: Studio) -> StoryboardTab:
         audio = gr.Audio(value=saved.audio, type="filepath", sources=["upload"], label="Audio track")
         fade = gr.Slider(0, 5, value=saved.audio_fade_s, step=0.25, label="Audio fade in/out (s)")
     with gr.Row():
-        fmt = gr.Radio(["mp4", "webm", "gif"], value=saved.format, label="Format")
+        fmt = gr.Radio(
+            ["mp4", "webm", "gif"], value=saved.format, label="Format",
+            info="MP4 and GIF are signed with Content Credentials; WebM cannot carry them.",
+        )  # fmt: skip
         fps = gr.Dropdown(FPS_CHOICES, value=str(int(saved.fps)) if saved.fps else "source", label="Frame rate")
         slow = gr.Checkbox(value=saved.slow_motion, label="2x slow motion")
         size = gr.Textbox(

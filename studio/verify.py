@@ -13,6 +13,9 @@ def report(path: Path) -> tuple[str, dict]:
     """A plain-language report and the details behind it."""
     check = provenance.verify_file(path)
     lines = [check.summary()]
+    if not check.has_manifest and not provenance.can_sign(path):
+        suffix = Path(path).suffix
+        lines.append(f"{suffix} files cannot carry Content Credentials (the C2PA SDK does not support them).")
     declared = check.declared
     if check.has_manifest:
         source = (declared.get("digital_source_type") or "").rsplit("/", 1)[-1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -78,6 +79,21 @@ def test_a_film_is_signed_with_its_clips_as_ingredients(result, out_dir):
     assert check.valid and check.declared["digital_source_type"].endswith("compositeWithTrainedAlgorithmicMedia")
     assert check.declared["ingredients"] == [first.name, second.name]
     assert probe(film)["format"]["tags"]["comment"].startswith("AI-generated")
+
+
+def test_gif_films_are_signed_and_webm_ones_say_they_cannot_be(result, out_dir):
+    from studio.verify import report
+
+    clip = save_clip(result, out_dir).video
+    gif = export_film(Storyboard(shots=[Shot(clip.name)], format="gif"), out_dir)
+    assert provenance.verify_file(gif).valid
+    webm = export_film(Storyboard(shots=[Shot(clip.name)], format="webm"), out_dir)
+    assert decode_video(webm)[0].shape[0] == 9  # the film is kept, unsigned
+    record = json.loads(Path(f"{webm}.json").read_text())["provenance"]
+    assert record["signed"] is False and "cannot carry Content Credentials" in record["signing_error"]
+    assert probe(webm)["format"]["tags"]["COMMENT"].startswith("AI-generated")  # the plain label still says it
+    text, details = report(webm)
+    assert not details["has_manifest"] and ".webm files cannot carry Content Credentials" in text
 
 
 def test_verify_command(result, out_dir, tmp_path):
