@@ -310,16 +310,16 @@ def _transformers(pipe) -> list[torch.nn.Module]:
 def _place(pipe, profile: Profile, prepare_modules: bool) -> None:
     """Put a pipeline where its profile says. Module-level changes (fp8, tiling, group offload) stay on
     the modules and are applied once; pipeline-level model offload hooks are set per pipeline object."""
-    if profile.placement == "cpu":
-        pipe.to("cpu")
-        return
     if prepare_modules:
         if profile.fp8:
             for transformer in _transformers(pipe):
-                transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
+                # weights stored in fp8, each layer cast back to the dtype it was loaded in when it runs
+                transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=transformer.dtype)
         if profile.vae_tiling:
             pipe.vae.enable_tiling()
-    if profile.placement == "gpu":
+    if profile.placement == "cpu":
+        pipe.to("cpu")
+    elif profile.placement == "gpu":
         pipe.to("cuda")
     elif profile.placement == "model_offload":
         pipe.enable_model_cpu_offload()
