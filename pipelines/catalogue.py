@@ -31,7 +31,7 @@ class WeightSizes:
     transformer_gb: float  # one expert, bf16
     experts: int  # 2 for the A14B high-noise/low-noise pair
     text_encoder_gb: float  # UMT5-XXL encoder, bf16
-    vae_gb: float
+    vae_gb: float  # float32, as the pipeline runs it
     activations_gb: float  # denoising working set at the model's default size and frame count
     vae_decode_gb: float  # untiled VAE decode working set at the default size and frame count
 
@@ -91,7 +91,7 @@ _TI2V_5B = ModelSpec(
     size_multiple=32,
     max_frames=121,
     weights=WeightSizes(
-        transformer_gb=10.0, experts=1, text_encoder_gb=11.4, vae_gb=1.4, activations_gb=4.0, vae_decode_gb=8.0
+        transformer_gb=10.0, experts=1, text_encoder_gb=11.4, vae_gb=2.8, activations_gb=4.0, vae_decode_gb=8.0
     ),
     license="Apache-2.0",
     description="One 5B model for both tasks; 720P on a 24 GB card. The default.",
@@ -146,7 +146,7 @@ _T2V_1_3B = ModelSpec(
     size_multiple=16,
     max_frames=81,
     weights=WeightSizes(
-        transformer_gb=2.8, experts=1, text_encoder_gb=11.4, vae_gb=0.5, activations_gb=2.0, vae_decode_gb=4.0
+        transformer_gb=2.84, experts=1, text_encoder_gb=11.4, vae_gb=0.5, activations_gb=2.0, vae_decode_gb=4.0
     ),
     license="Apache-2.0",
     description="The light model for 8-12 GB cards.",

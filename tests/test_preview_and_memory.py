@@ -6,6 +6,7 @@ import torch
 from pipelines.catalogue import CATALOGUE, DEFAULT_MODEL
 from pipelines.memory import DoesNotFitError, MemoryBudget, choose_profile, estimate_need
 from pipelines.preview import estimate_x0, fit_latent_to_rgb, load_or_fit
+from pipelines.testmodels import FULL_SIZE_LAYOUTS, full_size_components
 
 
 def test_x0_estimate_is_exact_for_an_euler_flow_step():
@@ -75,3 +76,21 @@ def test_a_model_missing_offline_says_how_to_get_it(tmp_path, monkeypatch):
     with pytest.raises(ModelUnavailableError) as info:
         resolve_weights(CATALOGUE["Wan-AI/Wan2.1-T2V-1.3B-Diffusers"], offline=True)
     assert "not downloaded yet and offline mode is on" in str(info.value)
+
+
+@pytest.mark.parametrize("model_id", list(FULL_SIZE_LAYOUTS))
+def test_catalogue_weight_sizes_match_the_real_architectures(model_id):
+    """The sizes the profile chooser trusts, against the real layouts built on the meta device (no memory)."""
+
+    def gb(module) -> float:
+        return sum(p.numel() * p.element_size() for p in module.parameters()) / 1e9
+
+    sizes = CATALOGUE[model_id].weights
+    parts = full_size_components(model_id, device="meta")  # transformers and text encoder bf16, VAE float32
+    assert gb(parts["transformer"]) == pytest.approx(sizes.transformer_gb, rel=0.03)
+    assert (parts["transformer_2"] is not None) == (sizes.experts == 2)
+    assert gb(parts["text_encoder"]) == pytest.approx(sizes.text_encoder_gb, rel=0.03)
+    assert gb(parts["vae"]) == pytest.approx(sizes.vae_gb, rel=0.05)
+    # fp8 profiles count half the transformer: layerwise casting stores all but norms and embeddings in fp8
+    parts["transformer"].enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
+    assert gb(parts["transformer"]) == pytest.approx(sizes.transformer_gb / 2, rel=0.03)
