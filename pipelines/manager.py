@@ -8,7 +8,9 @@ every denoising step; raising from the step callback stops the pipeline before i
 from __future__ import annotations
 
 import gc
+import importlib
 import inspect
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +25,7 @@ from pipelines.memory import AUTO, MemoryBudget, Profile, choose_profile, estima
 from pipelines.preview import LatentToRGB, StepPreviewer, load_or_fit
 from pipelines.request import ValidRequest
 from pipelines.testmodels import cache_root
-from pipelines.weights import ResolvedWeights, resolve_weights
+from pipelines.weights import ResolvedWeights, human_size, resolve_weights
 
 
 @dataclass
@@ -268,29 +270,60 @@ class PipelineManager:
 
         weights = self.download(spec, report)
         report(Progress("load", 0.0, f"Loading {spec.label} ({profile.label})"))
-        pipe = self._from_pretrained(spec, task, weights.path, profile, reuse)
+        pipe = self._from_pretrained(spec, task, weights.path, profile, reuse, report)
         report(Progress("load", 0.9, "Fitting the live-preview colours"))
         previews = load_or_fit(pipe.vae, self.cache_dir / "previews", f"{spec.id}@{weights.revision}")
         report(Progress("load", 1.0, f"{spec.label} is ready"))
         self._loaded = _Loaded(spec, task, pipe, profile, weights.revision, previews)
         return self._loaded
 
-    def _from_pretrained(self, spec: ModelSpec, task: str, path: Path, profile: Profile, reuse: dict):
+    def _from_pretrained(
+        self, spec: ModelSpec, task: str, path: Path, profile: Profile, reuse: dict, report: ProgressCallback
+    ):
         from diffusers import UniPCMultistepScheduler
 
         on_gpu = profile.placement != "cpu"
         dtype = (
             {"default": torch.bfloat16, "vae": torch.float32, "image_encoder": torch.float32}
             if on_gpu
-            else torch.float32
+            else {"default": torch.float32}
         )
-        pipe = _pipeline_class(task).from_pretrained(str(path), dtype=dtype, **reuse)
+        cls = _pipeline_class(task)
+        heavy = _load_heavy_components(cls, path, dtype, reuse, report)
+        pipe = cls.from_pretrained(str(path), dtype=dtype, **reuse, **heavy)
         pipe.set_progress_bar_config(disable=True)  # callers draw their own from Progress reports
         self.loads += 1
         if isinstance(pipe.scheduler, UniPCMultistepScheduler):
             pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config, flow_shift=spec.flow_shift)
         _place(pipe, profile, prepare_modules=True)
         return pipe
+
+
+HEAVY_COMPONENTS = ("text_encoder", "transformer", "transformer_2", "image_encoder", "vae")
+
+
+def _load_heavy_components(cls, path: Path, dtype: dict, reuse: dict, report: ProgressCallback) -> dict:
+    """The large modules, each through its own from_pretrained (as the pipeline would), so the caller sees the
+    load advance by size: tens of GB take minutes from a slow disk. The pipeline then loads only the light rest.
+    """
+    index = json.loads((path / "model_index.json").read_text())
+    accepted = inspect.signature(cls.__init__).parameters
+    names = [
+        name for name in HEAVY_COMPONENTS
+        if name in accepted and name not in reuse and (index.get(name) or [None])[0] is not None
+    ]  # fmt: skip
+    sizes = {name: sum(f.stat().st_size for f in (path / name).rglob("*") if f.is_file()) for name in names}
+    total = sum(sizes.values()) or 1
+    done = 0
+    loaded = {}
+    for name in names:
+        library, class_name = index[name]
+        module_cls = getattr(importlib.import_module(library), class_name)
+        what = name.replace("_", " ").replace("transformer 2", "second transformer")
+        report(Progress("load", 0.9 * done / total, f"Loading the {what} ({human_size(sizes[name])})"))
+        loaded[name] = module_cls.from_pretrained(str(path / name), dtype=dtype.get(name, dtype["default"]))
+        done += sizes[name]
+    return loaded
 
 
 def _switch_task(pipe, task: str):

@@ -65,7 +65,7 @@ class DownloadMeter:
             # huggingface_hub versions that count no bytes through our class still count files
             by_files = self.files_done / max(1, self.files_total)
             self.fraction = max(self.fraction, done / self.total if self.fetched else by_files)
-            message = f"Downloading {self.repo}: {_size(done)} of {_size(self.total)}"
+            message = f"Downloading {self.repo}: {human_size(done)} of {human_size(self.total)}"
             elapsed = time.monotonic() - self.started
             if elapsed > 2 and self.fetched > 0:
                 left_s = (self.total - done) / (self.fetched / elapsed)
@@ -89,7 +89,8 @@ class DownloadMeter:
         return _Counted
 
 
-def _size(n: float) -> str:
+def human_size(n: float) -> str:
+    """Bytes as GB, or MB below 0.1 GB."""
     return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 
 import numpy as np
@@ -202,3 +203,14 @@ def test_fp8_weights_and_vae_tiling_run(monkeypatch):
     # (correlation 0.6)
     a, b = full.frames.astype(float).ravel(), lean.frames.astype(float).ravel()
     assert np.corrcoef(a, b)[0, 1] > 0.999 and np.abs(a - b).mean() > 0
+
+
+def test_loading_reports_each_large_component_by_size():
+    events = []
+    PipelineManager(offline=True).generate(valid(frames=5), on_progress=events.append)
+    loads = [e for e in events if e.stage == "load"]
+    parts = [e.message.split(" (")[0] for e in loads if e.message.startswith("Loading the")]
+    assert parts == ["Loading the text encoder", "Loading the transformer", "Loading the vae"]
+    fractions = [e.fraction for e in loads]
+    assert fractions == sorted(fractions) and len(set(fractions)) >= 4 and fractions[-1] == 1.0
+    assert all(re.search(r"\([\d.]+ [MG]B\)$", e.message) for e in loads if e.message.startswith("Loading the"))
