@@ -6,6 +6,7 @@ The sidecars are the history; there is no separate database to drift out of step
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,28 @@ def list_clips(output_dir: Path) -> list[Clip]:
 def find_clip(output_dir: Path, name: str) -> Clip | None:
     """A clip by file name; names from the browser are never used as paths."""
     return next((c for c in list_clips(output_dir) if c.video.name == Path(name).name), None)
+
+
+TRASH_DIR = "trash"
+
+
+def move_to_trash(output_dir: Path, name: str) -> Path:
+    """Take a clip out of the library without destroying it: its video, sidecar and input picture move to
+    `<output>/trash/<clip>/`, and moving them back restores it. The video goes first, so a crash half-way
+    leaves at most a sidecar without its video, which the library ignores."""
+    clip = find_clip(output_dir, name)
+    if clip is None:
+        raise LookupError(f"'{Path(name).name}' is not in the library.")
+    folder = Path(output_dir) / TRASH_DIR / clip.video.stem
+    n = 1
+    while folder.exists():
+        n += 1
+        folder = folder.with_name(f"{clip.video.stem}-{n}")
+    folder.mkdir(parents=True)
+    for path in (clip.video, clip.video.with_suffix(".json"), clip.input_image):
+        if path is not None and path.is_file():
+            os.replace(path, folder / path.name)
+    return folder
 
 
 def last_frame(video: Path) -> Image.Image:

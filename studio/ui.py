@@ -13,7 +13,7 @@ import gradio as gr
 
 from pipelines.catalogue import IMAGE_TO_VIDEO, TEXT_TO_VIDEO, get_spec
 from pipelines.memory import AUTO, PROFILES
-from studio import history
+from studio import film, history
 from studio.forms import AUTO_SIZE, build_form, form_request, reuse_values, size_choices
 from studio.jobs import RUNNING
 from studio.settings import PRECISIONS, Settings, SettingsError, model_choices, save_settings
@@ -65,7 +65,9 @@ def build_ui(studio: Studio) -> gr.Blocks:
             # ---- Library ------------------------------------------------------------------------
             with gr.Tab("Library", id="library"):
                 with gr.Row():
-                    lib_pick = gr.Dropdown([], label="Clips in the output folder (newest first)", scale=4)
+                    lib_pick = gr.Dropdown(
+                        [], label="Clips in the output folder (newest first)", scale=4, elem_id="library-pick"
+                    )
                     lib_refresh = gr.Button("Refresh", scale=1)
                 with gr.Row():
                     lib_video = gr.Video(label="Clip", interactive=False, elem_id="library-video")
@@ -73,6 +75,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 with gr.Row():
                     lib_reuse = gr.Button("Reuse settings")
                     lib_continue = gr.Button("Continue from its last frame")
+                    lib_delete = gr.Button("Move to trash", variant="stop", elem_id="library-delete")
 
             # ---- Storyboard ---------------------------------------------------------------------
             with gr.Tab("Storyboard", id="storyboard"):
@@ -208,6 +211,23 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 gr.Tabs(selected="i2v" if is_i2v else "t2v"),
             )
 
+        def delete_clip(name: str | None):
+            if not name:
+                raise gr.Error("Pick a clip first.")
+            try:
+                shots = film.load_storyboard(studio.output_dir).shots
+            except (ValueError, film.StoryboardError):
+                shots = []
+            used = [n for n, shot in enumerate(shots, start=1) if shot.clip == Path(name).name]
+            if used:
+                raise gr.Error(f"This clip is shot {used[0]} of the storyboard: remove it there first.")
+            try:
+                folder = history.move_to_trash(studio.output_dir, name)
+            except LookupError as err:
+                raise gr.Error(str(err)) from None
+            gr.Info(f"Moved to {folder}. Move the files back to restore the clip.")
+            return refresh_library()
+
         def use_last_frame(name: str | None):
             clip = history.find_clip(studio.output_dir, name) if name else None
             if clip is None:
@@ -226,6 +246,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
             reuse, lib_pick, [*t2v.settings_inputs, *i2v.settings_inputs, i_image, tabs], api_visibility="private"
         )
         lib_continue.click(use_last_frame, lib_pick, [i_image, tabs], api_visibility="private")
+        lib_delete.click(delete_clip, lib_pick, [lib_pick, i_from_clip, board_tab.pick], api_visibility="private")
         i_use_frame.click(use_last_frame, i_from_clip, [i_image, tabs], api_visibility="private")
 
         def save(

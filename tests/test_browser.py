@@ -16,10 +16,16 @@ pytestmark = pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian's chr
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory):
+def running(tmp_path_factory):
+    with studio(tmp_path_factory.mktemp("browser")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def page(running):
     from playwright.sync_api import sync_playwright
 
-    with studio(tmp_path_factory.mktemp("browser")) as running, sync_playwright() as p:
+    with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
             headless=True,
@@ -153,3 +159,25 @@ def test_image_to_video_from_a_library_clips_last_frame(page):
     assert size == [96, 64]  # "auto" size matches the 96x64 frame it started from
     assert "Done" in page.inner_text("#i2v-status")
     page.screenshot(path=str(SCREENSHOTS / "studio-image-to-video.png"), full_page=True)
+
+
+def test_a_clip_moved_to_trash_leaves_the_library_and_stays_on_disk(page, running):
+    running_output = running.output_dir
+    page.get_by_role("tab", name="Library").click()
+    newest = page.locator("#library-pick input").input_value()
+    assert "the boat turns towards the camera" in newest  # the image-to-video clip, in no storyboard shot
+    page.locator("#library-delete").click()
+    page.wait_for_function(
+        "(before) => document.querySelector('#library-pick input').value !== before", arg=newest, timeout=30_000
+    )
+    assert "Move the files back to restore the clip" in page.inner_text("body")
+    trashed = list((running_output / "trash").glob("*/*.mp4"))
+    assert len(trashed) == 1 and trashed[0].with_suffix(".json").is_file()
+    assert not (running_output / trashed[0].name).exists()
+    # a clip the storyboard uses is refused, with the reason
+    in_use = page.locator("#library-pick input").input_value()
+    assert "the boat drifts on" in in_use
+    page.locator("#library-delete").click()
+    page.wait_for_function("() => document.body.innerText.includes('of the storyboard: remove it there first')")
+    assert page.locator("#library-pick input").input_value() == in_use
+    assert len(list((running_output / "trash").glob("*/*.mp4"))) == 1
