@@ -9,8 +9,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-# No telemetry: set before Gradio is imported anywhere.
+# No telemetry: set before Gradio or huggingface_hub is imported anywhere.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from pipelines.catalogue import get_spec  # noqa: E402
 from pipelines.manager import GenerationResult, PipelineManager  # noqa: E402

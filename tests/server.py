@@ -32,15 +32,29 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def studio(tmp: Path, *args: str, home: Path | None = None, timeout: float = 120) -> Iterator[RunningStudio]:
+def studio(
+    tmp: Path,
+    *args: str,
+    home: Path | None = None,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+    offline: bool = True,
+) -> Iterator[RunningStudio]:
+    """`python app.py` with its own settings home and output folder; offline unless asked (test models never
+    need the Hub either way)."""
     port = free_port()
     home = home or tmp / "home"
     output_dir = tmp / "outputs"
     tmp.mkdir(parents=True, exist_ok=True)
     log = tmp / f"studio-{port}.log"
-    env = dict(os.environ, WAN_STUDIO_HOME=str(home), PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
+    env = dict(os.environ, WAN_STUDIO_HOME=str(home), PYTHONUNBUFFERED="1", **(env or {}))
     env.pop("WAN_STUDIO_AUTH", None)
-    cmd = [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port), "--offline"]
+    cmd = [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)]
+    if offline:
+        env["HF_HUB_OFFLINE"] = "1"
+        cmd.append("--offline")
+    else:
+        env.pop("HF_HUB_OFFLINE", None)
     if "--model" not in args:
         cmd += ["--model", "test-tiny"]
     if "--output-dir" not in args:

@@ -15,9 +15,20 @@ SCREENSHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
 pytestmark = pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian's chromium is not installed")
 
 
+NETGUARD = Path(__file__).resolve().parent / "netguard"
+
+
 @pytest.fixture(scope="module")
-def running(tmp_path_factory):
-    with studio(tmp_path_factory.mktemp("browser")) as running:
+def outbound_log(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("netguard") / "outbound.log"
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory, outbound_log):
+    """The studio as a user starts it (online, the default), with every attempt to reach beyond this machine
+    logged and refused by tests/netguard."""
+    guard = {"PYTHONPATH": str(NETGUARD), "WAN_STUDIO_NETLOG": str(outbound_log)}
+    with studio(tmp_path_factory.mktemp("browser"), env=guard, offline=False) as running:
         yield running
 
 
@@ -32,6 +43,8 @@ def page(running):
             args=["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-gpu"],
         )
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.requested = []  # every URL the page asks for, for the privacy check at the end
+        page.on("request", lambda request: page.requested.append(request.url))
         page.goto(running.url)
         page.wait_for_selector("#t2v-prompt textarea", timeout=60_000)
         yield page
@@ -181,3 +194,11 @@ def test_a_clip_moved_to_trash_leaves_the_library_and_stays_on_disk(page, runnin
     page.wait_for_function("() => document.body.innerText.includes('of the storyboard: remove it there first')")
     assert page.locator("#library-pick input").input_value() == in_use
     assert len(list((running_output / "trash").glob("*/*.mp4"))) == 1
+
+
+def test_nothing_left_the_machine(page, running, outbound_log):
+    """Every flow above ran with the server online; neither it nor the page reached beyond this machine."""
+    assert not outbound_log.exists(), outbound_log.read_text()
+    origin = running.url.rstrip("/")
+    outside = [u for u in page.requested if not u.startswith((origin, "data:", "blob:"))]
+    assert page.requested and not outside, outside[:5]
