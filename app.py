@@ -6,7 +6,12 @@ python app.py generate --prompt ... make one clip headless; prints the MP4's pat
 
 from __future__ import annotations
 
+import os
 import sys
+
+# No telemetry, whichever command runs: set before Gradio or huggingface_hub is imported.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
 def main(argv: list[str] | None = None) -> int:

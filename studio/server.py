@@ -9,16 +9,12 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-# No telemetry: set before Gradio or huggingface_hub is imported anywhere.
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-
-from pipelines.catalogue import get_spec  # noqa: E402
-from pipelines.manager import GenerationResult, PipelineManager  # noqa: E402
-from pipelines.video import clean_temporaries  # noqa: E402
-from studio import film, history  # noqa: E402
-from studio.jobs import JobQueue, default_generate  # noqa: E402
-from studio.settings import Settings, config_dir, load_settings  # noqa: E402
+from pipelines.catalogue import get_spec
+from pipelines.manager import GenerationResult, PipelineManager
+from pipelines.video import clean_temporaries
+from studio import film, history
+from studio.jobs import JobQueue, default_generate
+from studio.settings import Settings, config_dir, load_settings
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 AUTH_ENV = "WAN_STUDIO_AUTH"
