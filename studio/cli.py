@@ -69,7 +69,7 @@ class _Bars:
             self.bar.n = progress.step
         else:
             self.bar.n = round(progress.fraction * 100)
-        self.bar.set_postfix_str(progress.message[:60], refresh=True)
+        self.bar.set_postfix_str(progress.message[:100], refresh=True)
 
     def close(self) -> None:
         if self.bar is not None:
