@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -113,6 +114,20 @@ def _meter(repo: str, report: DownloadCallback) -> DownloadMeter | None:
     return DownloadMeter(repo, size, cached, len(plan), report)
 
 
+def _check_disk_space(spec: ModelSpec, missing_bytes: int) -> None:
+    """Refuse before the first byte rather than fail half-way through tens of GB."""
+    from huggingface_hub import constants
+
+    cache = Path(constants.HF_HUB_CACHE)
+    existing = next(p for p in (cache, *cache.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    if missing_bytes > free:
+        raise ModelUnavailableError(
+            f"{spec.name} needs {human_size(missing_bytes)} more in the Hugging Face cache ({cache}), but that "
+            f"disk has {human_size(free)} free. Free some space, or point HF_HUB_CACHE at a bigger disk."
+        )
+
+
 def resolve_weights(spec: ModelSpec, offline: bool, on_progress: DownloadCallback | None = None) -> ResolvedWeights:
     """Local path and revision of a model's files; downloads into the standard HF cache on first use."""
     if spec.is_test:
@@ -126,6 +141,8 @@ def resolve_weights(spec: ModelSpec, offline: bool, on_progress: DownloadCallbac
     report(0.0, f"Looking for {spec.repo} in the Hugging Face cache")
     try:
         meter = None if offline else _meter(spec.repo, report)
+        if meter is not None:
+            _check_disk_space(spec, meter.total - meter.cached)
         path = snapshot_download(
             spec.repo,
             local_files_only=offline,
