@@ -105,7 +105,6 @@ class JobQueue:
         self._cancels: dict[str, threading.Event] = {}
         self._queue: queue.Queue[str] = queue.Queue()
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
         self._restore()
         self._worker = threading.Thread(target=self._run_forever, name="wan-studio-gpu-worker", daemon=True)
         self._worker.start()
@@ -146,14 +145,6 @@ class JobQueue:
         """1-based place among queued jobs (0 when not queued)."""
         queued = sorted((j for j in self._jobs.values() if j.status == QUEUED), key=lambda j: j.created)
         return next((i + 1 for i, j in enumerate(queued) if j.id == job_id), 0)
-
-    def wait_for_change(self, job_id: str, seen_version: int, timeout: float) -> Job | None:
-        """Block until the job changes past `seen_version` (or timeout); the UI's streams poll with this."""
-        with self._changed:
-            self._changed.wait_for(
-                lambda: (j := self._jobs.get(job_id)) is None or j.version > seen_version, timeout=timeout
-            )
-            return self._jobs.get(job_id)
 
     def cancel(self, job_id: str) -> bool:
         """Stop a queued job at once, a running one within a denoising step."""
@@ -242,7 +233,6 @@ class JobQueue:
         job.version += 1
         if save:
             self._save(job)
-        self._changed.notify_all()
 
     def _save(self, job: Job) -> None:
         path = self.jobs_dir / f"{job.id}.json"

@@ -130,6 +130,11 @@ def build_ui(studio: Studio) -> gr.Blocks:
             with gr.Row():
                 q_table = gr.Markdown("No jobs yet.", elem_id="queue-table")
                 q_preview = gr.Image(label="Running job", interactive=False, height=200, format="png")
+            with gr.Row():  # any page can stop any job: after a reload the forms no longer know theirs
+                q_pick = gr.Dropdown([], label="Running or queued job", scale=3, elem_id="queue-pick")
+                q_cancel = gr.Button("Cancel this job", variant="stop", scale=1, elem_id="queue-cancel")
+            q_note = gr.Markdown("", elem_id="queue-note")
+            q_shown = gr.State([])  # the active job ids the picker holds, so a tick only redraws it on change
 
         # ---- handlers -----------------------------------------------------------------------
         async def text_to_video(prompt: str, negative_prompt: str = "", size: str = "", frames: float = 0,
@@ -168,19 +173,31 @@ def build_ui(studio: Studio) -> gr.Blocks:
         t2v.cancel.click(cancel, t2v.job, t2v.status, api_name="cancel", concurrency_limit=None)
         i2v.cancel.click(cancel, i2v.job, i2v.status, api_visibility="private", concurrency_limit=None)
 
-        def refresh_queue():
-            jobs = studio.jobs.jobs()[:12]
+        def refresh_queue(picked: str | None, shown: list[str]):
+            everything = studio.jobs.jobs()
+            active = [job for job in reversed(everything) if not job.finished]  # running first, then queue order
+            ids = [job.id for job in active]
+            if ids == shown:
+                picker = gr.skip()
+            else:
+                choices = [(f"{job.id} — {(job.fields.get('prompt') or '')[:40]}", job.id) for job in active]
+                picker = gr.update(choices=choices, value=picked if picked in ids else (ids[0] if ids else None))
+            jobs = everything[:12]
             if not jobs:
-                return "No jobs yet.", None
+                return "No jobs yet.", None, picker, ids
             lines = ["| Job | Status | Prompt |", "|---|---|---|"]
             for job in jobs:
                 prompt = (job.fields.get("prompt") or "")[:50].replace("|", "/")
                 lines.append(f"| `{job.id}` | {status_text(job, studio.jobs.position(job.id))} | {prompt} |")
             running = next((j for j in jobs if j.status == RUNNING), None)
-            return "\n".join(lines), running.preview if running is not None else None
+            return "\n".join(lines), running.preview if running is not None else None, picker, ids
 
-        q_timer.tick(refresh_queue, None, [q_table, q_preview], api_visibility="private", show_progress="hidden")
-        demo.load(refresh_queue, None, [q_table, q_preview], api_visibility="private", show_progress="hidden")
+        queue_outputs = [q_table, q_preview, q_pick, q_shown]
+        for trigger in (q_timer.tick, demo.load):
+            trigger(
+                refresh_queue, [q_pick, q_shown], queue_outputs, api_visibility="private", show_progress="hidden"
+            )  # fmt: skip
+        q_cancel.click(cancel, q_pick, q_note, api_visibility="private", concurrency_limit=None)
 
         def clip_names() -> list[tuple[str, str]]:
             return [(c.title, c.video.name) for c in history.list_clips(studio.output_dir)]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 
+from studio.history import list_clips
 from tests.server import studio
 
 CHROMIUM = "/usr/bin/chromium"
@@ -194,6 +196,41 @@ def test_a_clip_moved_to_trash_leaves_the_library_and_stays_on_disk(page, runnin
     page.wait_for_function("() => document.body.innerText.includes('of the storyboard: remove it there first')")
     assert page.locator("#library-pick input").input_value() == in_use
     assert len(list((running_output / "trash").glob("*/*.mp4"))) == 1
+
+
+def test_a_page_that_did_not_start_a_job_can_cancel_it_from_the_queue(page, running):
+    """After a reload the forms no longer know their jobs; the queue panel stops any job."""
+    from gradio_client import Client
+
+    page.reload()
+    page.wait_for_selector("#queue-pick", timeout=30_000)
+    client = Client(running.url, verbose=False)
+    try:
+        # a few seconds of work on the worker, and a job queued behind it, both started elsewhere
+        busy = client.submit(prompt="keeps the worker busy", size="256x256", frames=33, steps=100,
+                             api_name="/text_to_video")  # fmt: skip
+        page.wait_for_function(
+            "() => document.querySelector('#queue-table').innerText.includes('keeps the worker busy')",
+            timeout=30_000,
+        )
+        queued = client.submit(prompt="queued, to be cancelled", size="256x256", frames=33, steps=100,
+                               api_name="/text_to_video")  # fmt: skip
+        page.wait_for_function(
+            "() => document.querySelector('#queue-table').innerText.includes('queued, to be cancelled')",
+            timeout=30_000,
+        )
+        page.locator("#queue-pick input").click()
+        page.get_by_role("option", name=re.compile("queued, to be cancelled")).click(timeout=30_000)
+        page.locator("#queue-cancel").click()
+        page.wait_for_function(
+            "() => document.querySelector('#queue-note').innerText.includes('Cancelling')", timeout=30_000
+        )
+        assert "**Cancelled**" in queued.result(timeout=120)[1]  # its stream ends with the reason
+        assert "**Done**" in busy.result(timeout=120)[1]
+    finally:
+        client.close()
+    prompts = [c.settings["prompt"] for c in list_clips(running.output_dir)]
+    assert "keeps the worker busy" in prompts and "queued, to be cancelled" not in prompts
 
 
 def test_nothing_left_the_machine(page, running, outbound_log):
