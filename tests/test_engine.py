@@ -177,9 +177,15 @@ def test_one_generation_at_a_time(manager):
 
 
 def test_unload_frees_the_model(manager):
+    import gc
+    import weakref
+
     manager.generate(valid())
+    modules = [weakref.ref(getattr(manager.pipeline, n)) for n in ("transformer", "text_encoder", "vae")]
     manager.unload()
     assert manager.loaded is None and manager.pipeline is None
+    gc.collect()
+    assert all(ref() is None for ref in modules), "something still holds the unloaded model"
     assert manager.generate(valid()).frames.shape[0] == 9
 
 
