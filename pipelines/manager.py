@@ -97,6 +97,8 @@ class PipelineManager:
         self._lock = threading.Lock()
         self._loaded: _Loaded | None = None
         self.loads = 0  # full from_pretrained loads, for tests and the log
+        # seconds of VAE decode per output pixel-frame, per model and profile, from earlier runs
+        self._decode_rates: dict[tuple[str, str], float] = {}
 
     # ---- state -------------------------------------------------------------------------------
     @property
@@ -142,6 +144,14 @@ class PipelineManager:
         finally:
             self._lock.release()
 
+    def _decode_message(self, request: ValidRequest, profile: Profile) -> str:
+        """The decode has no steps to count; an estimate from this model's earlier decodes stands in."""
+        rate = self._decode_rates.get((request.spec.id, profile.name))
+        if rate is None:
+            return "Decoding the frames with the VAE"
+        seconds = rate * request.width * request.height * request.frames
+        return f"Decoding the frames with the VAE, about {max(1, round(seconds))} s"
+
     def download(self, spec: ModelSpec, on_progress: ProgressCallback | None = None) -> ResolvedWeights:
         """The model's files, fetched into the Hugging Face cache if missing. Needs no GPU and no lock, so
         callers with metered GPU time (ZeroGPU) fetch first and spend the GPU time on the model."""
@@ -185,6 +195,8 @@ class PipelineManager:
                     total_steps=request.steps, eta_s=remaining * mean_step, preview=preview,
                 )
             )  # fmt: skip
+            if step == request.steps:  # the VAE decode follows inside the pipeline call: say so, it takes a while
+                report(Progress("decode", 0.0, self._decode_message(request, loaded.profile)))
             last_step_end[0] = time.perf_counter()
             return {}
 
@@ -226,6 +238,8 @@ class PipelineManager:
         timings["step_s_mean"] = sum(step_times) / max(1, len(step_times))
         timings["preview_s_per_step"] = preview_cost[0] / max(1, len(step_times))
         timings["decode_s"] = finished - last_step_end[0]
+        volume = request.width * request.height * request.frames
+        self._decode_rates[request.spec.id, loaded.profile.name] = timings["decode_s"] / volume
         frames = (np.asarray(output.frames[0]) * 255.0).round().clip(0, 255).astype(np.uint8)
         del output
         report(Progress("decode", 1.0, "Decoded"))

@@ -57,6 +57,12 @@ def test_text_to_video_end_to_end(manager, out_dir):
     assert all(e.preview.dtype == np.uint8 and e.preview.ndim == 4 for e in denoise)
     assert events[-1].stage == "decode"  # every preview came before the final clip
     assert denoise[-1].eta_s == 0
+    # the VAE decode that follows the last step is announced, not left showing "0 s left"
+    after_last_step = events[events.index(denoise[-1]) + 1]
+    assert after_last_step.stage == "decode" and after_last_step.message.startswith("Decoding the frames")
+    again = []
+    manager.generate(request, on_progress=again.append)
+    assert re.search(r"Decoding the frames with the VAE, about \d+ s", " ".join(e.message for e in again))
 
 
 def test_sidecar_round_trips_every_setting(manager, out_dir):
