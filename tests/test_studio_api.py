@@ -32,6 +32,13 @@ def client(running):
     c.close()
 
 
+def first_step_update(job) -> tuple:
+    """Read a job's stream up to its first denoising step: (preview, status, clip, job id, seed)."""
+    update = next((u for u in job if "Step" in u[1]), None)
+    assert update is not None, "the stream ended before any step"
+    return update
+
+
 def stream(job) -> list[tuple]:
     updates = []
     for update in job:
@@ -89,11 +96,7 @@ def test_image_to_video_without_a_picture_says_so(client):
 
 def test_cancel_stops_the_running_job(client, running):
     job = client.submit(prompt="cancel me", steps=100, frames=33, api_name="/text_to_video")
-    job_id = None
-    for update in job:
-        if "Step" in update[1]:
-            job_id = update[3]
-            break
+    job_id = first_step_update(job)[3]
     assert job_id
     assert "Cancelling" in client.predict(job_id, api_name="/cancel")
     for _ in job:
@@ -107,12 +110,8 @@ def test_cancel_stops_the_running_job(client, running):
 def test_a_client_that_disconnects_leaves_the_job_running(running):
     c = Client(running.url, verbose=False)
     job = c.submit(prompt="keep going without me", steps=100, frames=33, api_name="/text_to_video")
-    last_step = None
-    for update in job:
-        if "Step" in update[1]:
-            last_step = update[1]
-            break
-    assert last_step and "Step 100/100" not in last_step
+    last_step = first_step_update(job)[1]
+    assert "Step 100/100" not in last_step
     job.cancel()  # what closing the tab does: the stream stops
     c.close()
 
