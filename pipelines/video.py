@@ -55,7 +55,7 @@ def encode_mp4(frames: np.ndarray, fps: float, path: Path, crf: int = 18, commen
         "-movflags", "+faststart", "-f", "mp4",
     ]  # fmt: skip
     if comment:
-        args += ["-metadata", f"comment={comment}", "-metadata", f"description={comment}"]
+        args += label_args(comment)
     args.append(str(path))
     proc = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -69,13 +69,19 @@ def encode_mp4(frames: np.ndarray, fps: float, path: Path, crf: int = 18, commen
         raise RuntimeError(f"ffmpeg could not encode the clip: {stderr.strip()[-500:]}")
 
 
+def label_args(comment: str) -> list[str]:
+    """ffmpeg arguments for the plain-text label players show (comment and description tags)."""
+    return ["-metadata", f"comment={comment}", "-metadata", f"description={comment}"]
+
+
 def slugify(text: str, limit: int = 40) -> str:
     ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
     slug = re.sub(r"[^a-zA-Z0-9]+", "-", ascii_text).strip("-").lower()
     return slug[:limit].rstrip("-") or "clip"
 
 
-def _link_no_overwrite(src: Path, dst: Path) -> None:
+def link_no_overwrite(src: Path, dst: Path) -> None:
+    """Give `src` the name `dst`, failing with FileExistsError rather than replacing anything there."""
     try:
         os.link(src, dst)
     except FileExistsError:
@@ -127,18 +133,18 @@ def write_clip(
             if meta.exists() or (image is not None and image.exists()):
                 continue
             try:
-                _link_no_overwrite(tmp_video, video)
+                link_no_overwrite(tmp_video, video)
             except FileExistsError:
                 continue
             break
         else:
             raise RuntimeError(f"no free file name for {stem_hint} in {out_dir}")
         if image is not None:
-            _link_no_overwrite(tmp_image, image)
+            link_no_overwrite(tmp_image, image)
         data = dict(sidecar, file=video.name, input_image=image.name if image is not None else None)
         data["provenance"] = {**data.get("provenance", {}), **provenance}
         tmp_sidecar.write_text(json.dumps(data, indent=2, ensure_ascii=False))
-        _link_no_overwrite(tmp_sidecar, meta)
+        link_no_overwrite(tmp_sidecar, meta)
         return ClipFiles(video, meta, image)
     finally:
         for tmp in (tmp_video, tmp_sidecar, tmp_image, tmp_signed):

@@ -22,18 +22,17 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from pipelines import APP_NAME, __version__, provenance
-from pipelines.video import TMP_PREFIX, ffmpeg_exe, slugify
+from pipelines.video import TMP_PREFIX, ffmpeg_exe, label_args, link_no_overwrite, slugify
 from studio.history import list_clips
 
 COMMENT = "AI-generated: assembled in Wan Studio from clips made with Wan models"
-_TAGS = ["-metadata", f"comment={COMMENT}", "-metadata", f"description={COMMENT}"]
 FORMATS = {
     "mp4": dict(
         codec="libx264",
         audio_codec="aac",
         audio_ext="m4a",
         audio_fps=44100,
-        ffmpeg_params=["-pix_fmt", "yuv420p", "-movflags", "+faststart", *_TAGS],
+        ffmpeg_params=["-pix_fmt", "yuv420p", "-movflags", "+faststart", *label_args(COMMENT)],
     ),  # fmt: skip
     "gif": dict(),  # no sound; scaled to at most GIF_MAX_WIDTH wide
     "webm": dict(
@@ -41,7 +40,7 @@ FORMATS = {
         audio_codec="libopus",
         audio_ext="ogg",
         audio_fps=48000,  # Opus takes no 44.1 kHz
-        ffmpeg_params=["-pix_fmt", "yuv420p", *_TAGS],
+        ffmpeg_params=["-pix_fmt", "yuv420p", *label_args(COMMENT)],
     ),  # fmt: skip
 }
 STORYBOARD_FILE = "storyboard.json"
@@ -340,7 +339,7 @@ def _publish(tmp: Path, films_dir: Path, stem: str, suffix: str) -> Path:
     for n in range(1, 10_000):
         final = films_dir / (f"{stem}.{suffix}" if n == 1 else f"{stem}-{n}.{suffix}")
         try:
-            os.link(tmp, final)
+            link_no_overwrite(tmp, final)
             return final
         except FileExistsError:
             continue
@@ -455,7 +454,7 @@ def export_film(
         film = _publish(tmp, films_dir, stem, board.format)
         sidecar = temporary("json")
         sidecar.write_text(json.dumps(record, indent=2))
-        os.link(sidecar, film.with_suffix(film.suffix + ".json"))
+        link_no_overwrite(sidecar, film.with_suffix(film.suffix + ".json"))
         if on_progress:
             on_progress(1.0, f"Film ready: {film.name}")
         return film
