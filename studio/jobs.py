@@ -138,12 +138,14 @@ class JobQueue:
             return None if job is None else replace(job, fields=dict(job.fields))
 
     def jobs(self) -> list[Job]:
-        """Newest first."""
-        return sorted(self._jobs.values(), key=lambda j: j.created, reverse=True)
+        """Newest first. Under the lock: pages read the table every second while submits add to it."""
+        with self._lock:
+            return sorted(self._jobs.values(), key=lambda j: j.created, reverse=True)
 
     def position(self, job_id: str) -> int:
         """1-based place among queued jobs (0 when not queued)."""
-        queued = sorted((j for j in self._jobs.values() if j.status == QUEUED), key=lambda j: j.created)
+        with self._lock:
+            queued = sorted((j for j in self._jobs.values() if j.status == QUEUED), key=lambda j: j.created)
         return next((i + 1 for i, j in enumerate(queued) if j.id == job_id), 0)
 
     def cancel(self, job_id: str) -> bool:
