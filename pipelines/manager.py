@@ -89,8 +89,11 @@ class PipelineManager:
         offline: bool = False,
         memory_probe: Callable[[], MemoryBudget] = probe_memory,
         cache_dir: Path | None = None,
+        device: str | None = None,
     ):
         self.requested_profile = profile
+        # where the model computes: the GPU when there is one (a worker per GPU names its own, "cuda:1")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.offline = offline
         self.memory_probe = memory_probe
         self.cache_dir = cache_dir or cache_root().parent
@@ -266,7 +269,7 @@ class PipelineManager:
                 current.pipe.remove_all_hooks()  # offload hooks are per pipeline object
                 current.pipe = _switch_task(current.pipe, task)
                 current.task = task
-                _place(current.pipe, profile, prepare_modules=False)
+                _place(current.pipe, profile, self.device, prepare_modules=False)
             return current
 
         reuse = {}
@@ -309,7 +312,7 @@ class PipelineManager:
         self.loads += 1
         if isinstance(pipe.scheduler, UniPCMultistepScheduler):
             pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config, flow_shift=spec.flow_shift)
-        _place(pipe, profile, prepare_modules=True)
+        _place(pipe, profile, self.device, prepare_modules=True)
         return pipe
 
 
@@ -354,7 +357,7 @@ def _transformers(pipe) -> list[torch.nn.Module]:
     return [m for m in (pipe.transformer, getattr(pipe, "transformer_2", None)) if m is not None]
 
 
-def _place(pipe, profile: Profile, prepare_modules: bool) -> None:
+def _place(pipe, profile: Profile, device: torch.device, prepare_modules: bool) -> None:
     """Put a pipeline where its profile says. Module-level changes (fp8, tiling, group offload) stay on
     the modules and are applied once; pipeline-level model offload hooks are set per pipeline object."""
     if prepare_modules:
@@ -367,9 +370,9 @@ def _place(pipe, profile: Profile, prepare_modules: bool) -> None:
     if profile.placement == "cpu":
         pipe.to("cpu")
     elif profile.placement == "gpu":
-        pipe.to("cuda")
+        pipe.to(device)
     elif profile.placement == "model_offload":
-        pipe.enable_model_cpu_offload()
+        pipe.enable_model_cpu_offload(device=device)
     elif profile.placement == "group_offload" and prepare_modules:
         pipe.enable_group_offload(
             onload_device=torch.device("cuda"),
