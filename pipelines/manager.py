@@ -1,4 +1,11 @@
-"""The pipeline manager: one resident Wan model per GPU, one generation at a time, previews at every step.
+"""The pipeline manager: one resident Wan model per device, one generation at a time, previews at every step.
+
+A generation runs in numbered stages, each timed on its own: 1. fit a memory profile, 2. load or switch the
+model and apply the speed options, 3. encode the prompts (cached), 4. denoise (the diffusers pipeline's
+loop; our step callback checks cancel, draws the preview and the ETA), 5. decode with the VAE and convert to
+uint8 on the device. Every exit (done, cancelled, failed, out of memory) leaves the modules where the
+profile keeps them between runs, and a failed run's tensors are released before the error reaches the
+caller.
 
 Threading: `generate` runs in the caller's thread and holds `self._lock` for the whole run, so a second
 caller either waits or (wait=False) gets BusyError at once. Cancel is an Event checked at the end of
@@ -20,10 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipelines import attention
 from pipelines.catalogue import IMAGE_TO_VIDEO, TASK_NAMES, ModelSpec
+from pipelines.decode import decode_latents, to_host, video_to_uint8
 from pipelines.memory import AUTO, MemoryBudget, Profile, choose_profile, estimate_need, probe_memory
 from pipelines.preview import LatentToRGB, StepPreviewer, load_or_fit
+from pipelines.prompts import PromptEncoder
 from pipelines.request import ValidRequest
+from pipelines.speed import SpeedOptions, compile_blocks, uncompile_blocks
 from pipelines.testmodels import cache_root
 from pipelines.weights import ResolvedWeights, human_size, resolve_weights
 
@@ -74,6 +85,9 @@ class _Loaded:
     profile: Profile
     revision: str
     previews: LatentToRGB
+    prompts: PromptEncoder
+    attention: str | None = None  # the backend the transformers use now
+    compiled: bool = False
 
 
 def _pipeline_class(task: str):
@@ -90,8 +104,10 @@ class PipelineManager:
         memory_probe: Callable[[], MemoryBudget] = probe_memory,
         cache_dir: Path | None = None,
         device: str | None = None,
+        speed: SpeedOptions | None = None,
     ):
         self.requested_profile = profile
+        self.speed = speed or SpeedOptions()  # applied before each run; changing it never reloads weights
         # where the model computes: the GPU when there is one (a worker per GPU names its own, "cuda:1")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.offline = offline
@@ -100,8 +116,8 @@ class PipelineManager:
         self._lock = threading.Lock()
         self._loaded: _Loaded | None = None
         self.loads = 0  # full from_pretrained loads, for tests and the log
-        # seconds of VAE decode per output pixel-frame, per model and profile, from earlier runs
-        self._decode_rates: dict[tuple[str, str], float] = {}
+        # seconds of VAE decode per output pixel-frame, per model, profile and VAE precision, from earlier runs
+        self._decode_rates: dict[tuple[str, str, str], float] = {}
 
     # ---- state -------------------------------------------------------------------------------
     @property
@@ -149,7 +165,7 @@ class PipelineManager:
 
     def _decode_message(self, request: ValidRequest, profile: Profile) -> str:
         """The decode has no steps to count; an estimate from this model's earlier decodes stands in."""
-        rate = self._decode_rates.get((request.spec.id, profile.name))
+        rate = self._decode_rates.get((request.spec.id, profile.name, self.speed.vae_precision))
         if rate is None:
             return "Decoding the frames with the VAE"
         seconds = rate * request.width * request.height * request.frames
@@ -166,21 +182,67 @@ class PipelineManager:
     ) -> GenerationResult:
         timings: dict[str, float] = {}
         started = time.perf_counter()
+        # 1. A memory profile that fits, or a refusal before any work
         profile = self._fit_profile(request)
+        self.speed.check(self.device)
+        # 2. The model, loaded or switched, with the speed options applied
         loaded = self._ensure_loaded(request.spec, request.task, profile, report)
+        self._apply_speed(loaded)
         timings["load_s"] = time.perf_counter() - started
         if cancel.is_set():
             raise GenerationCancelled()
 
+        failure = None
+        try:
+            frames = self._run(loaded, request, report, cancel, timings)
+        except GenerationCancelled:
+            failure = "cancelled"
+        except torch.OutOfMemoryError:
+            failure = "out_of_memory"
+        finally:
+            _rest(loaded.pipe)  # every exit path: offloaded modules go back where the profile keeps them
+        if failure is not None:
+            # Outside the handler the failed run's traceback, and the activations its frames hold, are gone.
+            _free_memory()
+            if failure == "cancelled":
+                raise GenerationCancelled()
+            need = estimate_need(request.spec, loaded.profile, request.width, request.height, request.frames)
+            raise OutOfMemoryError(
+                f"Out of GPU memory at {request.width}x{request.height}, {request.frames} frames with the "
+                f"'{loaded.profile.name}' memory profile (estimated {need.vram_gb:.1f} GB). Memory was freed: "
+                f"try a leaner memory profile, a smaller size or fewer frames."
+            )
+        report(Progress("decode", 1.0, "Decoded"))
+        timings["total_s"] = time.perf_counter() - started
+        return GenerationResult(request, frames, timings, loaded.profile.name, self._device_name(loaded),
+                                loaded.revision)  # fmt: skip
+
+    def _run(
+        self, loaded: _Loaded, request: ValidRequest, report: ProgressCallback, cancel: threading.Event,
+        timings: dict[str, float],
+    ) -> np.ndarray:  # fmt: skip
         pipe = loaded.pipe
+        device = pipe._execution_device
+        transformer_dtype = (pipe.transformer or pipe.transformer_2).dtype
+
+        # 3. Prompt embeddings: the text encoder runs only for prompts it has not seen lately
+        t0 = time.perf_counter()
+        guided = request.guidance_scale > 1.0 or (request.guidance_scale_2 or 0.0) > 1.0
+        embed = loaded.prompts.embeddings
+        prompt_embeds = embed(request.prompt, device, transformer_dtype)
+        negative_embeds = embed(request.negative_prompt, device, transformer_dtype) if guided else None
+        timings["encode_s"] = time.perf_counter() - t0
+
+        # 4. Denoise
         first_frame = np.asarray(request.image) if request.image is not None else None
         previewer = StepPreviewer(loaded.previews, first_frame=first_frame)
         step_times: list[float] = []
         preview_cost = [0.0]
-        last_step_end = [time.perf_counter()]
-        denoise_start = last_step_end[0]
+        denoise_start = time.perf_counter()
+        last_step_end = [denoise_start]
 
         def on_step(pipeline, i: int, t, tensors: dict) -> dict:
+            _synchronize(self.device)  # the step's kernels are done: its time is the step's, not the preview's
             now = time.perf_counter()
             step_times.append(now - last_step_end[0])
             if cancel.is_set():
@@ -190,29 +252,29 @@ class PipelineManager:
             preview = previewer(tensors["latents"], sigma)
             preview_cost[0] += time.perf_counter() - t0
             step = i + 1
-            mean_step = sum(step_times) / len(step_times)
-            remaining = request.steps - step
+            steady = step_times[1:] or step_times  # step 1 also pays for offload moves and any compile
             report(
                 Progress(
                     "denoise", step / request.steps, f"Step {step}/{request.steps}", step=step,
-                    total_steps=request.steps, eta_s=remaining * mean_step, preview=preview,
+                    total_steps=request.steps, eta_s=(request.steps - step) * sum(steady) / len(steady),
+                    preview=preview,
                 )
             )  # fmt: skip
-            if step == request.steps:  # the VAE decode follows inside the pipeline call: say so, it takes a while
+            if step == request.steps:  # the VAE decode follows: say so, it takes a while
                 report(Progress("decode", 0.0, self._decode_message(request, loaded.profile)))
             last_step_end[0] = time.perf_counter()
             return {}
 
         kwargs = dict(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt or None,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_embeds,
             height=request.height,
             width=request.width,
             num_frames=request.frames,
             num_inference_steps=request.steps,
             guidance_scale=request.guidance_scale,
             generator=torch.Generator("cpu").manual_seed(request.seed),
-            output_type="np",
+            output_type="latent",
             callback_on_step_end=on_step,
             callback_on_step_end_tensor_inputs=["latents"],
         )
@@ -221,33 +283,46 @@ class PipelineManager:
         if request.task == IMAGE_TO_VIDEO:
             kwargs["image"] = request.image
         report(Progress("denoise", 0.0, f"Starting {request.steps} steps", step=0, total_steps=request.steps))
-        try:
-            output = pipe(**kwargs)
-        except GenerationCancelled:
-            _free_memory()
-            raise
-        except torch.OutOfMemoryError as err:
-            del err  # the traceback pins the tensors that filled the GPU
-            pipe.maybe_free_model_hooks()
-            _free_memory()
-            need = estimate_need(request.spec, loaded.profile, request.width, request.height, request.frames)
-            raise OutOfMemoryError(
-                f"Out of GPU memory at {request.width}x{request.height}, {request.frames} frames with the "
-                f"'{loaded.profile.name}' memory profile (estimated {need.vram_gb:.1f} GB). Memory was freed: "
-                f"try a leaner memory profile, a smaller size or fewer frames."
-            ) from None
-        finished = time.perf_counter()
+        latents = pipe(**kwargs).frames
         timings["denoise_s"] = last_step_end[0] - denoise_start
-        timings["step_s_mean"] = sum(step_times) / max(1, len(step_times))
-        timings["preview_s_per_step"] = preview_cost[0] / max(1, len(step_times))
-        timings["decode_s"] = finished - last_step_end[0]
+        timings["first_step_s"] = step_times[0]
+        timings["step_s_mean"] = sum(step_times[1:] or step_times) / len(step_times[1:] or step_times)
+        timings["preview_s_per_step"] = preview_cost[0] / len(step_times)
+
+        # 5. Decode, then uint8 on the device and one uint8 copy to the host
+        t0 = time.perf_counter()
+        video = decode_latents(pipe.vae, latents, self.speed.vae_precision)
+        del latents
+        _synchronize(video.device)
+        timings["decode_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        frames = to_host(video_to_uint8(video))
+        del video
+        timings["to_host_s"] = time.perf_counter() - t0
         volume = request.width * request.height * request.frames
-        self._decode_rates[request.spec.id, loaded.profile.name] = timings["decode_s"] / volume
-        frames = (np.asarray(output.frames[0]) * 255.0).round().clip(0, 255).astype(np.uint8)
-        del output
-        report(Progress("decode", 1.0, "Decoded"))
-        timings["total_s"] = time.perf_counter() - started
-        return GenerationResult(request, frames, timings, loaded.profile.name, _device_of(loaded), loaded.revision)
+        self._decode_rates[request.spec.id, loaded.profile.name, self.speed.vae_precision] = (
+            timings["decode_s"] / volume
+        )
+        return frames
+
+    def _apply_speed(self, loaded: _Loaded) -> None:
+        """Bring the loaded modules in line with self.speed (already checked); only what changed is redone."""
+        backend = attention.resolve(self.speed.attention, self.device)
+        transformers = _transformers(loaded.pipe)
+        if loaded.attention != backend.name:
+            attention.apply(transformers, backend)
+            loaded.attention = backend.name
+        if loaded.compiled != self.speed.compile:
+            # hooks inside the blocks (fp8 casting, group offload) break the graph: compile around them
+            fullgraph = not (loaded.profile.fp8 or loaded.profile.placement == "group_offload")
+            for transformer in transformers:
+                compile_blocks(transformer, fullgraph) if self.speed.compile else uncompile_blocks(transformer)
+            loaded.compiled = self.speed.compile
+
+    def _device_name(self, loaded: _Loaded) -> str:
+        if loaded.profile.placement == "cpu" or self.device.type != "cuda":
+            return "cpu"
+        return torch.cuda.get_device_name(self.device)
 
     # ---- loading -----------------------------------------------------------------------------
     def _fit_profile(self, request: ValidRequest) -> Profile:
@@ -272,7 +347,7 @@ class PipelineManager:
                 _place(current.pipe, profile, self.device, prepare_modules=False)
             return current
 
-        reuse = {}
+        reuse, prompts = {}, None
         if (
             current is not None
             and current.spec.shared_components
@@ -281,6 +356,7 @@ class PipelineManager:
         ):
             current.pipe.remove_all_hooks()
             reuse = {name: getattr(current.pipe, name) for name in ("tokenizer", "text_encoder", "vae")}
+            prompts = current.prompts  # same text encoder: its cached embeddings stay valid
         self._loaded = None
         del current
         _free_memory()
@@ -290,8 +366,10 @@ class PipelineManager:
         pipe = self._from_pretrained(spec, task, weights.path, profile, reuse, report)
         report(Progress("load", 0.9, "Fitting the live-preview colours"))
         previews = load_or_fit(pipe.vae, self.cache_dir / "previews", f"{spec.id}@{weights.revision}")
+        _rest(pipe)  # under model offload the fit's encode left the VAE on the GPU
         report(Progress("load", 1.0, f"{spec.label} is ready"))
-        self._loaded = _Loaded(spec, task, pipe, profile, weights.revision, previews)
+        prompts = prompts or PromptEncoder(pipe.tokenizer, pipe.text_encoder)
+        self._loaded = _Loaded(spec, task, pipe, profile, weights.revision, previews, prompts)
         return self._loaded
 
     def _from_pretrained(
@@ -371,24 +449,34 @@ def _place(pipe, profile: Profile, device: torch.device, prepare_modules: bool) 
         pipe.to("cpu")
     elif profile.placement == "gpu":
         pipe.to(device)
+    elif profile.placement == "gpu_text_cpu":
+        # diffusers runs a text encoder where it sits and computes the rest on the pipeline's accelerator
+        for name, module in pipe.components.items():
+            if isinstance(module, torch.nn.Module):
+                module.to("cpu" if name == "text_encoder" else device)
     elif profile.placement == "model_offload":
         pipe.enable_model_cpu_offload(device=device)
     elif profile.placement == "group_offload" and prepare_modules:
         pipe.enable_group_offload(
-            onload_device=torch.device("cuda"),
+            onload_device=device,
             offload_device=torch.device("cpu"),
             offload_type="block_level",
             num_blocks_per_group=1,
-            use_stream=True,
+            use_stream=device.type == "cuda",
             exclude_modules=["vae"],
         )
-        pipe.vae.to("cuda")
+        pipe.vae.to(device)
 
 
-def _device_of(loaded: _Loaded) -> str:
-    if loaded.profile.placement == "cpu":
-        return "cpu"
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cuda"
+def _rest(pipe) -> None:
+    """Back to the profile's placement between runs: model offload moves every module off the GPU (the
+    pipeline does this itself only when its call returns normally); other profiles have nothing to move."""
+    pipe.maybe_free_model_hooks()
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _free_memory() -> None:

@@ -74,7 +74,11 @@ def synthetic_pictures(count: int, size: int, seed: int = 0) -> torch.Tensor:
 @torch.no_grad()
 def fit_latent_to_rgb(vae: torch.nn.Module, count: int = 24, size: int = 128) -> LatentToRGB:
     """Least squares from the VAE's normalised latents to the pictures' colours at latent resolution."""
-    device = next(vae.parameters()).device
+    from diffusers.utils.torch_utils import get_module_execution_device
+
+    # Under an offload profile the VAE waits on the CPU and its hook moves it, not its inputs, to the GPU:
+    # the inputs go where it will compute.
+    device = get_module_execution_device(vae)
     dtype = next(vae.parameters()).dtype
     config = vae.config
     factor = config.scale_factor_spatial
