@@ -22,7 +22,7 @@ SAFETY_MARGIN = 0.9  # use at most 90% of what is free
 class Profile:
     name: str
     label: str
-    placement: str  # "gpu" | "model_offload" | "group_offload" | "cpu"
+    placement: str  # "gpu" | "gpu_text_cpu" | "model_offload" | "group_offload" | "cpu"
     fp8: bool  # transformer weights stored in float8, computed in bf16 (layerwise casting)
     vae_tiling: bool
 
@@ -32,6 +32,15 @@ PROFILES: dict[str, Profile] = {
     for p in (
         # Full-precision weights first: offload costs some speed, fp8 costs some quality.
         Profile("gpu", "Everything on the GPU (fastest)", "gpu", fp8=False, vae_tiling=False),
+        # Wan's own 24 GB recipe (--t5_cpu): the transformer stays on the GPU, so no step waits for 10 GB of
+        # weights to cross the bus; the text encoder runs on the CPU (only the prompt's real tokens, cached).
+        Profile(
+            "gpu_text_cpu",
+            "Transformer and VAE on the GPU, text encoder on the CPU",
+            "gpu_text_cpu",
+            fp8=False,
+            vae_tiling=True,
+        ),
         Profile("offload", "Model CPU offload", "model_offload", fp8=False, vae_tiling=True),
         Profile("gpu_fp8", "Everything on the GPU, fp8 weights", "gpu", fp8=True, vae_tiling=True),
         Profile("offload_fp8", "Model CPU offload, fp8 weights", "model_offload", fp8=True, vae_tiling=True),
@@ -110,16 +119,18 @@ def estimate_need(spec: ModelSpec, profile: Profile, width: int, height: int, fr
     transformer = w.transformer_gb * (0.5 if profile.fp8 else 1.0)
     all_transformers = transformer * w.experts
     # Tiling decodes a few latent tiles at a time: about a quarter of the untiled working set here.
-    vae_decode = w.vae_gb + w.vae_decode_gb * scale * (0.25 if profile.vae_tiling else 1.0)
+    decode_work = w.vae_decode_gb * scale * (0.25 if profile.vae_tiling else 1.0)
     host = all_transformers + w.text_encoder_gb + w.vae_gb
     if profile.placement == "cpu":
-        return MemoryNeed(0.0, host + act + vae_decode)
+        return MemoryNeed(0.0, host + act + decode_work)
     if profile.placement == "gpu":
-        return MemoryNeed(all_transformers + w.text_encoder_gb + max(act, vae_decode), 2.0)
+        return MemoryNeed(all_transformers + w.text_encoder_gb + w.vae_gb + max(act, decode_work), 2.0)
+    if profile.placement == "gpu_text_cpu":
+        return MemoryNeed(all_transformers + w.vae_gb + max(act, decode_work), w.text_encoder_gb + 2.0)
     if profile.placement == "model_offload":
-        return MemoryNeed(max(w.text_encoder_gb, transformer + act, vae_decode), host + 2.0)
+        return MemoryNeed(max(w.text_encoder_gb, transformer + act, w.vae_gb + decode_work), host + 2.0)
     # group offload: a few blocks of one model at a time
-    return MemoryNeed(1.5 + act + vae_decode, host + 2.0)
+    return MemoryNeed(1.5 + act + w.vae_gb + decode_work, host + 2.0)
 
 
 def choose_profile(
