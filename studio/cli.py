@@ -12,7 +12,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from pipelines import attention
 from pipelines.catalogue import DEFAULT_MODEL, UnknownModelError
+from pipelines.decode import VAE_PRECISIONS
 from pipelines.memory import AUTO, PROFILES, DoesNotFitError
 from pipelines.request import GenerationRequest, RequestError, validate_request
 
@@ -35,6 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="default: random (printed)")
     p.add_argument("--out-dir", type=Path, default=Path(DEFAULT_OUT_DIR))
     p.add_argument("--profile", default=AUTO, choices=[AUTO, *PROFILES], help="memory profile (default: auto)")
+    p.add_argument(
+        "--attention", default=attention.AUTO, choices=attention.CHOICES, help="attention backend (default: auto)"
+    )
+    p.add_argument(
+        "--compile", action="store_true", help="compile the transformer blocks: faster steps after a ~1 min warm-up"
+    )
+    p.add_argument("--vae-precision", default="float32", choices=list(VAE_PRECISIONS), help="VAE decode precision")
     p.add_argument("--offline", action="store_true", help="never contact the Hugging Face Hub")
     p.add_argument("--watermark", action="store_true", help="embed the invisible watermark")
     p.add_argument("--include-prompt", action="store_true", help="put the prompt in the signed Content Credentials")
@@ -82,8 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
     _quiet_libraries()
+    from pipelines.attention import AttentionUnavailableError
     from pipelines.clip import ClipOptions, save_clip
     from pipelines.manager import GenerationCancelled, OutOfMemoryError, PipelineManager
+    from pipelines.speed import SpeedOptions
     from pipelines.video import read_sidecar
     from pipelines.weights import ModelUnavailableError
 
@@ -97,7 +108,10 @@ def main(argv: list[str] | None = None) -> int:
             ),
             default_model=DEFAULT_MODEL,
         )  # fmt: skip
-    except (RequestError, UnknownModelError) as err:
+        speed = SpeedOptions(attention=args.attention, compile=args.compile, vae_precision=args.vae_precision)
+        manager = PipelineManager(profile=args.profile, offline=args.offline, speed=speed)
+        speed.check(manager.device)
+    except (RequestError, UnknownModelError, AttentionUnavailableError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
@@ -106,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{request.steps} steps, seed {request.seed}",
         file=sys.stderr,
     )
+    if args.compile:
+        print("Compiling the transformer blocks: the first step takes about a minute longer.", file=sys.stderr)
     bars = _Bars()
-    manager = PipelineManager(profile=args.profile, offline=args.offline)
     try:
         result = manager.generate(request, on_progress=bars)
         bars.close()
@@ -121,7 +136,13 @@ def main(argv: list[str] | None = None) -> int:
         bars.close()
         print("interrupted: nothing was written", file=sys.stderr)
         return 130
-    print(f"seed {request.seed}; {result.timings['total_s']:.1f} s; sidecar {files.sidecar}", file=sys.stderr)
+    t = result.timings
+    print(
+        f"seed {request.seed}; {t['total_s']:.1f} s (load {t['load_s']:.1f}, prompts {t['encode_s']:.1f}, "
+        f"step 1 {t['first_step_s']:.2f}, then {t['step_s_mean']:.2f} s a step, decode {t['decode_s']:.1f}); "
+        f"sidecar {files.sidecar}",
+        file=sys.stderr,
+    )
     signing = read_sidecar(files.video).get("provenance", {})
     if not signing.get("signed"):
         print(f"warning: the clip is not signed: {signing.get('signing_error')}", file=sys.stderr)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from pipelines.attention import AttentionUnavailableError
 from pipelines.catalogue import DEFAULT_MODEL
 from pipelines.clip import ClipOptions, save_clip
 from pipelines.manager import GenerationCancelled, GenerationResult, OutOfMemoryError, PipelineManager, Progress
@@ -40,7 +41,7 @@ QUEUED, RUNNING, DONE, FAILED, CANCELLED, INTERRUPTED = (
     "interrupted",
 )
 FINISHED = (DONE, FAILED, CANCELLED, INTERRUPTED)
-EXPECTED_ERRORS = (RequestError, DoesNotFitError, OutOfMemoryError, ModelUnavailableError)
+EXPECTED_ERRORS = (RequestError, DoesNotFitError, OutOfMemoryError, ModelUnavailableError, AttentionUnavailableError)
 
 
 @dataclass

@@ -31,7 +31,7 @@ class Studio:
         self.output_dir = Path(settings.output_dir).expanduser().resolve()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         clean_temporaries(self.output_dir)
-        self.manager = PipelineManager(profile=settings.profile_choice, offline=offline)
+        self.manager = PipelineManager(profile=settings.profile_choice, offline=offline, speed=settings.speed)
         self.jobs = JobQueue(
             self.manager, self.output_dir, settings.model, generate=gpu_generate_fn(), on_done=self._after_clip,
             clip_options=settings.clip_options,
@@ -48,6 +48,7 @@ class Studio:
         """Model, profile and form defaults apply to the next job; the output folder after a restart."""
         self.settings = settings
         self.manager.requested_profile = settings.profile_choice
+        self.manager.speed = settings.speed
         self.jobs.default_model = settings.model
         self.jobs.clip_options = settings.clip_options
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
+from pipelines import attention
 from pipelines.catalogue import IMAGE_TO_VIDEO, TEXT_TO_VIDEO, get_spec
 from pipelines.memory import AUTO, PROFILES
 from studio import film, history
@@ -91,6 +92,22 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 )
                 s_precision = gr.Radio(
                     list(PRECISIONS), value=settings.precision, label="Precision (with the auto profile)"
+                )
+                with gr.Row():
+                    here = attention.resolve(attention.AUTO, studio.manager.device).name
+                    s_attention = gr.Dropdown(
+                        [(f"auto (here: {here})", attention.AUTO)]
+                        + [(f"{b.name}: {b.label}", b.name) for b in attention.BACKENDS.values()],
+                        value=settings.attention, label="Attention backend", elem_id="settings-attention",
+                    )  # fmt: skip
+                    s_vae_precision = gr.Radio(
+                        [("float32 (exact)", "float32"), ("bfloat16 (faster decode)", "bfloat16")],
+                        value=settings.vae_precision, label="VAE decode precision",
+                    )  # fmt: skip
+                s_compile = gr.Checkbox(
+                    value=settings.compile,
+                    label="Compile the transformer blocks: faster steps after a warm-up of about a minute "
+                    "(on the first run and once for each new size)",
                 )
                 s_output = gr.Textbox(value=settings.output_dir, label="Output folder (applies after a restart)")
                 with gr.Row():
@@ -267,17 +284,22 @@ def build_ui(studio: Studio) -> gr.Blocks:
         i_use_frame.click(use_last_frame, i_from_clip, [i_image, tabs], api_visibility="private")
 
         def save(
-            model, profile, precision, output_dir, steps, guidance, negative, watermark=False, include_prompt=False
-        ):
+            model, profile, precision, output_dir, steps, guidance, negative, watermark=False, include_prompt=False,
+            attention_backend=attention.AUTO, compile_blocks=False, vae_precision="float32",
+        ):  # fmt: skip
             candidate = Settings(
                 model=model, memory_profile=profile, precision=precision, output_dir=(output_dir or "").strip(),
                 steps=None if steps in (None, "") else int(steps),
                 guidance_scale=None if guidance in (None, "") else float(guidance),
                 negative_prompt=negative or None, watermark=bool(watermark), include_prompt=bool(include_prompt),
+                attention=attention_backend or attention.AUTO, compile=bool(compile_blocks),
+                vae_precision=vae_precision or "float32",
             )  # fmt: skip
             try:
+                candidate.validate()
+                candidate.speed.check(studio.manager.device)  # an attention backend this machine can run
                 path = save_settings(candidate)
-            except SettingsError as err:
+            except (SettingsError, attention.AttentionUnavailableError) as err:
                 return f"**Not saved:** {err}", gr.update()
             studio.apply_settings(candidate)
             new_spec = get_spec(candidate.model)
@@ -285,7 +307,8 @@ def build_ui(studio: Studio) -> gr.Blocks:
 
         s_save.click(
             save,
-            [s_model, s_profile, s_precision, s_output, s_steps, s_guidance, s_negative, s_watermark, s_include_prompt],
+            [s_model, s_profile, s_precision, s_output, s_steps, s_guidance, s_negative, s_watermark, s_include_prompt,
+             s_attention, s_compile, s_vae_precision],
             [s_status, model_note],
             api_name="save_settings",
         )  # fmt: skip

@@ -52,3 +52,10 @@ def test_bad_input_exits_2_with_the_reason_and_writes_nothing(tmp_path):
     assert not any(tmp_path.iterdir())
     done = run_cli("--model", "test-tiny", "--prompt", "x", "--size", "wide")
     assert done.returncode == 2 and "--size must look like 1280x704" in done.stderr
+
+
+def test_an_attention_backend_this_machine_cannot_run_exits_2_with_the_reason(tmp_path):
+    done = run_cli("--model", "test-tiny", "--prompt", "x", "--attention", "sage", "--out-dir", str(tmp_path))
+    assert done.returncode == 2 and done.stdout == ""
+    assert "error: The 'sage' attention backend needs a CUDA GPU" in done.stderr and "Traceback" not in done.stderr
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())

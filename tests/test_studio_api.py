@@ -47,7 +47,10 @@ def stream(job) -> list[tuple]:
 
 
 def test_previews_stream_before_the_clip_and_the_clip_decodes(client):
-    job = client.submit(prompt="a red cat walks", steps=4, frames=13, seed=77, api_name="/text_to_video")
+    # enough work that a watcher polling every 0.1 s sees steps go by (a tiny-model step takes ~15 ms)
+    job = client.submit(
+        prompt="a red cat walks", size="256x256", steps=30, frames=33, seed=77, api_name="/text_to_video"
+    )
     updates = stream(job)
     final = job.result()
     preview, status, video, job_id, seed = final
@@ -56,11 +59,11 @@ def test_previews_stream_before_the_clip_and_the_clip_decodes(client):
     with_video = [i for i, u in enumerate(updates) if u[2]]
     assert with_preview and with_video and with_preview[0] < with_video[0]
     # the stream shows the steps as they go (a watcher sees the latest state, so some may be coalesced)
-    steps_seen = [int(m.group(1)) for u in updates if (m := re.search(r"Step (\d)/4", u[1]))]
+    steps_seen = [int(m.group(1)) for u in updates if (m := re.search(r"Step (\d+)/30", u[1]))]
     assert steps_seen and steps_seen == sorted(steps_seen)
     assert Image.open(preview).size[0] > 0
     frames, fps = decode_video(Path(video))
-    assert frames.shape == (13, 64, 96, 3) and fps == 8
+    assert frames.shape == (33, 256, 256, 3) and fps == 8
 
 
 def test_image_to_video_endpoint(client, tmp_path):
@@ -154,12 +157,15 @@ def test_settings_persist_across_a_restart_and_bad_values_are_refused(tmp_path):
                     guidance=3.5, negative="grainy, dull")  # fmt: skip
         refused = c.predict(**args, steps=500, api_name="/save_settings")
         assert "Not saved" in refused[0] and "from 1 to 100" in refused[0]
+        refused = c.predict(**args, steps=7, attention_backend="flash", api_name="/save_settings")
+        assert "Not saved" in refused[0] and "The 'flash' attention backend needs a CUDA GPU" in refused[0]
         assert not (home / "settings.json").exists()
-        saved = c.predict(**args, steps=7, api_name="/save_settings")
+        saved = c.predict(**args, steps=7, vae_precision="bfloat16", api_name="/save_settings")
         assert "Saved" in saved[0]
         c.close()
     stored = json.loads((home / "settings.json").read_text())
     assert (stored["steps"], stored["precision"], stored["negative_prompt"]) == (7, "fp8", "grainy, dull")
+    assert (stored["attention"], stored["vae_precision"], stored["compile"]) == ("auto", "bfloat16", False)
 
     with studio(tmp_path / "b", home=home) as second:
         c = Client(second.url, verbose=False)
