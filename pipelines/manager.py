@@ -30,7 +30,7 @@ import torch
 from pipelines import attention
 from pipelines.catalogue import IMAGE_TO_VIDEO, TASK_NAMES, ModelSpec
 from pipelines.decode import decode_latents, to_host, video_to_uint8
-from pipelines.memory import AUTO, MemoryBudget, Profile, choose_profile, estimate_need, probe_memory
+from pipelines.memory import AUTO, PROFILES, MemoryBudget, Profile, choose_profile, estimate_need, probe_memory
 from pipelines.preview import LatentToRGB, StepPreviewer, load_or_fit
 from pipelines.prompts import PromptEncoder
 from pipelines.request import ValidRequest
@@ -134,6 +134,25 @@ class PipelineManager:
     @property
     def pipeline(self):
         return None if self._loaded is None else self._loaded.pipe
+
+    def adopt(self, spec: ModelSpec, task: str, pipe, profile: str, revision: str = "in-memory") -> None:
+        """Use a pipeline built in memory instead of loading one: the GPU benchmark builds full-size random
+        weights straight on the GPU. It is placed by `profile`, which becomes the requested profile."""
+        with self._lock:
+            self._unload_locked()
+            chosen = PROFILES[profile]
+            pipe.set_progress_bar_config(disable=True)
+            _place(pipe, chosen, self.device, prepare_modules=True)
+            previews = load_or_fit(pipe.vae, self.cache_dir / "previews", f"{spec.id}@{revision}")
+            _rest(pipe)
+            self.requested_profile = profile
+            prompts = PromptEncoder(pipe.tokenizer, pipe.text_encoder)
+            self._loaded = _Loaded(spec, task, pipe, chosen, revision, previews, prompts)
+
+    def forget_prompts(self) -> None:
+        """Drop the kept prompt embeddings (the next run encodes its prompts again)."""
+        if self._loaded is not None:
+            self._loaded.prompts.clear()
 
     def unload(self) -> None:
         """Drop the resident model and give its GPU memory back."""

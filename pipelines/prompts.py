@@ -40,6 +40,10 @@ class PromptEncoder:
         padded[: states.shape[0]] = states
         return padded.unsqueeze(0).to(device=device, dtype=dtype)
 
+    def clear(self) -> None:
+        """Forget every kept embedding (a benchmark compares like with like)."""
+        self._cache.clear()
+
     @torch.no_grad()
     def _encode(self, prompt: str) -> torch.Tensor:
         from diffusers.pipelines.wan.pipeline_wan import prompt_clean

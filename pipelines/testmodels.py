@@ -204,7 +204,7 @@ def full_size_components(model_id: str, device: str = "cpu", dtype: torch.dtype 
     z_dim = layout["vae"]["z_dim"]
     with torch.device(device):
         transformers = [
-            WanTransformer3DModel(**_TRANSFORMER_COMMON, **layout["transformer"]).to(dtype)
+            _cast_as_loaded(WanTransformer3DModel(**_TRANSFORMER_COMMON, **layout["transformer"]), dtype)
             for _ in range(layout["experts"])
         ]
         text_encoder = UMT5EncoderModel(UMT5Config(**_UMT5_XXL)).to(dtype)
@@ -218,20 +218,32 @@ def full_size_components(model_id: str, device: str = "cpu", dtype: torch.dtype 
     }
 
 
-def build_full_size_random(model_id: str, folder: Path, flow_shift: float) -> Path:
-    """Save a full-size random-weight copy of a catalogue model as a diffusers folder (bf16, tens of GB).
+def _cast_as_loaded(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast as from_pretrained loads it: the modules the class keeps in float32 (norms, rope, time embedding)
+    stay float32, everything else goes to `dtype`."""
+    keep = getattr(model, "_keep_in_fp32_modules", None) or ()
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        tensor.data = tensor.data.to(torch.float32 if any(k in name.split(".") for k in keep) else dtype)
+    return model
 
-    The tokenizer is this module's small one with the real vocabulary size's ids left unused: token ids
-    never exceed it, so the compute is the real model's.
-    """
+
+def full_size_pipeline(model_id: str, flow_shift: float, device: str = "cpu"):
+    """A full-size random-weight pipeline built in memory, on `device` (a GPU builds it in seconds; nothing is
+    saved or read back). The tokenizer is this module's small one with the real vocabulary size's ids left
+    unused: token ids never exceed it, so the compute is the real model's."""
     from diffusers import WanImageToVideoPipeline, WanPipeline
 
+    torch.manual_seed(0)
+    parts = full_size_components(model_id, device=device)
+    cls = WanImageToVideoPipeline if "I2V" in model_id else WanPipeline
+    return cls(tokenizer=_tokenizer(), scheduler=_scheduler(flow_shift), **parts)
+
+
+def build_full_size_random(model_id: str, folder: Path, flow_shift: float) -> Path:
+    """Save a full-size random-weight copy of a catalogue model as a diffusers folder (bf16, tens of GB)."""
     if (folder / "model_index.json").is_file():
         return folder
-    torch.manual_seed(0)
-    parts = full_size_components(model_id)
-    cls = WanImageToVideoPipeline if "I2V" in model_id else WanPipeline
-    pipe = cls(tokenizer=_tokenizer(), scheduler=_scheduler(flow_shift), **parts)
+    pipe = full_size_pipeline(model_id, flow_shift)
     folder.mkdir(parents=True, exist_ok=True)
     _save(pipe, folder, model_id)
     return folder
