@@ -28,6 +28,25 @@ if TYPE_CHECKING:
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
 
+def _shown(value: float | None) -> str:
+    return "" if value is None else f"{value:g}"
+
+
+def _optional_number(value, what: str, whole: bool = False) -> float | int | None:
+    """A settings field where empty means "the model's own"; SettingsError for anything but a number."""
+    if value is None or not str(value).strip():
+        return None
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        raise SettingsError(f"{what} must be a number, or empty for the model's own; got '{value}'.") from None
+    if whole:
+        if not number.is_integer():
+            raise SettingsError(f"{what} must be a whole number, or empty for the model's own; got '{value}'.")
+        return int(number)
+    return number
+
+
 def build_ui(studio: Studio) -> gr.Blocks:
     settings = studio.settings
     spec = get_spec(settings.model)
@@ -111,8 +130,16 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 )
                 s_output = gr.Textbox(value=settings.output_dir, label="Output folder (applies after a restart)")
                 with gr.Row():
-                    s_steps = gr.Number(value=settings.steps, precision=0, label="Default steps (empty: the model's)")
-                    s_guidance = gr.Number(value=settings.guidance_scale, label="Default guidance (empty: the model's)")
+                    # Text boxes, not number boxes: an empty number box sends 0, which would save "0 steps" or
+                    # guidance 0 for a field the user never touched.
+                    s_steps = gr.Textbox(
+                        value=_shown(settings.steps), label="Default steps", placeholder="empty: the model's own",
+                        elem_id="settings-steps",
+                    )  # fmt: skip
+                    s_guidance = gr.Textbox(
+                        value=_shown(settings.guidance_scale), label="Default guidance",
+                        placeholder="empty: the model's own", elem_id="settings-guidance",
+                    )  # fmt: skip
                 s_negative = gr.Textbox(
                     value=settings.negative_prompt, label="Default negative prompt (empty: the model's)"
                 )
@@ -287,15 +314,15 @@ def build_ui(studio: Studio) -> gr.Blocks:
             model, profile, precision, output_dir, steps, guidance, negative, watermark=False, include_prompt=False,
             attention_backend=attention.AUTO, compile_blocks=False, vae_precision="float32",
         ):  # fmt: skip
-            candidate = Settings(
-                model=model, memory_profile=profile, precision=precision, output_dir=(output_dir or "").strip(),
-                steps=None if steps in (None, "") else int(steps),
-                guidance_scale=None if guidance in (None, "") else float(guidance),
-                negative_prompt=negative or None, watermark=bool(watermark), include_prompt=bool(include_prompt),
-                attention=attention_backend or attention.AUTO, compile=bool(compile_blocks),
-                vae_precision=vae_precision or "float32",
-            )  # fmt: skip
             try:
+                candidate = Settings(
+                    model=model, memory_profile=profile, precision=precision, output_dir=(output_dir or "").strip(),
+                    steps=_optional_number(steps, "Default steps", whole=True),
+                    guidance_scale=_optional_number(guidance, "Default guidance"),
+                    negative_prompt=negative or None, watermark=bool(watermark), include_prompt=bool(include_prompt),
+                    attention=attention_backend or attention.AUTO, compile=bool(compile_blocks),
+                    vae_precision=vae_precision or "float32",
+                )  # fmt: skip
                 candidate.validate()
                 candidate.speed.check(studio.manager.device)  # an attention backend this machine can run
                 path = save_settings(candidate)

@@ -233,6 +233,46 @@ def test_a_page_that_did_not_start_a_job_can_cancel_it_from_the_queue(page, runn
     assert "keeps the worker busy" in prompts and "queued, to be cancelled" not in prompts
 
 
+def test_settings_save_untouched_then_refuse_a_backend_this_machine_lacks_then_keep_a_speed_choice(page, running):
+    import json
+
+    saved = running.home / "settings.json"
+    page.reload()
+    page.get_by_role("tab", name="Settings").click()
+    page.locator("#settings-save").click()
+    page.wait_for_function("() => document.querySelector('#settings-status').innerText.includes('Saved')")
+    stored = json.loads(saved.read_text())
+    assert stored["steps"] is None and stored["guidance_scale"] is None  # untouched: the model's own, not 0
+
+    page.locator("#settings-attention input").click()
+    page.get_by_role("option", name=re.compile("^flash: FlashAttention 2")).click()
+    page.locator("#settings-save").click()
+    page.wait_for_function("() => document.querySelector('#settings-status').innerText.includes('Not saved')")
+    status = page.locator("#settings-status").inner_text()
+    assert "The 'flash' attention backend needs a CUDA GPU" in status and "Traceback" not in status
+    assert json.loads(saved.read_text())["attention"] == "auto"
+
+    page.locator("#settings-attention input").click()
+    page.get_by_role("option", name=re.compile(r"^auto \(here: sdpa\)")).click()
+    page.get_by_label("bfloat16 (faster decode)").check()
+    page.fill("#settings-steps textarea", "3")
+    page.locator("#settings-save").click()
+    page.wait_for_function("() => document.querySelector('#settings-status').innerText.includes('Saved')")
+    stored = json.loads(saved.read_text())
+    assert (stored["vae_precision"], stored["steps"], stored["attention"]) == ("bfloat16", 3, "auto")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "settings.png"), full_page=True)
+    # put the defaults back for the tests after this one
+    page.get_by_label("float32 (exact)").check()
+    page.fill("#settings-steps textarea", "")
+    page.locator("#settings-save").click()
+    page.wait_for_function(
+        "() => !document.querySelector('#settings-status').innerText.includes('Not saved')"
+        " && document.querySelector('#settings-status').innerText.includes('Saved')"
+    )
+    page.get_by_role("tab", name="Text to video").click()
+
+
 def test_nothing_left_the_machine(page, running, outbound_log):
     """Every flow above ran with the server online; neither it nor the page reached beyond this machine."""
     assert not outbound_log.exists(), outbound_log.read_text()
