@@ -10,7 +10,8 @@ the GPU: same compute and memory as the real one, nothing downloaded or saved), 
 step for each backend this machine has, with MFU), overhead (PipelineManager.generate against a plain
 diffusers call of the same pipeline; preview cost per step; memory estimate against the measured peak),
 vae (decode in float32, bf16 and tiled, with the bf16 error), compile (regional compilation against
-eager), capped (the profile `auto` picks under a 24 GB cap, standing in for an RTX 4090). Each reports
+eager), capped (the profile `auto` picks under a 24 GB cap, standing in for an RTX 4090), profiles (the
+other GPU profiles under that cap, while the budget lasts: estimate against measured peak). Each reports
 peak allocated and reserved GPU memory. Few steps suffice: per-step figures use steps 2..n.
 """
 
@@ -429,6 +430,36 @@ def main(argv: list[str] | None = None) -> int:
             measured_peak_allocated_gb=round(torch.cuda.max_memory_allocated() / 2**30, 2),
         )  # fmt: skip
 
+    def profiles(r: dict) -> None:
+        """The other GPU profiles, under the same cap: each one's estimate against its measured peak (or the
+        refusal or out-of-memory message a user would see). fp8 and group offload change the modules for
+        good, so they come last."""
+        pipe = state["pipe"]
+        short = validate_request(
+            GenerationRequest(prompt=PROMPT, model=model, width=width, height=height, frames=frames, steps=2, seed=0),
+            default_model=model,
+        )  # fmt: skip
+        for name in ("offload", "offload_fp8", "gpu_fp8", "group_offload"):
+            if suite.left() < 45:
+                r[name] = "skipped: budget"
+                continue
+            manager = PipelineManager(offline=True, device=str(device))
+            entry: dict = {
+                "estimated_vram_gb": round(estimate_need(spec, PROFILES[name], width, height, frames).vram_gb, 2)
+            }
+            try:
+                manager.adopt(spec, short.task, pipe, name, revision="random-weights")
+                torch.cuda.reset_peak_memory_stats()
+                t0 = time.perf_counter()
+                result = manager.generate(short)
+                entry.update(total_s=round(time.perf_counter() - t0, 2), step_s=round(result.timings["step_s_mean"], 3))
+            except Exception as err:  # a refusal or an out-of-memory error is a result here
+                entry["error"] = f"{type(err).__name__}: {err}"[:300]
+            entry["measured_peak_allocated_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            r[name] = entry
+            manager.unload()
+            suite.save()
+
     tiny = spec.is_test
     suite.run("env", 1, env)
     suite.run("gemm", 10, gemm, needs_cuda=True)
@@ -439,8 +470,9 @@ def main(argv: list[str] | None = None) -> int:
         suite.run("vae", 5 if tiny else 40, vae)
         suite.run("compile", 20 if tiny else 120, compiled)
         suite.run("capped", 60, capped, needs_cuda=True)
+        suite.run("profiles", 45, profiles, needs_cuda=True)
     else:
-        for name in ("attention", "overhead", "vae", "compile", "capped"):
+        for name in ("attention", "overhead", "vae", "compile", "capped", "profiles"):
             suite.results["sections"][name] = {"status": "skipped: the model could not be built"}
     suite.results["complete"] = True
     suite.save()

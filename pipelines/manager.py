@@ -460,6 +460,8 @@ def _place(pipe, profile: Profile, device: torch.device, prepare_modules: bool) 
     if prepare_modules:
         if profile.fp8:
             for transformer in _transformers(pipe):
+                if any(p.dtype == torch.float8_e4m3fn for p in transformer.parameters()):
+                    continue  # already stored in fp8 (an adopted pipeline placed again)
                 # weights stored in fp8, each layer cast back to the dtype it was loaded in when it runs
                 transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=transformer.dtype)
         if profile.vae_tiling:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ["env", "gemm", "build", "attention", "overhead", "vae", "compile", "capped"]
+SECTIONS = ["env", "gemm", "build", "attention", "overhead", "vae", "compile", "capped", "profiles"]
 
 
 def run_suite(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
@@ -31,8 +31,9 @@ def test_tiny_mode_runs_every_section_that_needs_no_cuda_and_writes_a_complete_j
     assert done.returncode == 0, done.stdout[-3000:]
     assert data["complete"] is True and list(data["sections"]) == SECTIONS
     sections = data["sections"]
-    assert sections["gemm"]["status"] == sections["capped"]["status"] == "skipped: needs CUDA"
-    assert all(sections[name]["status"] == "ok" for name in SECTIONS if name not in ("gemm", "capped")), sections
+    cuda_only = ("gemm", "capped", "profiles")
+    assert all(sections[name]["status"] == "skipped: needs CUDA" for name in cuda_only)
+    assert all(sections[name]["status"] == "ok" for name in SECTIONS if name not in cuda_only), sections
     assert sections["env"]["flops_per_cfg_step"] > 0
     step = sections["attention"]["backends"]["sdpa"]["s_per_cfg_step"]
     assert step > 0 and sections["attention"]["auto_picks"] == "sdpa"
