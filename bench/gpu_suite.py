@@ -413,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gb / total))
         os.environ["WAN_STUDIO_VRAM_CAP_GB"] = str(args.cap_gb)
         chooser = PipelineManager(offline=True, device=str(device))
-        profile = chooser._fit_profile(request).name
+        profile = chooser.profile_for(request).name
         chooser.adopt(spec, request.task, pipe, profile, revision="random-weights")
         torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()

@@ -202,7 +202,7 @@ class PipelineManager:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         # 1. A memory profile that fits, or a refusal before any work
-        profile = self._fit_profile(request)
+        profile = self.profile_for(request)
         self.speed.check(self.device)
         # 2. The model, loaded or switched, with the speed options applied
         loaded = self._ensure_loaded(request.spec, request.task, profile, report)
@@ -344,8 +344,9 @@ class PipelineManager:
         return torch.cuda.get_device_name(self.device)
 
     # ---- loading -----------------------------------------------------------------------------
-    def _fit_profile(self, request: ValidRequest) -> Profile:
-        """Refuse before any work if the request cannot fit; memory held by our own model counts as free."""
+    def profile_for(self, request: ValidRequest) -> Profile:
+        """The profile this request would run with now; DoesNotFitError (before any work) if none fits. Memory
+        held by our own model counts as free."""
         budget = self.memory_probe()
         loaded = self._loaded
         if loaded is not None and loaded.spec.id == request.spec.id and budget.device == "cuda":
