@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 def make_clips(out: Path, count: int, width: int, height: int, frames: int) -> list[str]:
     import numpy as np
 
+    from library.clips import write_clip
     from pipelines import APP_NAME
-    from pipelines.video import write_clip
 
     names = []
     rng = np.random.default_rng(0)
@@ -38,7 +38,8 @@ def make_clips(out: Path, count: int, width: int, height: int, frames: int) -> l
 
 
 def export_once(out: str, names: list[str]) -> dict:
-    from studio.film import Shot, Storyboard, export_film
+    from library.film import export_film
+    from library.storyboard import Shot, Storyboard
 
     shots = [Shot(n, transition="crossfade", crossfade_s=0.25) for n in names]
     t0 = time.perf_counter()

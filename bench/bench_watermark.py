@@ -21,8 +21,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pipelines import watermark  # noqa: E402
-from pipelines.video import encode_mp4  # noqa: E402
+from library import watermark  # noqa: E402
+from library.media import encode_mp4  # noqa: E402
 from tests.media import decode_video  # noqa: E402
 
 

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 
 import torch
 
+from pipelines.errors import UserError
+
 AUTO = "auto"
 
 
-class AttentionUnavailableError(ValueError):
+class AttentionUnavailableError(UserError, ValueError):
     """The chosen attention backend cannot run here; the message says why and what to do."""
 
 

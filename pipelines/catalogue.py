@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from pipelines.errors import UserError
+
 TEXT_TO_VIDEO = "t2v"
 IMAGE_TO_VIDEO = "i2v"
 TASK_NAMES = {TEXT_TO_VIDEO: "text-to-video", IMAGE_TO_VIDEO: "image-to-video"}
@@ -214,7 +216,7 @@ def image_to_video_model_for(model_id: str) -> ModelSpec:
     return CATALOGUE[DEFAULT_MODEL]
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(UserError, ValueError):
     pass
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pipelines.errors import UserError
+
 MAX_IMAGE_BYTES = 50 * 1024 * 1024
 MAX_IMAGE_PIXELS = 50_000_000  # 50 megapixels; larger files are refused before decoding
 MIN_IMAGE_SIDE = 16
@@ -22,7 +24,7 @@ MIN_IMAGE_SIDE = 16
 ImageInput = str | os.PathLike | Image.Image | np.ndarray | bytes
 
 
-class ImageError(ValueError):
+class ImageError(UserError, ValueError):
     pass
 
 

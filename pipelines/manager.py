@@ -30,6 +30,7 @@ import torch
 from pipelines import attention
 from pipelines.catalogue import IMAGE_TO_VIDEO, TASK_NAMES, ModelSpec
 from pipelines.decode import decode_latents, to_host, video_to_uint8
+from pipelines.errors import UserError
 from pipelines.memory import AUTO, PROFILES, MemoryBudget, Profile, choose_profile, estimate_need, probe_memory
 from pipelines.preview import LatentToRGB, StepPreviewer, load_or_fit
 from pipelines.prompts import PromptEncoder
@@ -69,11 +70,11 @@ class GenerationCancelled(Exception):
     pass
 
 
-class BusyError(RuntimeError):
+class BusyError(UserError, RuntimeError):
     pass
 
 
-class OutOfMemoryError(RuntimeError):
+class OutOfMemoryError(UserError, RuntimeError):
     pass
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from pipelines.catalogue import ModelSpec
+from pipelines.errors import UserError
 
 AUTO = "auto"
 SAFETY_MARGIN = 0.9  # use at most 90% of what is free
@@ -72,7 +73,7 @@ class MemoryNeed:
     ram_gb: float
 
 
-class DoesNotFitError(RuntimeError):
+class DoesNotFitError(UserError, RuntimeError):
     pass
 
 

@@ -168,12 +168,3 @@ def _resize(frame: np.ndarray, width: int, height: int) -> np.ndarray:
     from PIL import Image
 
     return np.asarray(Image.fromarray(frame).resize((width, height), Image.Resampling.BILINEAR))
-
-
-def tile(frames: np.ndarray, gap: int = 4) -> np.ndarray:
-    """Preview frames side by side on a dark strip, for a single image view."""
-    k, h, w, _ = frames.shape
-    strip = np.full((h, k * w + (k - 1) * gap, 3), 24, dtype=np.uint8)
-    for i, frame in enumerate(frames):
-        strip[:, i * (w + gap) : i * (w + gap) + w] = frame
-    return strip

@@ -13,6 +13,7 @@ from typing import Any
 from PIL import Image
 
 from pipelines.catalogue import IMAGE_TO_VIDEO, TASK_NAMES, TEXT_TO_VIDEO, ModelSpec, UnknownModelError, get_spec
+from pipelines.errors import UserError
 from pipelines.images import ImageError, ImageInput, closest_size, fit_image, load_image
 
 MAX_PROMPT_CHARS = 2000  # UMT5 reads 512 tokens; longer prompts would be cut silently
@@ -69,8 +70,22 @@ class ValidRequest:
         data["model"] = self.spec.id
         return data
 
+    def to_record(self) -> dict[str, Any]:
+        """Plain data that `from_record` turns back into this very request (the picture is kept apart)."""
+        return self.settings()
 
-class RequestError(ValueError):
+    @classmethod
+    def from_record(cls, data: dict[str, Any], image: Image.Image | None = None) -> ValidRequest:
+        """The request a record describes, exactly: nothing is drawn or defaulted again (the seed, the model
+        and every setting were fixed when it was first validated). UnknownModelError if the model is gone."""
+        fields_ = {k: data[k] for k in (
+            "task", "prompt", "negative_prompt", "width", "height", "frames", "fps", "steps", "guidance_scale",
+            "guidance_scale_2", "seed",
+        )}  # fmt: skip
+        return cls(spec=get_spec(data["model"]), image=image, **fields_)
+
+
+class RequestError(UserError, ValueError):
     """One or more fields are wrong; `problems` maps each field to a sentence a user can act on."""
 
     def __init__(self, problems: dict[str, str]):

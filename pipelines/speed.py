@@ -13,6 +13,8 @@ import torch
 from pipelines import attention
 from pipelines.decode import VAE_PRECISIONS
 
+__all__ = ["VAE_PRECISIONS", "SpeedOptions", "compile_blocks", "uncompile_blocks"]
+
 
 @dataclass(frozen=True)
 class SpeedOptions:

@@ -12,10 +12,11 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from pipelines.catalogue import ModelSpec
+from pipelines.errors import UserError
 from pipelines.testmodels import BUILD_VERSION, ensure_test_model
 
 
-class ModelUnavailableError(RuntimeError):
+class ModelUnavailableError(UserError, RuntimeError):
     """The weights are not here and cannot be fetched; the message says what to do."""
 
 

@@ -12,11 +12,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipelines import attention
-from pipelines.catalogue import DEFAULT_MODEL, UnknownModelError
-from pipelines.decode import VAE_PRECISIONS
-from pipelines.memory import AUTO, PROFILES, DoesNotFitError
+from pipelines import attention, quiet_libraries
+from pipelines.catalogue import DEFAULT_MODEL
+from pipelines.errors import UserError
+from pipelines.memory import AUTO, PROFILES
 from pipelines.request import GenerationRequest, RequestError, validate_request
+from pipelines.speed import VAE_PRECISIONS, SpeedOptions
 
 DEFAULT_OUT_DIR = "outputs"
 
@@ -90,13 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
-    _quiet_libraries()
-    from pipelines.attention import AttentionUnavailableError
-    from pipelines.clip import ClipOptions, save_clip
-    from pipelines.manager import GenerationCancelled, OutOfMemoryError, PipelineManager
-    from pipelines.speed import SpeedOptions
-    from pipelines.video import read_sidecar
-    from pipelines.weights import ModelUnavailableError
+    quiet_libraries()
+    from library import ClipOptions, Library
+    from library.files import check_room
+    from library.media import estimate_mp4_mb
+    from pipelines.manager import GenerationCancelled, PipelineManager
 
     try:
         width, height = parse_size(args.size)
@@ -111,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         speed = SpeedOptions(attention=args.attention, compile=args.compile, vae_precision=args.vae_precision)
         manager = PipelineManager(profile=args.profile, offline=args.offline, speed=speed)
         speed.check(manager.device)
-    except (RequestError, UnknownModelError, AttentionUnavailableError) as err:
+        # the output folder is checked before minutes of generation, not after
+        library = Library.open(args.out_dir)
+        check_room(library.root, estimate_mp4_mb(request.frames, request.width, request.height), "the clip")
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
@@ -127,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         result = manager.generate(request, on_progress=bars)
         bars.close()
         options = ClipOptions(sign=True, include_prompt=args.include_prompt, watermark=args.watermark)
-        files = save_clip(result, args.out_dir, options)
-    except (DoesNotFitError, OutOfMemoryError, ModelUnavailableError) as err:
+        files = library.save_clip(result, options)
+    except UserError as err:
         bars.close()
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -143,19 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         f"sidecar {files.sidecar}",
         file=sys.stderr,
     )
-    signing = read_sidecar(files.video).get("provenance", {})
+    signing = library.clip(files.video.name).sidecar.get("provenance", {})
     if not signing.get("signed"):
         print(f"warning: the clip is not signed: {signing.get('signing_error')}", file=sys.stderr)
     print(files.video)
     return 0
-
-
-def _quiet_libraries() -> None:
-    """Our bars replace the libraries' own; their warnings stay."""
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
-    diffusers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.set_verbosity_error()

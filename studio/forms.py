@@ -8,11 +8,10 @@ from typing import Any
 
 import gradio as gr
 
-from pipelines.catalogue import IMAGE_TO_VIDEO, ModelSpec, get_spec
-from pipelines.request import GenerationRequest
+from pipelines.catalogue import ModelSpec
+from studio.handlers.settings import size_choices
 from studio.settings import Settings
 
-AUTO_SIZE = "auto (match the picture)"
 EXAMPLE_PROMPTS = [
     "A red fox trots through fresh snow at sunrise, breath steaming, low tracking shot",
     "Time-lapse of clouds rolling over a mountain lake, reflections on calm water",
@@ -41,28 +40,21 @@ class GenerationForm:
 
     @property
     def settings_inputs(self) -> list:
-        """The controls a clip's settings fill back in, in `reuse_values` order."""
+        """The controls of a request, in the order of the generate handlers' parameters."""
         return [self.prompt, self.negative, self.size, self.frames, self.steps, self.guidance, self.seed]
+
+    @property
+    def by_name(self) -> dict[str, Any]:
+        """The controls by the name of the setting they hold (what `reuse_values` fills in)."""
+        return {
+            "prompt": self.prompt, "negative_prompt": self.negative, "size": self.size, "frames": self.frames,
+            "steps": self.steps, "guidance_scale": self.guidance, "seed": self.seed,
+        }  # fmt: skip
 
     @property
     def outputs(self) -> list:
         """What a generation stream updates: (preview, status, clip, job id, seed)."""
         return [self.preview, self.status, self.video, self.job, self.seed_used]
-
-
-def size_choices(spec_id: str, task: str) -> list[str]:
-    sizes = [f"{w}x{h}" for w, h in get_spec(spec_id).sizes]
-    return [AUTO_SIZE, *sizes] if task == IMAGE_TO_VIDEO else sizes
-
-
-def parse_size(text: str | None) -> tuple[int | None, int | None]:
-    if not text or text == AUTO_SIZE:
-        return None, None
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise gr.Error(f"Size must look like 1280x704; got '{text}'.") from None
-    return width, height
 
 
 def build_form(
@@ -106,28 +98,3 @@ def build_form(
         task, prompt, negative, size, frames, steps, guidance, seed, go, cancel, status, preview, video, seed_used, job
     )
     return form, extra
-
-
-def form_request(
-    model: str, task: str, prompt: str, negative_prompt: str, size: str, frames: float, steps: float,
-    guidance_scale: float, seed: float, image: Any = None,
-) -> GenerationRequest:  # fmt: skip
-    """Widget values to a request: empty or out-of-band values mean "the model's default"."""
-    width, height = parse_size(size or None)
-    return GenerationRequest(
-        prompt=prompt, model=model, task=task, negative_prompt=negative_prompt or None, width=width, height=height,
-        frames=_whole(frames) or None, steps=_whole(steps) or None,
-        guidance_scale=None if guidance_scale is None or guidance_scale < 0 else float(guidance_scale),
-        seed=_whole(seed), image=image,
-    )  # fmt: skip
-
-
-def reuse_values(settings: dict) -> list:
-    """A clip's stored settings in `GenerationForm.settings_inputs` order."""
-    s = settings
-    return [s["prompt"], s["negative_prompt"], f"{s['width']}x{s['height']}", s["frames"], s["steps"],
-            s["guidance_scale"], s["seed"]]  # fmt: skip
-
-
-def _whole(value: float | None) -> int | None:
-    return None if value is None else int(value)

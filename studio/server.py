@@ -9,11 +9,12 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from library import Library
 from pipelines.catalogue import get_spec
+from pipelines.errors import UserError
 from pipelines.manager import GenerationResult, PipelineManager
-from pipelines.video import clean_temporaries
-from studio import film, history
-from studio.jobs import JobQueue, default_generate
+from pipelines.request import GenerationRequest, validate_request
+from studio.jobs import Job, JobQueue, default_generate
 from studio.settings import Settings, config_dir, load_settings
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -21,35 +22,29 @@ AUTH_ENV = "WAN_STUDIO_AUTH"
 
 
 class Studio:
-    """What the page works on: the settings, one pipeline manager, and the job queue in front of it."""
+    """What the page works on: the settings, the library (output folder), one pipeline manager, and the
+    job queue in front of them."""
 
     def __init__(self, settings: Settings, offline: bool = False, include_test_models: bool = False,
                  settings_warning: str | None = None):  # fmt: skip
         self.settings = settings
-        self.settings_warning = settings_warning
         self.include_test_models = include_test_models or get_spec(settings.model).is_test
-        self.output_dir = Path(settings.output_dir).expanduser().resolve()
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        clean_temporaries(self.output_dir)
+        self.library = Library.open(Path(settings.output_dir))  # LibraryError when it cannot be written
+        self.output_dir = self.library.root
         self.manager = PipelineManager(profile=settings.profile_choice, offline=offline, speed=settings.speed)
-        self.jobs = JobQueue(
-            self.manager, self.output_dir, settings.model, generate=gpu_generate_fn(), on_done=self._after_clip,
-            clip_options=settings.clip_options,
-        )  # fmt: skip
+        self.jobs = JobQueue(self.manager, self.library, generate=gpu_generate_fn(), clip_options=settings.clip_options)
+        self.warnings = [w for w in (settings_warning, *self.library.warnings, *self.jobs.warnings) if w]
 
-    def _after_clip(self, job) -> None:
-        """An extension job's clip joins the storyboard, even when no page is open."""
-        if job.extra.get("append_to_storyboard"):
-            # Its first frame is the previous shot's last one: start one frame in, so the joint does not stall.
-            fps = history.find_clip(self.output_dir, Path(job.clip).name).settings["fps"]
-            film.append_shot(self.output_dir, Path(job.clip).name, start_s=1.0 / fps)
+    def submit(self, request: GenerationRequest, append_to_storyboard: bool = False) -> Job:
+        """Validate now (bad input is answered at once, the seed is drawn once) and queue."""
+        valid = validate_request(request, self.settings.model)
+        return self.jobs.submit(valid, append_to_storyboard=append_to_storyboard)
 
     def apply_settings(self, settings: Settings) -> None:
-        """Model, profile and form defaults apply to the next job; the output folder after a restart."""
+        """Model, profile, speed and form defaults apply to the next job; the output folder after a restart."""
         self.settings = settings
         self.manager.requested_profile = settings.profile_choice
         self.manager.speed = settings.speed
-        self.jobs.default_model = settings.model
         self.jobs.clip_options = settings.clip_options
 
 
@@ -130,7 +125,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from studio.ui import build_ui
 
-    studio = Studio(settings, offline=args.offline, include_test_models=args.show_test_models, settings_warning=warning)
+    try:
+        studio = Studio(settings, offline=args.offline, include_test_models=args.show_test_models,
+                        settings_warning=warning)  # fmt: skip
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for line in studio.warnings:
+        print(f"warning: {line}", file=sys.stderr, flush=True)
     demo = build_ui(studio)
     demo.queue(default_concurrency_limit=4)
     theme = gr.themes.Soft(
@@ -144,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         auth=auth,
         auth_message="Wan Studio: sign in with the user and password given when the studio started.",
         allowed_paths=[str(studio.output_dir), str(ASSETS)],
-        blocked_paths=[str(studio.jobs.jobs_dir), str(config_dir())],
+        blocked_paths=[str(studio.library.jobs_dir), str(config_dir())],
         theme=theme,
         footer_links=["api"],
         show_error=True,

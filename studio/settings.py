@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from library import ClipOptions
+from library.files import write_json
 from pipelines import attention
 from pipelines.catalogue import CATALOGUE, DEFAULT_MODEL, UnknownModelError, get_spec
-from pipelines.clip import ClipOptions
-from pipelines.decode import VAE_PRECISIONS
+from pipelines.errors import UserError
 from pipelines.memory import AUTO, PROFILES
 from pipelines.paths import config_dir
 from pipelines.request import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_STEPS
-from pipelines.speed import SpeedOptions
+from pipelines.speed import VAE_PRECISIONS, SpeedOptions
 
 PRECISIONS = ("auto", "bf16", "fp8")
 
 
-class SettingsError(ValueError):
-    pass
+class SettingsError(UserError, ValueError):
+    """A setting that cannot be saved; the message names it and says what it may be."""
+
+
+_save_lock = threading.Lock()
 
 
 @dataclass
@@ -47,6 +52,14 @@ class Settings:
 
     def validate(self) -> Settings:
         """Raise SettingsError with the reason for the first bad value."""
+        for name in ("model", "memory_profile", "precision", "output_dir", "attention", "vae_precision"):
+            if not isinstance(getattr(self, name), str):
+                raise SettingsError(f"The setting '{name}' must be text; got {getattr(self, name)!r}.")
+        for name in ("watermark", "include_prompt", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise SettingsError(f"The setting '{name}' must be true or false; got {getattr(self, name)!r}.")
+        if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
+            raise SettingsError("The default negative prompt must be text.")
         try:
             get_spec(self.model)
         except UnknownModelError as err:
@@ -69,9 +82,14 @@ class Settings:
         out = Path(self.output_dir).expanduser()
         if out.exists() and not out.is_dir():
             raise SettingsError(f"The output folder '{out}' is a file, not a folder.")
-        if self.steps is not None and not (isinstance(self.steps, int) and 1 <= self.steps <= MAX_STEPS):
+        if self.steps is not None and not (
+            isinstance(self.steps, int) and not isinstance(self.steps, bool) and 1 <= self.steps <= MAX_STEPS
+        ):
             raise SettingsError(f"Default steps must be a whole number from 1 to {MAX_STEPS}; got {self.steps!r}.")
-        if self.guidance_scale is not None and not (0 <= self.guidance_scale <= MAX_GUIDANCE):
+        if self.guidance_scale is not None and not (
+            isinstance(self.guidance_scale, (int, float)) and not isinstance(self.guidance_scale, bool)
+            and 0 <= self.guidance_scale <= MAX_GUIDANCE
+        ):  # fmt: skip
             raise SettingsError(f"Default guidance must be from 0 to {MAX_GUIDANCE:g}; got {self.guidance_scale!r}.")
         if self.negative_prompt is not None and len(self.negative_prompt) > MAX_PROMPT_CHARS:
             raise SettingsError(f"The default negative prompt must stay under {MAX_PROMPT_CHARS} characters.")
@@ -97,19 +115,21 @@ def load_settings() -> tuple[Settings, str | None]:
         return Settings(), None
     try:
         data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise SettingsError("it is not a JSON object")
         known = {f.name for f in fields(Settings)}
         return Settings(**{k: v for k, v in data.items() if k in known}).validate(), None
-    except (ValueError, TypeError, SettingsError) as err:
-        return Settings(), f"The settings file {path} could not be used ({err}); defaults are in effect."
+    except (OSError, ValueError, TypeError) as err:
+        return Settings(), f"The settings file {path} could not be used ({err}); defaults are in effect until you save."
 
 
 def save_settings(settings: Settings) -> Path:
+    """Write the settings atomically; concurrent saves never share a temporary file (the last one wins)."""
     settings.validate()
     path = settings_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(settings), indent=2))
-    tmp.replace(path)
+    with _save_lock:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, asdict(settings))
     return path
 
 

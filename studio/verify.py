@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pipelines import provenance, watermark
+from library import provenance, watermark
 
 
 def report(path: Path) -> tuple[str, dict]:

@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 import numpy as np
 
-from pipelines.request import GenerationRequest, RequestError
-from studio.jobs import CANCELLED, DONE, QUEUED, RUNNING, Job
+from studio.jobs import CANCELLED, DONE, FILM, QUEUED, RUNNING, Job
 
 if TYPE_CHECKING:
     from studio.server import Studio
@@ -26,8 +25,11 @@ def text_bar(fraction: float, width: int = 20) -> str:
 def status_text(job: Job, position: int) -> str:
     """One line per state, with a bar for every wait that has a measure (download, load, steps)."""
     if job.status == QUEUED:
-        return f"**Queued** — position {position} in the GPU queue. {job.message}"
+        where = "film queue" if job.kind == FILM else "GPU queue"
+        return f"**Queued** — position {position} in the {where}. {job.message}"
     if job.status == RUNNING:
+        if job.kind == FILM:
+            return f"**Film** {text_bar(job.fraction)} {job.message}"
         if job.stage == "denoise" and job.total_steps:
             eta = f", about {job.eta_s:.0f} s left" if job.eta_s is not None else ""
             bar = text_bar(job.step / job.total_steps)
@@ -63,7 +65,7 @@ async def watch(studio: Studio, job: Job) -> AsyncIterator[tuple[Any, str, str |
             raise gr.Error("The job disappeared from the queue.")
         if current.version != seen:
             seen = current.version
-            clip = current.clip if current.status == DONE else None
+            clip = current.result if current.status == DONE else None
             position = studio.jobs.position(current.id)
             # A chunk carries the preview only when it changed: no image is sent twice.
             key = (current.preview_version, current.status)
@@ -75,11 +77,3 @@ async def watch(studio: Studio, job: Job) -> AsyncIterator[tuple[Any, str, str |
                     raise gr.Error(current.message)
                 return
         await asyncio.sleep(POLL_S)
-
-
-def submit(studio: Studio, request: GenerationRequest, extra: dict[str, Any] | None = None) -> Job:
-    """Queue a request; bad input becomes a message in the page (and an error for API callers)."""
-    try:
-        return studio.jobs.submit(request, extra=extra)
-    except RequestError as err:
-        raise gr.Error("\n".join(err.problems.values())) from None

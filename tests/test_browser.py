@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from studio.history import list_clips
+from library.clips import list_clips
 from tests.server import studio
 
 CHROMIUM = "/usr/bin/chromium"

@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.clip import save_clip
+from library.clips import read_sidecar, save_clip
 from pipelines.manager import BusyError, GenerationCancelled, OutOfMemoryError, PipelineManager
 from pipelines.memory import DoesNotFitError, MemoryBudget
 from pipelines.request import GenerationRequest, validate_request
-from pipelines.video import read_sidecar
 from tests.media import decode_video, moov_before_mdat, probe
 
 TINY = "test-tiny"

@@ -8,8 +8,11 @@ import time
 import numpy as np
 import pytest
 
-from pipelines import video
-from pipelines.video import TMP_PREFIX, clean_temporaries, encode_mp4, read_sidecar, slugify, write_clip
+from library import clips
+from library.clips import read_sidecar, write_clip
+from library.files import clean_temporaries
+from library.layout import TMP_PREFIX
+from library.media import encode_mp4, slugify
 from tests.media import decode_video
 
 
@@ -32,31 +35,35 @@ def test_a_failed_encode_leaves_nothing_behind(out_dir, monkeypatch):
         path.write_bytes(b"half an mp4")
         raise RuntimeError("ffmpeg could not encode the clip: disk full")
 
-    monkeypatch.setattr(video, "encode_mp4", broken)
+    monkeypatch.setattr(clips, "encode_mp4", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         write_clip(frames(), 8, out_dir, "broken", {})
     assert list(out_dir.iterdir()) == []
 
 
 def test_a_crash_after_encoding_never_publishes_a_clip_without_sidecar(out_dir, monkeypatch):
-    monkeypatch.setattr(video.json, "dumps", lambda *a, **k: (_ for _ in ()).throw(OSError("no space left")))
-    with pytest.raises(OSError):
+    def no_space(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(clips, "_write_text", no_space)
+    with pytest.raises(Exception, match="The output folder is full"):
         write_clip(frames(), 8, out_dir, "crash", {})
-    # the MP4 was linked, the sidecar was not: history ignores clips without sidecars, and no temp remains
-    assert not [p for p in out_dir.iterdir() if p.name.startswith(TMP_PREFIX)]
-    assert not list(out_dir.glob("*.json"))
+    # the sidecar is published first, so its failure publishes nothing at all, and no temporary remains
+    assert list(out_dir.iterdir()) == []
 
 
-def test_old_temporaries_are_cleaned(out_dir):
-    out_dir.mkdir(parents=True)
+def test_old_temporaries_are_cleaned_anywhere_in_the_folder(out_dir):
+    (out_dir / "films").mkdir(parents=True)
     stale = out_dir / f"{TMP_PREFIX}123.mp4"
+    stale_film = out_dir / "films" / f"{TMP_PREFIX}124-0.mp4"  # left by a killed export
     fresh = out_dir / f"{TMP_PREFIX}456.mp4"
-    stale.write_bytes(b"x")
-    fresh.write_bytes(b"x")
+    for path in (stale, stale_film, fresh):
+        path.write_bytes(b"x")
     old = time.time() - 7200
     os.utime(stale, (old, old))
-    assert clean_temporaries(out_dir) == 1
-    assert not stale.exists() and fresh.exists()
+    os.utime(stale_film, (old, old))
+    assert clean_temporaries(out_dir) == 2
+    assert not stale.exists() and not stale_film.exists() and fresh.exists()
 
 
 def test_encoder_refuses_what_browsers_cannot_play(tmp_path):

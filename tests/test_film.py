@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from library import Library
+from library.clips import write_clip
+from library.film import export_film, film_duration
+from library.storyboard import Shot, Storyboard, StoryboardError
 from pipelines import APP_NAME
-from pipelines.video import write_clip
-from studio.film import Shot, Storyboard, StoryboardError, export_film, film_duration, load_storyboard, save_storyboard
 from tests.media import decode_video, probe
 
 RED, BLUE = (220, 30, 30), (30, 30, 220)
@@ -36,6 +38,11 @@ def sine_wav(path: Path, seconds: float = 1.0, rate: int = 44100) -> Path:
     return path
 
 
+def kept(out_dir: Path, path: Path) -> str:
+    """An audio file as the page keeps an upload: copied into the library, named by its file name."""
+    return Library(out_dir).keep_audio(path)
+
+
 @pytest.fixture
 def two_clips(out_dir):
     return make_clip(out_dir, "red", RED), make_clip(out_dir, "blue-portrait", BLUE, size=(64, 96))
@@ -45,7 +52,7 @@ def test_crossfade_letterbox_and_audio(out_dir, two_clips, tmp_path):
     red, blue = two_clips
     board = Storyboard(
         shots=[Shot(red, transition="crossfade", crossfade_s=0.5), Shot(blue)],
-        audio=str(sine_wav(tmp_path / "tone.wav")),
+        audio=kept(out_dir, sine_wav(tmp_path / "tone.wav")),
     )
     assert film_duration(board, out_dir) == pytest.approx(3.5)
     progress = []
@@ -69,7 +76,7 @@ def test_crossfade_letterbox_and_audio(out_dir, two_clips, tmp_path):
 
 
 def test_webm_export_has_vp9_and_opus(out_dir, two_clips, tmp_path):
-    board = Storyboard(shots=[Shot(two_clips[0])], audio=str(sine_wav(tmp_path / "tone.wav")), format="webm")
+    board = Storyboard(shots=[Shot(two_clips[0])], audio=kept(out_dir, sine_wav(tmp_path / "tone.wav")), format="webm")
     film = export_film(board, out_dir)
     assert film.suffix == ".webm"
     codecs = {s["codec_type"]: s["codec_name"] for s in probe(film)["streams"]}
@@ -94,8 +101,9 @@ def test_exports_never_overwrite_and_the_storyboard_persists(out_dir, two_clips)
     board = Storyboard(shots=[Shot(red)], title="same")
     first, second = export_film(board, out_dir), export_film(board, out_dir)
     assert first != second and first.exists() and second.exists()
-    save_storyboard(board, out_dir)
-    assert load_storyboard(out_dir) == board
+    store = Library(out_dir).storyboard
+    stored = store.save(board)
+    assert Library(out_dir).storyboard.load() == stored and stored.shots == board.shots and stored.revision == 1
 
 
 @pytest.mark.parametrize(
@@ -103,15 +111,17 @@ def test_exports_never_overwrite_and_the_storyboard_persists(out_dir, two_clips)
     [
         (lambda red, p: Storyboard(), "empty"),
         (lambda red, p: Storyboard(shots=[Shot("missing.mp4")]), "not in the library"),
-        (lambda red, p: Storyboard(shots=[Shot(red, start_s=1.0, end_s=1.0)]), "trim"),
-        (lambda red, p: Storyboard(shots=[Shot(red)], audio=str(p)), "could not be read"),
+        (lambda red, p: Storyboard(shots=[Shot(red, start_s=1.0, end_s=1.0)]), "must come after the start"),
+        (lambda red, p: Storyboard(shots=[Shot(red, start_s=1.0, end_s=9.0)]), "trim"),
+        (lambda red, p: Storyboard(shots=[Shot(red)], audio=p), "could not be read"),
+        (lambda red, p: Storyboard(shots=[Shot(red)], audio="elsewhere.wav"), "not among the storyboard's audio"),
     ],
 )
 def test_bad_storyboards_say_why_and_write_nothing(out_dir, two_clips, tmp_path, make_board, fragment):
     broken_audio = tmp_path / "broken.mp3"
     broken_audio.write_bytes(b"this is not audio")
     with pytest.raises(StoryboardError, match=fragment):
-        export_film(make_board(two_clips[0], broken_audio), out_dir)
+        export_film(make_board(two_clips[0], kept(out_dir, broken_audio)), out_dir)
     films = out_dir / "films"
     assert not films.exists() or not any(films.iterdir())
 
@@ -159,9 +169,11 @@ def test_gif_export(out_dir):
 def test_audio_fades_in_and_out(out_dir, two_clips, tmp_path):
     import subprocess
 
-    from pipelines.video import ffmpeg_exe
+    from library.media import ffmpeg_exe
 
-    board = Storyboard(shots=[Shot(two_clips[0])], audio=str(sine_wav(tmp_path / "t.wav", 3.0)), audio_fade_s=0.5)
+    board = Storyboard(
+        shots=[Shot(two_clips[0])], audio=kept(out_dir, sine_wav(tmp_path / "t.wav", 3.0)), audio_fade_s=0.5
+    )
     film = export_film(board, out_dir)
     raw = subprocess.run(
         [ffmpeg_exe(), "-v", "error", "-i", str(film), "-f", "s16le", "-ac", "1", "-ar", "8000", "-"],
@@ -175,7 +187,7 @@ def test_audio_fades_in_and_out(out_dir, two_clips, tmp_path):
 
 
 def test_a_failed_export_leaves_no_file(out_dir, monkeypatch):
-    from studio import film as film_module
+    from library import film as film_module
 
     clip = moving_clip(out_dir, "slide")
 
@@ -203,7 +215,7 @@ def ffmpeg_children() -> int:
 
 
 def test_a_long_film_runs_a_bounded_number_of_decoders(out_dir):
-    from studio.film import MAX_OPEN_READERS
+    from library.film import MAX_OPEN_READERS
 
     colours = [(40 * i, 200 - 30 * i, 120) for i in range(7)]
     names = [make_clip(out_dir, f"shot{i}", colour, frames=16) for i, colour in enumerate(colours)]

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines import provenance, watermark
-from pipelines.clip import ClipOptions, save_clip
+from library import provenance, watermark
+from library.clips import ClipOptions, read_sidecar, save_clip
+from library.film import export_film
+from library.media import encode_mp4
+from library.storyboard import Shot, Storyboard
 from pipelines.request import GenerationRequest, validate_request
-from pipelines.video import encode_mp4, read_sidecar
-from studio.film import Shot, Storyboard, export_film
 from tests.media import decode_video, moov_before_mdat, probe
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from studio.history import list_clips
+from library.clips import list_clips
 from tests.media import decode_video
 from tests.server import studio
 
@@ -149,24 +149,12 @@ def test_files_served_are_limited_to_outputs_and_assets(running, client):
     assert status(job_record) in (403, 404)
 
 
-def test_settings_persist_across_a_restart_and_bad_values_are_refused(tmp_path):
+def test_saved_settings_become_the_apis_defaults_and_saving_is_no_api(tmp_path):
     home = tmp_path / "home"
-    with studio(tmp_path / "a", home=home) as first:
-        c = Client(first.url, verbose=False)
-        args = dict(model="test-tiny", profile="auto", precision="fp8", output_dir=str(first.output_dir),
-                    guidance=3.5, negative="grainy, dull")  # fmt: skip
-        refused = c.predict(**args, steps=500, api_name="/save_settings")
-        assert "Not saved" in refused[0] and "from 1 to 100" in refused[0]
-        refused = c.predict(**args, steps=7, attention_backend="flash", api_name="/save_settings")
-        assert "Not saved" in refused[0] and "The 'flash' attention backend needs a CUDA GPU" in refused[0]
-        assert not (home / "settings.json").exists()
-        saved = c.predict(**args, steps=7, vae_precision="bfloat16", api_name="/save_settings")
-        assert "Saved" in saved[0]
-        c.close()
-    stored = json.loads((home / "settings.json").read_text())
-    assert (stored["steps"], stored["precision"], stored["negative_prompt"]) == (7, "fp8", "grainy, dull")
-    assert (stored["attention"], stored["vae_precision"], stored["compile"]) == ("auto", "bfloat16", False)
-
+    home.mkdir()
+    (home / "settings.json").write_text(
+        json.dumps({"model": "test-tiny", "steps": 7, "negative_prompt": "grainy, dull", "precision": "fp8"})
+    )
     with studio(tmp_path / "b", home=home) as second:
         c = Client(second.url, verbose=False)
         api = c.view_api(print_info=False, return_format="dict")
@@ -177,6 +165,10 @@ def test_settings_persist_across_a_restart_and_bad_values_are_refused(tmp_path):
         assert [name for name, p in params.items() if not p["parameter_has_default"]] == ["prompt"]
         i2v = api["named_endpoints"]["/image_to_video"]["parameters"]
         assert sorted(p["parameter_name"] for p in i2v if not p["parameter_has_default"]) == ["prompt"]
+        # settings (the output folder among them) are a page action, never an API anyone can call
+        assert "/save_settings" not in api["named_endpoints"]
+        with pytest.raises(ValueError, match="Cannot find a function"):
+            c.predict("test-tiny", api_name="/save_settings")
         c.close()
 
 
@@ -193,17 +185,15 @@ def test_a_wrong_password_is_refused_when_auth_is_on(tmp_path):
 
 
 def test_a_model_that_cannot_load_gives_a_message_and_the_server_keeps_serving(tmp_path):
-    with studio(tmp_path) as s:
+    with studio(tmp_path, "--model", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers") as s:
         c = Client(s.url, verbose=False)
-        base = dict(profile="auto", precision="auto", output_dir=str(s.output_dir), steps=None, guidance=None,
-                    negative="")  # fmt: skip
-        assert "Saved" in c.predict(model="Wan-AI/Wan2.1-T2V-1.3B-Diffusers", **base, api_name="/save_settings")[0]
         with pytest.raises(Exception) as info:
-            c.predict(prompt="a cat", size="256x256", frames=5, steps=2, api_name="/text_to_video")
+            c.predict(prompt="a cat", size="832x480", frames=5, steps=2, api_name="/text_to_video")
         assert "not downloaded yet and offline mode is on" in str(info.value)
-        assert "Saved" in c.predict(model="test-tiny", **base, api_name="/save_settings")[0]
-        result = c.predict(prompt="a cat", size="96x64", frames=5, steps=2, api_name="/text_to_video")
-        assert "Done" in result[1]
+        plain = tmp_path / "plain.png"
+        Image.new("RGB", (64, 64)).save(plain)
+        text, _ = c.predict(handle_file(str(plain)), api_name="/verify")  # still serving
+        assert text.startswith("No Content Credentials")
         c.close()
 
 
@@ -223,11 +213,11 @@ def test_assemble_endpoint_makes_a_film_from_a_storyboard(client, running):
 
 
 def test_verify_endpoint_and_watermark_setting(tmp_path):
-    with studio(tmp_path) as s:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "settings.json").write_text(json.dumps({"model": "test-tiny", "watermark": True, "include_prompt": True}))
+    with studio(tmp_path, home=home) as s:
         c = Client(s.url, verbose=False)
-        base = dict(model="test-tiny", profile="auto", precision="auto", output_dir=str(s.output_dir), steps=None,
-                    guidance=None, negative="")  # fmt: skip
-        assert "Saved" in c.predict(**base, watermark=True, include_prompt=True, api_name="/save_settings")[0]
         result = c.predict(prompt="a lighthouse at dusk", steps=2, frames=9, api_name="/text_to_video")
         assert "Done" in result[1] and "Not signed" not in result[1]
         text, details = c.predict(handle_file(result[2]), api_name="/verify")

@@ -1,29 +1,33 @@
-"""From clips to a film: a storyboard (JSON) of trimmed shots with cuts or crossfades, an optional title
-card and audio track, exported with moviepy.
+"""From a storyboard to a film: trimmed shots with cuts or crossfades, an optional title card and audio
+track, exported with moviepy (and ffmpeg's motion interpolation for another frame rate or slow motion).
 
 Frames are streamed from the clip files by moviepy's readers (never an ImageSequenceClip holding the
 whole film in RAM), at most MAX_OPEN_READERS decoders running at once, so memory stays flat however long
-the film. The film is written under a temporary name and linked into place, so a failed
-export leaves nothing behind and never replaces an earlier film.
+the film. The film is written under a temporary name and linked into place, so a failed or cancelled
+export leaves nothing behind and never replaces an earlier film. The export checks a cancel event at
+every frame.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from pipelines import APP_NAME, __version__, provenance
-from pipelines.video import TMP_PREFIX, ffmpeg_exe, label_args, link_no_overwrite, slugify
-from studio.history import list_clips
+from library import provenance
+from library.clips import Clip, list_clips
+from library.files import LibraryError, check_room, disk_error, link_no_overwrite, publish, temporary, write_json
+from library.layout import AUDIO_DIR, FILMS_DIR
+from library.media import estimate_mp4_mb, ffmpeg_exe, label_args, slugify
+from library.storyboard import MAX_FILM_S, Shot, Storyboard, StoryboardError
+from pipelines import APP_NAME, __version__
 
 COMMENT = "AI-generated: assembled in Wan Studio from clips made with Wan models"
 FORMATS = {
@@ -43,90 +47,11 @@ FORMATS = {
         ffmpeg_params=["-pix_fmt", "yuv420p", *label_args(COMMENT)],
     ),  # fmt: skip
 }
-STORYBOARD_FILE = "storyboard.json"
 GIF_MAX_WIDTH = 480
 
 
-class StoryboardError(ValueError):
-    pass
-
-
-@dataclass
-class Shot:
-    clip: str  # file name of a clip in the output folder
-    start_s: float = 0.0
-    end_s: float | None = None  # None: to the clip's end
-    transition: str = "cut"  # into the next shot: "cut" or "crossfade"
-    crossfade_s: float = 0.5
-
-
-@dataclass
-class Storyboard:
-    shots: list[Shot] = field(default_factory=list)
-    title: str | None = None  # a title card before the first shot
-    title_s: float = 2.0
-    title_colour: str = "#101828"
-    audio: str | None = None  # a path to an audio file
-    audio_fade_s: float = 1.0
-    size: tuple[int, int] | None = None  # None: the first shot's size
-    fps: float | None = None  # None: the first shot's frame rate; another rate is motion-interpolated
-    slow_motion: bool = False  # half speed, motion-interpolated
-    format: str = "mp4"  # "mp4", "webm" or "gif"
-
-    @classmethod
-    def from_json(cls, data: dict) -> Storyboard:
-        try:
-            shots = [Shot(**shot) for shot in data.get("shots", [])]
-            rest = {k: v for k, v in data.items() if k != "shots"}
-            if rest.get("size") is not None:
-                rest["size"] = tuple(rest["size"])
-            return cls(shots=shots, **rest)
-        except TypeError as err:
-            raise StoryboardError(f"The storyboard has a field Wan Studio does not know: {err}") from None
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-
-_storyboard_lock = threading.Lock()  # the page and the GPU worker (extensions) both write the file
-
-
-def append_shot(output_dir: Path, clip_name: str, start_s: float = 0.0) -> Storyboard:
-    """Add a clip at the end of the saved storyboard (an extended shot joins its take)."""
-    with _storyboard_lock:
-        board = load_storyboard(output_dir)
-        board.shots.append(Shot(clip=clip_name, start_s=start_s))
-        _write_storyboard(board, output_dir)
-    return board
-
-
-def save_storyboard(board: Storyboard, output_dir: Path) -> Path:
-    with _storyboard_lock:
-        return _write_storyboard(board, output_dir)
-
-
-def _write_storyboard(board: Storyboard, output_dir: Path) -> Path:
-    path = Path(output_dir) / STORYBOARD_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(board.to_json(), indent=2))
-    tmp.replace(path)
-    return path
-
-
-def load_storyboard_text(output_dir: Path) -> str:
-    """The saved storyboard as the editor shows it; an empty one when none is saved or it is damaged."""
-    try:
-        board = load_storyboard(output_dir)
-    except (ValueError, StoryboardError):
-        board = Storyboard()
-    return json.dumps(board.to_json(), indent=2)
-
-
-def load_storyboard(output_dir: Path) -> Storyboard:
-    path = Path(output_dir) / STORYBOARD_FILE
-    if not path.is_file():
-        return Storyboard()
-    return Storyboard.from_json(json.loads(path.read_text()))
+class ExportCancelled(Exception):
+    """The export was cancelled; nothing was published."""
 
 
 @dataclass(frozen=True)
@@ -142,16 +67,15 @@ class _CheckedShot:
 
 
 def _check(board: Storyboard, output_dir: Path) -> list[_CheckedShot]:
-    """Check every shot against the library's sidecars (no video is opened); StoryboardError names the first
-    problem."""
+    """Check every shot against the library's sidecars (no video is opened) and the film against the limits;
+    StoryboardError names the first problem."""
+    board.validate()
     if not board.shots:
         raise StoryboardError("The storyboard is empty: add at least one clip from the library.")
-    if board.format not in FORMATS:
-        raise StoryboardError(f"Export format must be one of {', '.join(FORMATS)}; got '{board.format}'.")
     library = {clip.video.name: clip for clip in list_clips(output_dir)}
     checked = []
     for n, shot in enumerate(board.shots, start=1):
-        clip = library.get(Path(shot.clip).name)
+        clip = library.get(shot.clip)
         if clip is None:
             raise StoryboardError(f"Shot {n}: the clip '{shot.clip}' is not in the library.")
         length = _length(clip)
@@ -160,24 +84,38 @@ def _check(board: Storyboard, output_dir: Path) -> list[_CheckedShot]:
             raise StoryboardError(
                 f"Shot {n}: the trim {shot.start_s:g}–{end:g} s is empty or outside the clip (0–{length:g} s)."
             )
-        if shot.transition not in ("cut", "crossfade"):
-            raise StoryboardError(f"Shot {n}: the transition must be 'cut' or 'crossfade'.")
         checked.append(_CheckedShot(shot, clip.video, shot.start_s, min(end, length)))
     for n, (this, following) in enumerate(zip(checked[:-1], checked[1:], strict=False), start=1):
         if this.shot.transition == "crossfade" and not 0 < this.shot.crossfade_s < min(
             this.duration, following.duration
         ):
             raise StoryboardError(f"Shot {n}: the crossfade must be shorter than both shots it joins.")
+    total = _duration(board, checked)
+    if total > MAX_FILM_S:
+        raise StoryboardError(f"The film would last {total / 60:.1f} minutes; at most {MAX_FILM_S / 60:.0f} are made.")
+    if board.audio and not audio_path(output_dir, board.audio).is_file():
+        raise StoryboardError(f"The audio file '{board.audio}' is not among the storyboard's audio files.")
     return checked
 
 
-def _length(clip) -> float:
+def audio_path(output_dir: Path, name: str) -> Path:
+    """Where a storyboard's audio file (named by the page's upload) lives: `<output>/audio/<name>`."""
+    return Path(output_dir) / AUDIO_DIR / Path(name).name
+
+
+def _length(clip: Clip) -> float:
     """Seconds, from the sidecar when it says (every studio clip's does), else counted from the file."""
-    if clip.sidecar.get("duration_s"):
-        return float(clip.sidecar["duration_s"])
+    if clip.duration_s:
+        return clip.duration_s
     import imageio_ffmpeg
 
     return float(imageio_ffmpeg.count_frames_and_secs(str(clip.video))[1])
+
+
+def _duration(board: Storyboard, checked: list[_CheckedShot]) -> float:
+    total = sum(c.duration for c in checked) + (board.title_s if board.title else 0.0)
+    total -= sum(c.shot.crossfade_s for c in checked[:-1] if c.shot.transition == "crossfade")
+    return total * (2 if board.slow_motion else 1)
 
 
 MAX_OPEN_READERS = 3  # a crossfade decodes two shots at once
@@ -272,13 +210,13 @@ def _title_card(text: str, size: tuple[int, int], colour: str, duration: float):
     return ImageClip(np.asarray(image), duration=duration)
 
 
-def _audio_track(path: str, duration: float, fade_s: float):
+def _audio_track(path: Path, duration: float, fade_s: float):
     from moviepy import AudioFileClip, afx
 
     if not Path(path).is_file():
-        raise StoryboardError(f"The audio file '{path}' does not exist.")
+        raise StoryboardError(f"The audio file '{Path(path).name}' is not among the storyboard's audio files.")
     try:
-        audio = AudioFileClip(path)
+        audio = AudioFileClip(str(path))
     except (OSError, KeyError, IndexError, ValueError) as err:
         raise StoryboardError(f"The audio file '{Path(path).name}' could not be read: {err}") from None
     if audio.duration is None or audio.duration <= 0:
@@ -293,18 +231,21 @@ def _audio_track(path: str, duration: float, fade_s: float):
 
 def film_duration(board: Storyboard, output_dir: Path) -> float:
     """The film's length in seconds, from the sidecars alone (cheap enough to run on every edit)."""
-    checked = _check(board, output_dir)
-    total = sum(c.duration for c in checked) + (board.title_s if board.title else 0.0)
-    total -= sum(c.shot.crossfade_s for c in checked[:-1] if c.shot.transition == "crossfade")
-    return total * (2 if board.slow_motion else 1)
+    return _duration(board, _check(board, output_dir))
 
 
-def _stage_logger(on_progress: Callable[[float, str], None] | None, low: float, high: float, label: str):
-    """moviepy's frame counter mapped onto [low, high] of the whole export."""
+def _stage_logger(
+    on_progress: Callable[[float, str], None] | None, low: float, high: float, label: str,
+    cancel: threading.Event | None = None,
+):  # fmt: skip
+    """moviepy's frame counter mapped onto [low, high] of the whole export; raises ExportCancelled between
+    frames once `cancel` is set."""
     from proglog import ProgressBarLogger
 
     class _Logger(ProgressBarLogger):
         def bars_callback(self, bar, attr, value, old_value=None):
+            if cancel is not None and cancel.is_set():
+                raise ExportCancelled()
             total = self.bars[bar].get("total") or 0
             if on_progress and bar == "frame_index" and total:
                 on_progress(low + (high - low) * min(1.0, value / total), f"{label}: frame {value}/{total}")
@@ -313,8 +254,9 @@ def _stage_logger(on_progress: Callable[[float, str], None] | None, low: float, 
 
 
 def _interpolate(
-    source: Path, target: Path, fps: float, frames: int, source_fps: float, report: Callable[[float], None]
-) -> None:
+    source: Path, target: Path, fps: float, frames: int, source_fps: float, report: Callable[[float], None],
+    cancel: threading.Event | None = None,
+) -> None:  # fmt: skip
     """ffmpeg's motion-compensated frame interpolation (minterpolate) to a new frame rate.
 
     minterpolate ends at the last source frame's timestamp; holding that frame for one source frame's
@@ -327,6 +269,10 @@ def _interpolate(
     ]  # fmt: skip
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:
+        if cancel is not None and cancel.is_set():
+            proc.kill()
+            proc.wait()
+            raise ExportCancelled()
         if line.startswith("frame=") and frames:
             report(min(1.0, int(line.split("=")[1]) / frames))
     stderr = proc.stderr.read()
@@ -334,56 +280,59 @@ def _interpolate(
         raise RuntimeError(f"Frame interpolation failed: {stderr.strip()[-400:]}")
 
 
-def _publish(tmp: Path, films_dir: Path, stem: str, suffix: str) -> Path:
-    """Link the finished file to a free name: an earlier film is never replaced."""
-    for n in range(1, 10_000):
-        final = films_dir / (f"{stem}.{suffix}" if n == 1 else f"{stem}-{n}.{suffix}")
-        try:
-            link_no_overwrite(tmp, final)
-            return final
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"no free file name for {stem} in {films_dir}")
-
-
 def export_film(
     board: Storyboard,
     output_dir: Path,
     on_progress: Callable[[float, str], None] | None = None,
     sign: bool = True,
+    cancel: threading.Event | None = None,
 ) -> Path:
-    """Render the storyboard to `<output>/films/<time>_<title>.<format>`; StoryboardError on bad input.
+    """Render the storyboard to `<output>/films/<time>_<title>.<format>`; StoryboardError on bad input,
+    ExportCancelled once `cancel` is set, LibraryError when the disk cannot take it.
 
     Stages: compose the shots (moviepy, frames streamed from the clip files); when the frame rate changes
     or for slow motion, interpolate motion with ffmpeg; then add the audio and encode the chosen format.
-    Every intermediate is a temporary file in the films folder, removed whatever happens. The film is
-    signed with Content Credentials listing its clips as ingredients; `<film>.json` records the storyboard
-    and whether signing worked.
+    Every intermediate is a temporary file in the films folder, removed whatever happens; the film is
+    published only once its file is complete. It is signed with Content Credentials listing its clips as
+    ingredients; `<film>.json` records the storyboard and whether signing worked.
     """
-    from moviepy import CompositeVideoClip, VideoFileClip, vfx
-
     output_dir = Path(output_dir)
     checked = _check(board, output_dir)
-    if board.audio:
-        _audio_track(board.audio, 1.0, 0.0).close()  # a broken audio file is refused before any work
-    opened, clips = _open(checked)
-    films_dir = output_dir / "films"
-    token = f"{TMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}"
+    films_dir = output_dir / FILMS_DIR
+    try:
+        films_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise disk_error(err, output_dir) from None
     temporaries: list[Path] = []
 
-    def temporary(suffix: str) -> Path:
-        path = films_dir / f"{token}-{len(temporaries)}.{suffix}"
-        temporaries.append(path)
-        return path
+    def scratch(suffix: str) -> Path:
+        temporaries.append(temporary(films_dir, f".{suffix}"))
+        return temporaries[-1]
 
+    try:
+        return _render(board, checked, output_dir, films_dir, scratch, on_progress, sign, cancel)
+    except OSError as err:
+        raise disk_error(err, films_dir) from None
+    finally:
+        for path in temporaries:
+            path.unlink(missing_ok=True)
+
+
+def _render(board, checked, output_dir, films_dir, scratch, on_progress, sign, cancel) -> Path:
+    from moviepy import CompositeVideoClip, VideoFileClip, vfx
+
+    if board.audio:
+        _audio_track(audio_path(output_dir, board.audio), 1.0, 0.0).close()  # a broken file is refused first
+    opened, clips = _open(checked)
     try:
         size = tuple(board.size) if board.size else tuple(clips[0].size)
         if size[0] % 2 or size[1] % 2:
             raise StoryboardError(f"The film size must have even sides; got {size[0]}x{size[1]}.")
         source_fps = clips[0].fps
         target_fps = float(board.fps or source_fps)
-        if not 1 <= target_fps <= 60:
-            raise StoryboardError(f"The film's frame rate must be from 1 to 60 fps; got {target_fps:g}.")
+        seconds = _duration(board, checked)
+        # the film, and up to two intermediates of about its size while it is made
+        check_room(films_dir, 3 * estimate_mp4_mb(round(seconds * target_fps), *size), "the film")
         audio = None
         pieces = [_letterbox(c, size) for c in clips]
         for n, shot in enumerate(board.shots[:-1]):
@@ -405,30 +354,30 @@ def export_film(
             video = video.with_effects([vfx.MultiplySpeed(0.5)])
             sample_fps = source_fps / 2  # each source frame once; interpolation makes the rest
         if board.audio:
-            audio = _audio_track(board.audio, video.duration, board.audio_fade_s)  # checked before any work
+            audio = _audio_track(audio_path(output_dir, board.audio), video.duration, board.audio_fade_s)
 
-        films_dir.mkdir(parents=True, exist_ok=True)
         interpolate = board.slow_motion or abs(target_fps - source_fps) > 1e-6
         if interpolate:
-            composed = temporary("mp4")
+            composed = scratch("mp4")
             video.write_videofile(
                 str(composed), fps=sample_fps, codec="libx264", audio=False, preset="veryfast",
                 ffmpeg_params=["-crf", "12", "-pix_fmt", "yuv420p"],
-                logger=_stage_logger(on_progress, 0.0, 0.5, "Composing"),
+                logger=_stage_logger(on_progress, 0.0, 0.5, "Composing", cancel),
             )  # fmt: skip
-            smooth = temporary("mp4")
+            smooth = scratch("mp4")
             _interpolate(
                 composed, smooth, target_fps, round(video.duration * target_fps), sample_fps,
                 lambda f: on_progress and on_progress(0.5 + 0.3 * f, f"Interpolating to {target_fps:g} fps"),
+                cancel,
             )  # fmt: skip
             video = VideoFileClip(str(smooth), audio=False)
             opened.append(video)
         low = 0.8 if interpolate else 0.0
-        tmp = temporary(board.format)
+        tmp = scratch(board.format)
         if board.format == "gif":
             scale = min(1.0, GIF_MAX_WIDTH / size[0])
             gif = video.resized(scale) if scale < 1 else video
-            gif.write_gif(str(tmp), fps=target_fps, logger=_stage_logger(on_progress, low, 1.0, "Writing GIF"))
+            gif.write_gif(str(tmp), fps=target_fps, logger=_stage_logger(on_progress, low, 1.0, "Writing GIF", cancel))
         else:
             if audio is not None:
                 video = video.with_audio(audio)
@@ -436,13 +385,17 @@ def export_film(
             video.write_videofile(
                 str(tmp), fps=target_fps, codec=settings["codec"], audio=audio is not None,
                 audio_codec=settings["audio_codec"], audio_fps=settings["audio_fps"],
-                ffmpeg_params=settings["ffmpeg_params"], temp_audiofile=str(temporary(settings["audio_ext"])),
-                logger=_stage_logger(on_progress, low, 1.0, "Encoding"),
+                ffmpeg_params=settings["ffmpeg_params"], temp_audiofile=str(scratch(settings["audio_ext"])),
+                logger=_stage_logger(on_progress, low, 1.0, "Encoding", cancel),
             )  # fmt: skip
+        if cancel is not None and cancel.is_set():
+            raise ExportCancelled()
+        if not _complete(tmp, board.format):  # ffmpeg can end "successfully" on a full disk
+            raise LibraryError("The film could not be written completely; is the output folder's disk full?")
         stem = f"{time.strftime('%Y%m%d-%H%M%S')}_{slugify(board.title or 'film')}"
         record = {"app": APP_NAME, "app_version": __version__, "storyboard": board.to_json()}
         if sign:
-            signed = temporary(board.format)
+            signed = scratch(board.format)
             sources = [c.video for c in checked]
             claim = provenance.manifest(f"{stem}.{board.format}", model=None, composite=True)
             try:
@@ -451,15 +404,46 @@ def export_film(
                 record["provenance"] = {"signed": True, "ingredients": [p.name for p in sources]}
             except provenance.SigningError as err:  # the film is kept unsigned; the record says why
                 record["provenance"] = {"signed": False, "signing_error": str(err)}
-        film = _publish(tmp, films_dir, stem, board.format)
-        sidecar = temporary("json")
-        sidecar.write_text(json.dumps(record, indent=2))
-        link_no_overwrite(sidecar, film.with_suffix(film.suffix + ".json"))
+        sidecar = scratch("json")
+        write_json(sidecar, record)
+        film = publish(tmp, films_dir, stem, f".{board.format}",
+                       taken=lambda candidate: (films_dir / f"{candidate}.{board.format}.json").exists())  # fmt: skip
+        try:
+            link_no_overwrite(sidecar, film.with_suffix(film.suffix + ".json"))
+        except OSError:
+            film.unlink(missing_ok=True)  # never a film without its record
+            raise
         if on_progress:
             on_progress(1.0, f"Film ready: {film.name}")
         return film
     finally:
         for clip in opened:
             clip.close()
-        for path in temporaries:
-            path.unlink(missing_ok=True)
+
+
+def _complete(path: Path, fmt: str) -> bool:
+    """Whether an encoded file is whole: an MP4 with both its index (moov) and its media (mdat), a GIF with
+    its trailer, a WebM with its header and more."""
+    try:
+        data = path.read_bytes() if fmt != "mp4" else None
+        if fmt == "gif":
+            return data is not None and data[:3] == b"GIF" and data.rstrip(b"\0")[-1:] == b"\x3b"
+        if fmt == "webm":
+            return data is not None and data[:4] == b"\x1a\x45\xdf\xa3" and len(data) > 1024
+        boxes, position, end = set(), 0, path.stat().st_size
+        with open(path, "rb") as f:
+            while position < end:
+                f.seek(position)
+                header = f.read(16)
+                if len(header) < 8:
+                    return False
+                size, kind = int.from_bytes(header[:4], "big"), header[4:8]
+                if size == 1 and len(header) == 16:
+                    size = int.from_bytes(header[8:16], "big")
+                if size < 8:
+                    return False
+                boxes.add(kind)
+                position += size
+        return {b"moov", b"mdat"} <= boxes and position == end
+    except OSError:
+        return False

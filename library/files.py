@@ -1,0 +1,149 @@
+"""Writing into the output folder so that nothing is ever half-written or overwritten.
+
+Every file is first written under a temporary `.partial-` name in the folder it will live in, then given
+its final name by a hard link, which fails instead of replacing an existing file; JSON records that are
+meant to change (the storyboard, job records) are replaced atomically from a temporary file of their own.
+A crash leaves only `.partial-` files, which `clean_temporaries` removes at the next start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from library.layout import CORRUPT_SUFFIX, TMP_PREFIX
+from pipelines.errors import UserError
+
+MB = 1024 * 1024
+
+
+class LibraryError(UserError):
+    """A problem with the output folder a user can act on: not found, full, not writable."""
+
+
+def temporary(folder: Path, suffix: str) -> Path:
+    """A fresh temporary name in `folder` (unique per process and call, so concurrent writers never share)."""
+    return Path(folder) / f"{TMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}{suffix}"
+
+
+def link_no_overwrite(src: Path, dst: Path) -> None:
+    """Give `src` the name `dst`, failing with FileExistsError rather than replacing anything there."""
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        raise
+    except OSError:  # a filesystem without hard links: check, then rename
+        if dst.exists():
+            raise FileExistsError(dst) from None
+        os.replace(src, dst)
+
+
+def publish(tmp: Path, folder: Path, stem: str, suffix: str, taken: callable = lambda stem: False) -> Path:
+    """Link a finished temporary file to the first free `<stem>[-n]<suffix>` in `folder`; never overwrites.
+    `taken(stem)` lets a caller skip stems whose companion files (sidecars) already exist."""
+    for n in range(1, 10_000):
+        candidate = stem if n == 1 else f"{stem}-{n}"
+        final = Path(folder) / f"{candidate}{suffix}"
+        if taken(candidate):
+            continue
+        try:
+            link_no_overwrite(tmp, final)
+            return final
+        except FileExistsError:
+            continue
+    raise LibraryError(f"No free file name for '{stem}' in {folder}.")
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Replace `path` atomically: readers see the old content or the new, never a mix or an empty file."""
+    path = Path(path)
+    tmp = temporary(path.parent, ".json")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, ensure_ascii=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise disk_error(err, path.parent) from None
+
+
+def read_json(path: Path) -> Any:
+    """The JSON at `path`; ValueError (with the reason) when it is unreadable or not JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{Path(path).name} could not be read: {err}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{Path(path).name} is not valid JSON: {err}") from None
+
+
+def set_aside(path: Path) -> Path | None:
+    """Rename a damaged saved file out of the way (kept, for the user to look at) so the studio can start."""
+    target = path.with_name(f"{path.name}{CORRUPT_SUFFIX}-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        os.replace(path, target)
+        return target
+    except OSError:
+        return None
+
+
+def free_mb(folder: Path) -> float:
+    return shutil.disk_usage(folder).free / MB
+
+
+def check_room(folder: Path, need_mb: float, what: str) -> None:
+    """Refuse before the work when `folder` cannot take `need_mb` (with some slack for the records)."""
+    folder = Path(folder)
+    probe = folder if folder.exists() else next((p for p in folder.parents if p.exists()), Path("/"))
+    free = free_mb(probe)
+    if free < need_mb + 1:
+        raise LibraryError(
+            f"The output folder is full: {free:.0f} MB free in {folder}, and {what} needs about {need_mb:.0f} MB. "
+            f"Free some space or choose another output folder."
+        )
+
+
+def check_writable(folder: Path) -> None:
+    """LibraryError unless `folder` is (or can be made) a folder this process can write into."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise LibraryError(f"The output folder '{folder}' is a file, not a folder.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = temporary(folder, ".probe")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise LibraryError(f"The output folder '{folder}' cannot be written: {err.strerror or err}.") from None
+
+
+def disk_error(err: OSError, folder: Path) -> UserError | OSError:
+    """A plain message for a full or read-only disk; other OS errors pass through unchanged."""
+    import errno
+
+    if err.errno == errno.ENOSPC:
+        return LibraryError(f"The output folder is full ({free_mb(folder):.0f} MB free in {folder}). Free some space.")
+    if err.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+        return LibraryError(f"The output folder '{folder}' cannot be written: {err.strerror}.")
+    return err
+
+
+def clean_temporaries(root: Path, older_than_s: float = 3600) -> int:
+    """Remove what crashed writes left behind, anywhere under `root` (films/, .jobs/, audio/ too); recent
+    ones may belong to a write still in progress."""
+    removed = 0
+    now = time.time()
+    for path in Path(root).rglob(f"{TMP_PREFIX}*"):
+        try:
+            if path.is_file() and now - path.stat().st_mtime > older_than_s:
+                path.unlink()
+                removed += 1
+        except OSError:
+            continue
+    return removed

@@ -1,0 +1,126 @@
+"""`Library`: the output folder behind one object. The studio's pages, its job workers and the CLI go
+through it for everything they keep: clips, the storyboard, films, audio, job records."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from PIL import Image
+
+from library import film
+from library.clips import Clip, ClipFiles, ClipOptions, find_clip, list_clips, move_to_trash, save_clip
+from library.files import LibraryError, check_writable, clean_temporaries, disk_error, publish, temporary
+from library.layout import AUDIO_DIR, FILMS_DIR, JOBS_DIR, STORYBOARD_FILE, TRASH_DIR, plain_name
+from library.media import last_frame
+from library.storyboard import Storyboard, StoryboardStore
+from pipelines.manager import GenerationResult
+
+AUDIO_SUFFIXES = (".mp3", ".wav", ".m4a", ".aac", ".ogg", ".opus", ".flac")
+MAX_AUDIO_MB = 200
+
+
+class Library:
+    def __init__(self, root: Path):
+        self.root = Path(root).expanduser().resolve()
+        self.storyboard = StoryboardStore(self.root / STORYBOARD_FILE)
+
+    @classmethod
+    def open(cls, root: Path) -> Library:
+        """The library at `root`, made if missing; LibraryError when it cannot be written. Leftovers of
+        crashed writes are removed and a damaged storyboard is set aside (see `warnings`)."""
+        check_writable(Path(root).expanduser())
+        library = cls(root)
+        clean_temporaries(library.root)
+        library.storyboard.load()
+        return library
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.root / JOBS_DIR
+
+    @property
+    def films_dir(self) -> Path:
+        return self.root / FILMS_DIR
+
+    @property
+    def audio_dir(self) -> Path:
+        return self.root / AUDIO_DIR
+
+    @property
+    def trash_dir(self) -> Path:
+        return self.root / TRASH_DIR
+
+    @property
+    def warnings(self) -> list[str]:
+        return [w for w in (self.storyboard.warning,) if w]
+
+    # ---- clips --------------------------------------------------------------------------------
+    def clips(self) -> list[Clip]:
+        """Newest first."""
+        return list_clips(self.root)
+
+    def clip(self, name: str) -> Clip:
+        found = find_clip(self.root, name)
+        if found is None:
+            raise LibraryError(f"'{name}' is not a clip of the library.")
+        return found
+
+    def save_clip(self, result: GenerationResult, options: ClipOptions = ClipOptions()) -> ClipFiles:  # noqa: B008
+        return save_clip(result, self.root, options)
+
+    def trash(self, name: str) -> Path:
+        """Move a clip to `<output>/trash/`; refused while the storyboard uses it."""
+        clip = self.clip(name)
+        used = [n for n, shot in enumerate(self.storyboard.load().shots, start=1) if shot.clip == clip.name]
+        if used:
+            raise LibraryError(f"This clip is shot {used[0]} of the storyboard: remove it there first.")
+        return move_to_trash(self.root, clip.name)
+
+    def last_frame(self, name: str) -> Image.Image:
+        return last_frame(self.clip(name).video)
+
+    # ---- audio for the storyboard ---------------------------------------------------------------
+    def keep_audio(self, upload: Path) -> str:
+        """Copy an uploaded audio file into `<output>/audio/` (uploads live in a cache that is cleared) and
+        return the name the storyboard uses for it. The same file uploaded again keeps its first copy."""
+        upload = Path(upload)
+        if upload.parent == self.audio_dir:
+            return upload.name
+        if upload.suffix.lower() not in AUDIO_SUFFIXES:
+            raise LibraryError(f"Audio must be one of {', '.join(AUDIO_SUFFIXES)}; got '{upload.name}'.")
+        if upload.stat().st_size > MAX_AUDIO_MB * 2**20:
+            raise LibraryError(f"Audio files over {MAX_AUDIO_MB} MB are refused.")
+        name = plain_name(upload.name) or f"audio{upload.suffix.lower()}"
+        existing = self.audio_dir / name
+        if existing.is_file() and existing.stat().st_size == upload.stat().st_size:
+            return name
+        try:
+            self.audio_dir.mkdir(parents=True, exist_ok=True)
+            tmp = temporary(self.audio_dir, upload.suffix)
+            shutil.copyfile(upload, tmp)
+            try:
+                return publish(tmp, self.audio_dir, Path(name).stem, Path(name).suffix).name
+            finally:
+                tmp.unlink(missing_ok=True)
+        except OSError as err:
+            raise disk_error(err, self.audio_dir) from None
+
+    def audio_path(self, name: str) -> Path:
+        return film.audio_path(self.root, name)
+
+    # ---- films --------------------------------------------------------------------------------
+    def film_duration(self, board: Storyboard) -> float:
+        return film.film_duration(board, self.root)
+
+    def check_film(self, board: Storyboard) -> None:
+        """StoryboardError for anything that would stop the export, before it is queued."""
+        film.film_duration(board, self.root)
+
+    def export_film(
+        self, board: Storyboard, on_progress: Callable[[float, str], None] | None = None, sign: bool = True,
+        cancel: threading.Event | None = None,
+    ) -> Path:  # fmt: skip
+        return film.export_film(board, self.root, on_progress=on_progress, sign=sign, cancel=cancel)

@@ -1,0 +1,24 @@
+"""The page's handlers: plain functions taking the `Studio` first, in small modules by tab, importable and
+tested without a server. `bind` turns one into a Gradio event handler; the Blocks layout (studio/ui.py)
+only wires them to widgets."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from studio.errors import shown_in_page
+
+if TYPE_CHECKING:
+    from studio.server import Studio
+
+
+def bind(handler: Callable, studio: Studio) -> Callable:
+    """`handler(studio, *values)` as a Gradio handler of `*values`: same parameters (the API's names and
+    defaults), same kind (plain, async, streaming), and every failure shown as a plain message."""
+    wrapped = shown_in_page(functools.partial(handler, studio))
+    wrapped.__name__ = handler.__name__
+    wrapped.__qualname__ = handler.__qualname__
+    wrapped.__doc__ = handler.__doc__
+    return wrapped

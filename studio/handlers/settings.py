@@ -1,0 +1,79 @@
+"""The Settings tab: save (a page action, not an API), and the forms' sizes and frames for the new model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipelines import attention
+from pipelines.catalogue import IMAGE_TO_VIDEO, TEXT_TO_VIDEO, UnknownModelError, get_spec
+from studio.handlers.generate import AUTO_SIZE
+from studio.settings import Settings, SettingsError, save_settings
+
+if TYPE_CHECKING:
+    from studio.server import Studio
+
+
+def save(
+    studio: Studio, model: str, profile: str, precision: str, output_dir: str, steps: Any, guidance: Any,
+    negative: str, watermark: bool = False, include_prompt: bool = False, attention_backend: str = attention.AUTO,
+    compile_blocks: bool = False, vae_precision: str = "float32", confirm_output_dir: bool = False,
+) -> tuple[str, str | None]:  # fmt: skip
+    """(status line, new model note or None). Nothing is saved when a value is refused; moving the output
+    folder needs `confirm_output_dir` (it takes effect at the next start, and that folder is then served)."""
+    try:
+        candidate = Settings(
+            model=model, memory_profile=profile, precision=precision, output_dir=(output_dir or "").strip(),
+            steps=optional_number(steps, "Default steps", whole=True),
+            guidance_scale=optional_number(guidance, "Default guidance"),
+            negative_prompt=negative or None, watermark=bool(watermark), include_prompt=bool(include_prompt),
+            attention=attention_backend or attention.AUTO, compile=bool(compile_blocks),
+            vae_precision=vae_precision or "float32",
+        )  # fmt: skip
+        candidate.validate()
+        candidate.speed.check(studio.manager.device)  # an attention backend this machine can run
+        moved = Path(candidate.output_dir).expanduser().resolve() != studio.output_dir
+        if moved and not confirm_output_dir:
+            raise SettingsError(
+                f"The output folder would change to '{candidate.output_dir}' (at the next start; its files are then "
+                f"served by the studio). Tick 'Use this output folder' to confirm."
+            )
+        path = save_settings(candidate)
+    except (SettingsError, attention.AttentionUnavailableError) as err:
+        return f"**Not saved:** {err}", None
+    studio.apply_settings(candidate)
+    spec = get_spec(candidate.model)
+    after = " The output folder changes at the next start." if moved else ""
+    return f"Saved to `{path}`.{after}", f"Model: **{spec.label}** — {spec.description}"
+
+
+def optional_number(value: Any, what: str, whole: bool = False) -> float | int | None:
+    """A settings field where empty means "the model's own"; SettingsError for anything but a number."""
+    if value is None or not str(value).strip():
+        return None
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        raise SettingsError(f"{what} must be a number, or empty for the model's own; got '{value}'.") from None
+    if whole:
+        if not number.is_integer():
+            raise SettingsError(f"{what} must be a whole number, or empty for the model's own; got '{value}'.")
+        return int(number)
+    return number
+
+
+def form_for_model(studio: Studio, model: str) -> dict[str, Any] | None:
+    """Sizes and frame limits of both forms for `model`; None when it is unknown (nothing changes)."""
+    try:
+        spec = get_spec(model)
+    except (UnknownModelError, TypeError):
+        return None
+    return {
+        "t2v_sizes": size_choices(spec.id, TEXT_TO_VIDEO), "i2v_sizes": size_choices(spec.id, IMAGE_TO_VIDEO),
+        "min_frames": spec.min_frames, "max_frames": spec.max_frames, "frames": spec.frames, "fps": spec.fps,
+    }  # fmt: skip
+
+
+def size_choices(spec_id: str, task: str) -> list[str]:
+    sizes = [f"{w}x{h}" for w, h in get_spec(spec_id).sizes]
+    return [AUTO_SIZE, *sizes] if task == IMAGE_TO_VIDEO else sizes
