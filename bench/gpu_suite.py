@@ -55,11 +55,11 @@ class SectionTimeout(Exception):
 class Suite:
     """Runs sections while the budget lasts and rewrites the JSON after each one."""
 
-    def __init__(self, path: Path | None, budget_s: float, meta: dict):
+    def __init__(self, path: Path | None, budget_s: float, meta: dict, device: torch.device):
         self.path = path
         self.deadline = time.monotonic() + budget_s
         self.results: dict = {"meta": meta, "sections": {}, "complete": False}
-        self.cuda = torch.cuda.is_available()
+        self.cuda = device.type == "cuda"  # --tiny runs on the CPU even where there is a GPU
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -116,7 +116,7 @@ class Suite:
 
 
 def sync() -> None:
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.synchronize()
 
 
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_cores": os.cpu_count(), "torch": torch.__version__, "diffusers": diffusers.__version__,
         "budget_s": args.budget_s, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }  # fmt: skip
-    suite = Suite(args.json, args.budget_s, meta)
+    suite = Suite(args.json, args.budget_s, meta, device)
     state: dict = {}  # what sections hand on: the pipeline, the manager, latents, figures
 
     def env(r: dict) -> None:
@@ -420,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         result = chooser.generate(request)
         sync()
         need = estimate_need(spec, PROFILES[profile], width, height, frames)
+        chooser.unload()
         uncapped = suite.results["sections"].get("overhead", {}).get("stages", {}).get("step_s_mean")
         step = result.timings["step_s_mean"]
         r.update(
@@ -448,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
                 "estimated_vram_gb": round(estimate_need(spec, PROFILES[name], width, height, frames).vram_gb, 2)
             }
             try:
+                manager.requested_profile = name
+                manager.profile_for(short)  # what a user with this card would be told, before anything moves
                 manager.adopt(spec, short.task, pipe, name, revision="random-weights")
                 torch.cuda.reset_peak_memory_stats()
                 t0 = time.perf_counter()
@@ -458,6 +461,9 @@ def main(argv: list[str] | None = None) -> int:
             entry["measured_peak_allocated_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
             r[name] = entry
             manager.unload()
+            if name != "group_offload":  # the pipeline outlives the manager here: give the next profile a clean card
+                pipe.to("cpu")
+            torch.cuda.empty_cache()
             suite.save()
 
     tiny = spec.is_test

@@ -102,7 +102,7 @@ class PipelineManager:
         self,
         profile: str = AUTO,
         offline: bool = False,
-        memory_probe: Callable[[], MemoryBudget] = probe_memory,
+        memory_probe: Callable[[torch.device], MemoryBudget] = probe_memory,
         cache_dir: Path | None = None,
         device: str | None = None,
         speed: SpeedOptions | None = None,
@@ -206,8 +206,17 @@ class PipelineManager:
         profile = self.profile_for(request)
         self.speed.check(self.device)
         # 2. The model, loaded or switched, with the speed options applied
-        loaded = self._ensure_loaded(request.spec, request.task, profile, report)
-        self._apply_speed(loaded)
+        try:
+            loaded = self._ensure_loaded(request.spec, request.task, profile, report)
+            self._apply_speed(loaded)
+        except torch.OutOfMemoryError:
+            loaded = None
+        if loaded is None:  # outside the handler, so the half-placed model's memory can really go
+            self._unload_locked()
+            raise OutOfMemoryError(
+                f"Out of GPU memory while loading {request.spec.name} with the '{profile.name}' memory profile. "
+                f"Memory was freed: try a leaner memory profile, or close other programs using the GPU."
+            )
         timings["load_s"] = time.perf_counter() - started
         if cancel.is_set():
             raise GenerationCancelled()
@@ -347,12 +356,8 @@ class PipelineManager:
     # ---- loading -----------------------------------------------------------------------------
     def profile_for(self, request: ValidRequest) -> Profile:
         """The profile this request would run with now; DoesNotFitError (before any work) if none fits. Memory
-        held by our own model counts as free."""
-        budget = self.memory_probe()
-        loaded = self._loaded
-        if loaded is not None and loaded.spec.id == request.spec.id and budget.device == "cuda":
-            current = estimate_need(loaded.spec, loaded.profile, *loaded.spec.default_size, loaded.spec.frames)
-            budget = MemoryBudget(budget.vram_gb + current.vram_gb, budget.ram_gb + current.ram_gb, budget.device)
+        this process holds (its resident model) counts as free: it is either reused or released first."""
+        budget = self.memory_probe(self.device)
         return choose_profile(
             request.spec, request.width, request.height, request.frames, budget, self.requested_profile
         )
@@ -478,17 +483,34 @@ def _place(pipe, profile: Profile, device: torch.device, prepare_modules: bool) 
             if isinstance(module, torch.nn.Module):
                 module.to("cpu" if name == "text_encoder" else device)
     elif profile.placement == "model_offload":
+        if _takes_image(pipe):
+            # The VAE encodes image-to-video's picture before denoising: in the pipeline's own order (VAE last)
+            # no transformer sends it back and it would sit on the GPU through every step. Text-to-video keeps
+            # the pipeline's order (there the text encoder must be the transformer's predecessor). Our decode
+            # runs after the pipeline has offloaded everything, so the VAE's place costs nothing there.
+            pipe.model_cpu_offload_seq = "text_encoder->image_encoder->vae->transformer->transformer_2"
         pipe.enable_model_cpu_offload(device=device)
     elif profile.placement == "group_offload" and prepare_modules:
-        pipe.enable_group_offload(
-            onload_device=device,
-            offload_device=torch.device("cpu"),
-            offload_type="block_level",
-            num_blocks_per_group=1,
-            use_stream=device.type == "cuda",
-            exclude_modules=["vae"],
-        )
+        # The transformers stream through the GPU a block at a time. The text encoder runs on the CPU as in
+        # gpu_text_cpu (block-level offload would move UMT5's one encoder stack, 11.4 GB, in a single group),
+        # and the VAE stays on the GPU; neither carries offload hooks, so reusing them in another model works.
+        from diffusers.hooks import apply_group_offloading
+
+        for name, module in pipe.components.items():
+            if not isinstance(module, torch.nn.Module) or name in ("vae", "text_encoder"):
+                continue
+            apply_group_offloading(
+                module, onload_device=device, offload_device=torch.device("cpu"), offload_type="block_level",
+                num_blocks_per_group=1, use_stream=device.type == "cuda",
+            )  # fmt: skip
+        pipe.text_encoder.to("cpu")
         pipe.vae.to(device)
+
+
+def _takes_image(pipe) -> bool:
+    from diffusers import WanImageToVideoPipeline
+
+    return isinstance(pipe, WanImageToVideoPipeline)
 
 
 def _rest(pipe) -> None:

@@ -77,17 +77,19 @@ class DoesNotFitError(UserError, RuntimeError):
     pass
 
 
-def probe_memory() -> MemoryBudget:
-    """What this process can use right now."""
+def probe_memory(device: torch.device | str | None = None) -> MemoryBudget:
+    """What this process could use on `device` (default: the current GPU) if it dropped its own model: free
+    memory plus everything its own allocator holds. The profile chooser counts the chosen profile's resident
+    weights in its need, so a model already loaded is neither counted twice nor credited by estimate."""
     ram = _available_ram_gb()
-    if torch.cuda.is_available():
-        free, _total = torch.cuda.mem_get_info()
-        # Memory our own caching allocator holds but does not use is free for us too.
-        reserved_unused = torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+    if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):
+        device = torch.device(device or "cuda")
+        free, _total = torch.cuda.mem_get_info(device)
+        ours = torch.cuda.memory_reserved(device)  # allocated or cached by this process: all ours to reuse
         fraction_cap = _fraction_cap_gb()
-        vram = (free + reserved_unused) / 2**30
+        vram = (free + ours) / 2**30
         if fraction_cap is not None:
-            vram = min(vram, fraction_cap - torch.cuda.memory_allocated() / 2**30)
+            vram = min(vram, fraction_cap)
         return MemoryBudget(vram_gb=vram, ram_gb=ram, device="cuda")
     return MemoryBudget(vram_gb=0.0, ram_gb=ram, device="cpu")
 

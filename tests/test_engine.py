@@ -156,7 +156,7 @@ def test_out_of_memory_is_caught_freed_and_the_next_run_works(manager, monkeypat
 
 
 def test_a_request_that_cannot_fit_fails_before_loading():
-    tight = PipelineManager(offline=True, memory_probe=lambda: MemoryBudget(vram_gb=0.0, ram_gb=0.01, device="cpu"))
+    tight = PipelineManager(offline=True, memory_probe=lambda device: MemoryBudget(0.0, 0.01, "cpu"))
     with pytest.raises(DoesNotFitError) as info:
         tight.generate(valid())
     assert "GB of RAM" in str(info.value) and "Try a smaller size, fewer frames" in str(info.value)

@@ -113,7 +113,7 @@ def _fail_at_step(pipe, step: int, error: Exception):
 def test_every_exit_path_leaves_model_offload_at_rest(offload_on_cpu, exit_path):
     onloaded, most = offload_on_cpu
     budget = MemoryBudget(vram_gb=8.0, ram_gb=16.0, device="cpu")  # the test model fits any profile
-    manager = PipelineManager(offline=True, device="cpu", memory_probe=lambda: budget)
+    manager = PipelineManager(offline=True, device="cpu", memory_probe=lambda device: budget)
     manager.generate(valid(steps=2))
     assert manager.loaded[2] == "cpu" and manager.pipeline._all_hooks  # the offload hooks are in place
     assert not onloaded
@@ -222,3 +222,74 @@ def test_step_timings_count_each_stage_once(monkeypatch):
 
     again = manager.generate(valid(prompt="a blue dog on the sea", steps=4, seed=5)).timings
     assert again["encode_s"] == 0.0  # the same prompts again (another seed): the text encoder does not run
+
+
+def picture() -> np.ndarray:
+    y, x = np.mgrid[0:64, 0:96]
+    return np.stack([x * 2, y * 3, np.full_like(x, 128)], axis=-1).astype(np.uint8)
+
+
+def test_image_to_video_under_model_offload_holds_one_model_at_a_time(offload_on_cpu):
+    """The picture's VAE encode comes before denoising: the VAE must leave before the transformer runs."""
+    onloaded, most = offload_on_cpu
+    budget = MemoryBudget(vram_gb=8.0, ram_gb=16.0, device="cpu")
+    manager = PipelineManager(offline=True, device="cpu", memory_probe=lambda device: budget)
+    manager.generate(valid(steps=2))
+    most[0] = 0
+    manager.generate(valid(steps=2, image=picture(), prompt="image to video, a new prompt"))
+    assert most[0] == 1 and not onloaded
+
+
+def test_a_resident_model_is_counted_as_what_it_holds_not_by_its_estimate(monkeypatch):
+    """A 16 GB card holding TI2V-5B in gpu_text_cpu (12.8 GB of weights): the next 720P request must be
+    planned as on an empty 16 GB card (offload), not with the resident profile's estimate added back."""
+    from pipelines import memory
+    from pipelines.catalogue import CATALOGUE, DEFAULT_MODEL
+
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(3.2 * gib), 16 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: int(12.8 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: int(12.8 * gib))
+    monkeypatch.setattr(memory, "_available_ram_gb", lambda: 64.0)
+    budget = memory.probe_memory("cuda")
+    assert budget.vram_gb == pytest.approx(16.0)
+    manager = PipelineManager(offline=True, device="cpu", memory_probe=lambda device: budget)
+    five_b = CATALOGUE[DEFAULT_MODEL]
+    request = validate_request(GenerationRequest(prompt="x", model=five_b.id, seed=1), default_model=five_b.id)
+    empty_card = memory.choose_profile(five_b, 1280, 704, 121, memory.MemoryBudget(16.0, 64.0, "cuda"))
+    assert manager.profile_for(request) == empty_card and empty_card.name == "offload"
+
+
+def test_out_of_memory_while_placing_the_model_is_a_clear_message_and_frees_it(monkeypatch):
+    from pipelines import manager as manager_module
+
+    manager = PipelineManager(offline=True)
+    real_place = manager_module._place
+    monkeypatch.setattr(
+        manager_module, "_place", lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError("CUDA out of memory"))
+    )
+    with pytest.raises(OutOfMemoryError, match="Out of GPU memory while loading .* Memory was freed"):
+        manager.generate(valid())
+    assert manager.loaded is None and not manager.busy
+    monkeypatch.setattr(manager_module, "_place", real_place)
+    assert manager.generate(valid()).frames.shape == (9, 64, 96, 3)
+
+
+def test_group_offload_streams_the_transformer_and_keeps_the_text_encoder_off_the_gpu(monkeypatch):
+    from diffusers.hooks import HookRegistry
+
+    monkeypatch.setitem(memory.PROFILES, "cpu", replace(memory.PROFILES["group_offload"], name="cpu"))
+    budget = MemoryBudget(vram_gb=8.0, ram_gb=16.0, device="cpu")
+    manager = PipelineManager(offline=True, device="cpu", memory_probe=lambda device: budget)
+    assert manager.generate(valid(steps=2)).frames.shape == (9, 64, 96, 3)
+    pipe = manager.pipeline
+
+    def hooks(module) -> set[str]:
+        registry = getattr(module, "_diffusers_hook", None)
+        return set(registry.hooks) if isinstance(registry, HookRegistry) else set()
+
+    assert any("group_offloading" in name for m in pipe.transformer.modules() for name in hooks(m))
+    # no offload hooks on the text encoder (it computes on the CPU) or the VAE: another model can reuse them
+    assert not any(hooks(m) for m in pipe.text_encoder.modules()) and not any(hooks(m) for m in pipe.vae.modules())
+    assert manager.generate(valid(steps=2, prompt="a new prompt")).frames.shape == (9, 64, 96, 3)
