@@ -44,7 +44,11 @@ def load_image(source: ImageInput) -> Image.Image:
         )
         try:
             image = Image.open(io.BytesIO(data))
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        except Image.DecompressionBombError:  # PIL refuses headers far past its own limit before we see a size
+            raise ImageError(
+                f"The image has far more than {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels, the limit. Resize it first."
+            ) from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             raise unreadable from err
         _check_pixels(image.size)  # before decoding, so a decompression bomb never expands
         try:

@@ -11,6 +11,7 @@ import gradio as gr
 from pipelines.catalogue import ModelSpec
 from studio.handlers.settings import size_choices
 from studio.settings import Settings
+from studio.widgets import Number, Slider
 
 EXAMPLE_PROMPTS = [
     "A red fox trots through fresh snow at sunrise, breath steaming, low tracking shot",
@@ -73,18 +74,18 @@ def build_form(
             )
             with gr.Row():
                 size = gr.Dropdown(sizes, value=sizes[0], label="Size", allow_custom_value=True)
-                frames = gr.Slider(
+                frames = Slider(
                     spec.min_frames, spec.max_frames, value=spec.frames, step=spec.frame_step,
                     label=f"Frames ({spec.fps} fps)",
                 )  # fmt: skip
             with gr.Row():
-                steps = gr.Slider(
+                steps = Slider(
                     1, 100, value=settings.steps or spec.steps, step=1, label="Steps", elem_id=f"{task}-steps"
                 )
-                guidance = gr.Slider(
+                guidance = Slider(
                     0, 20, value=settings.guidance_scale or spec.guidance_scale, step=0.5, label="Guidance"
                 )
-                seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
+                seed = Number(value=-1, precision=0, label="Seed (-1 = random)")
             with gr.Row():
                 go = gr.Button("Generate", variant="primary", elem_id=f"{task}-generate")
                 cancel = gr.Button("Cancel", variant="stop", elem_id=f"{task}-cancel")

@@ -19,6 +19,7 @@ from studio.settings import Settings, config_dir, load_settings
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 AUTH_ENV = "WAN_STUDIO_AUTH"
+MAX_UPLOAD = "250mb"  # pictures are checked against 50 MB by the engine, audio against 200 MB by the library
 
 
 class Studio:
@@ -149,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         blocked_paths=[str(studio.library.jobs_dir), str(config_dir())],
         theme=theme,
         footer_links=["api"],
+        max_file_size=MAX_UPLOAD,
         show_error=True,
         quiet=False,
     )

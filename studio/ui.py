@@ -24,6 +24,7 @@ from studio.handlers import storyboard as board
 from studio.handlers import verify as ver
 from studio.settings import PRECISIONS, model_choices
 from studio.storyboard_tab import build_storyboard_tab
+from studio.widgets import Picture, Upload
 
 if TYPE_CHECKING:
     from studio.server import Studio
@@ -57,8 +58,8 @@ def build_ui(studio: Studio) -> gr.Blocks:
             with gr.Tab("Image to video", id="i2v"):
 
                 def picture_widgets():
-                    image = gr.Image(
-                        label="Start picture (upload or paste)", type="pil", sources=["upload", "clipboard"],
+                    image = Picture(
+                        label="Start picture (upload or paste)", sources=["upload", "clipboard"],
                         value=str(ASSETS / "example-landscape.png"), elem_id="i2v-image",
                     )  # fmt: skip
                     with gr.Row():
@@ -159,7 +160,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
                     "Check any video or picture: does it carry valid Content Credentials, what do they declare, "
                     "was it changed after signing, and does it carry a Wan Studio watermark?"
                 )
-                v_file = gr.File(label="File to check", type="filepath", elem_id="verify-file")
+                v_file = Upload(label="File to check", elem_id="verify-file")
                 v_go = gr.Button("Verify", variant="primary", elem_id="verify-go")
                 v_report = gr.Markdown(elem_id="verify-report")
                 v_details = gr.JSON(label="Details")
