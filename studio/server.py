@@ -123,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         print(notice, flush=True)
 
     import gradio as gr
+    from starlette.middleware import Middleware
 
+    from studio.guard import Guard
     from studio.ui import build_ui
 
     try:
@@ -151,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         theme=theme,
         footer_links=["api"],
         max_file_size=MAX_UPLOAD,
+        app_kwargs={"middleware": [Middleware(Guard, output_dir=studio.output_dir, login=auth is not None)]},
         show_error=True,
         quiet=False,
     )

@@ -130,23 +130,83 @@ def test_a_client_that_disconnects_leaves_the_job_running(running):
     assert frames.shape[0] == 33
 
 
-def test_files_served_are_limited_to_outputs_and_assets(running, client):
+def test_files_served_are_clips_films_pictures_and_assets_only(running, client):
+    """Probed with files that exist (a missing file is refused anyway): the signing key, the settings, job
+    records and their stored pictures, sidecars, the storyboard; through a symlinked folder with capitals
+    (Gradio lower-cases paths before its blocked-folder check), another case, and percent-encoding."""
+    from urllib.parse import quote
+
+    from studio.settings import Settings, save_settings
+
     result = client.predict(prompt="served", steps=2, frames=5, api_name="/text_to_video")
     assert "Done" in result[1]
     clip = next(c for c in list_clips(running.output_dir) if c.settings["prompt"] == "served")
+    out = running.output_dir
 
-    def status(path: Path) -> int:
+    def status(path: Path | str, encode: bool = False) -> int:
+        spelled = quote(str(path), safe="") if encode else str(path)
         try:
-            return urllib.request.urlopen(f"{running.url}gradio_api/file={path}", timeout=10).status
+            return urllib.request.urlopen(f"{running.url}gradio_api/file={spelled}", timeout=10).status
         except urllib.error.HTTPError as err:
             return err.code
 
     assert status(clip.video) == 200
     assert status(Path(__file__).resolve().parents[1] / "assets" / "example-landscape.png") == 200
     assert status(Path("/etc/passwd")) in (403, 404)
-    assert status(running.home / "settings.json") in (403, 404)
-    job_record = next((running.output_dir / ".jobs").glob("*.json"))
-    assert status(job_record) in (403, 404)
+
+    import os
+
+    os.environ["WAN_STUDIO_HOME"] = str(running.home)  # the studio's own config folder, for the files below
+    try:
+        save_settings(Settings(model="test-tiny", output_dir=str(out)))
+    finally:
+        os.environ.pop("WAN_STUDIO_HOME")
+    keys = list((running.home / "keys").glob("*key*.pem"))
+    job_record = next((out / ".jobs").glob("*.json"))
+    stored_input = out / ".jobs" / "abcdef.input.png"
+    Image.new("RGB", (32, 32)).save(stored_input)
+    (out / "storyboard.json").write_text('{"shots": []}')
+    (out / "Records").symlink_to(out / ".jobs")  # a folder name with capitals, pointing at the records
+    linked = [out / "Records" / job_record.name, out / "Records" / stored_input.name]
+    sidecar = clip.video.with_suffix(".json")
+    secrets_ = [
+        *keys,
+        running.home / "settings.json",
+        job_record,
+        stored_input,
+        sidecar,
+        out / "storyboard.json",
+        *linked,
+    ]
+    assert keys and all(path.exists() for path in secrets_)
+    for path in secrets_:
+        assert status(path) in (401, 403, 404), path
+        assert status(path, encode=True) in (401, 403, 404), path
+    assert status(str(out / ".JOBS" / job_record.name)) in (403, 404)
+    assert status(clip.video, encode=True) == 200  # the same spelling works for what is served
+
+
+def test_anonymous_callers_see_the_login_page_and_nothing_else(tmp_path):
+    with studio(tmp_path, "--auth", "alice:correct-horse") as s:
+        ok = Client(s.url, verbose=False, auth=("alice", "correct-horse"))
+        clip = ok.predict(prompt="behind a login", steps=2, frames=5, api_name="/text_to_video")[2]
+        ok.close()
+
+        def get(path: str, data: bytes | None = None) -> tuple[int, str]:
+            request = urllib.request.Request(f"{s.url}{path}", data, {"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    return response.status, response.read().decode(errors="replace")
+            except urllib.error.HTTPError as err:
+                return err.code, ""
+
+        code, page = get("")
+        assert code == 200 and "window.gradio_api_info = {};" in page
+        assert "text_to_video" not in page and str(s.output_dir) not in page  # no API description, no paths
+        for path in ("gradio_api/info", "config", "gradio_api/openapi.json", f"gradio_api/file={clip}",
+                     "gradio_api/queue/status"):  # fmt: skip
+            assert get(path)[0] == 401, path
+        assert get("gradio_api/call/text_to_video", b'{"data": ["x"]}')[0] == 401
 
 
 def test_saved_settings_become_the_apis_defaults_and_saving_is_no_api(tmp_path):
