@@ -158,7 +158,12 @@ def write_clip(
     provenance_record: dict[str, Any] = {"signed": False}
     published: list[Path] = []
     try:
-        encode_mp4(frames, fps, tmp_video, comment=comment)
+        try:
+            encode_mp4(frames, fps, tmp_video, comment=comment)
+        except RuntimeError as err:  # ffmpeg reports a full disk in its own words
+            if "No space left" in str(err):
+                raise OSError(28, "No space left on device") from None
+            raise
         if sign is not None:
             try:
                 sign(tmp_video, tmp_signed)

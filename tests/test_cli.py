@@ -59,3 +59,13 @@ def test_an_attention_backend_this_machine_cannot_run_exits_2_with_the_reason(tm
     assert done.returncode == 2 and done.stdout == ""
     assert "error: The 'sage' attention backend needs a CUDA GPU" in done.stderr and "Traceback" not in done.stderr
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_generating(tmp_path):
+    a_file = tmp_path / "taken"
+    a_file.write_text("not a folder")
+    done = run_cli("--model", "test-tiny", "--prompt", "x", "--out-dir", str(a_file))
+    assert done.returncode == 2 and "is a file, not a folder" in done.stderr and "Traceback" not in done.stderr
+    assert "denoise" not in done.stderr  # refused before any generation
+    done = run_cli("--model", "test-tiny", "--prompt", "x", "--out-dir", str(a_file / "inside"))
+    assert done.returncode == 2 and "cannot be written" in done.stderr and "Traceback" not in done.stderr
