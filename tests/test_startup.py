@@ -1,0 +1,69 @@
+"""Start-up never stops on damaged saved state: it is set aside with a warning and the studio starts; an
+output folder it cannot write is refused with a sentence, not a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from gradio_client import Client
+
+from tests.server import ROOT, studio
+
+DAMAGED_STORYBOARDS = ['["a list, not a storyboard"]', '{"shots": [], "fps": "fast"}', "{not json", '{"shots": 7}']
+
+
+@pytest.mark.parametrize("storyboard", DAMAGED_STORYBOARDS, ids=["list", "fps-fast", "not-json", "shots-7"])
+def test_damaged_saved_state_is_set_aside_and_the_studio_starts(tmp_path, storyboard):
+    out, home = tmp_path / "outputs", tmp_path / "home"
+    (out / ".jobs").mkdir(parents=True)
+    home.mkdir()
+    (out / "storyboard.json").write_text(storyboard)
+    (out / ".jobs" / "broken.json").write_text('{"format": 2, "kind": "clip"}')
+    (home / "settings.json").write_text('["not", "settings"]')
+    with studio(tmp_path, home=home) as s:
+        log = s.log.read_text()
+        assert "warning: The saved storyboard could not be used" in log and "set aside" in log
+        assert "warning: A job record could not be read" in log
+        assert "The settings file" in log and "defaults are in effect" in log
+        assert "Traceback" not in log
+        c = Client(s.url, verbose=False)
+        assert "Done" in c.predict(prompt="after a rough start", steps=2, frames=5, api_name="/text_to_video")[1]
+        c.close()
+    assert not (out / "storyboard.json").exists() or json.loads((out / "storyboard.json").read_text())
+    kept = list(out.glob("storyboard.json.corrupt-*"))
+    assert len(kept) == 1 and kept[0].read_text() == storyboard  # kept for the user, not deleted
+
+
+def test_an_output_folder_that_cannot_be_written_stops_the_start_with_a_sentence(tmp_path):
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("a read-only mount needs root")
+    folder = tmp_path / "readonly"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)]).returncode != 0:
+        pytest.skip("tmpfs not available")
+    try:
+        env = dict(os.environ, WAN_STUDIO_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1")
+        done = subprocess.run(
+            [sys.executable, "app.py", "--model", "test-tiny", "--output-dir", str(folder), "--port", "0"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"error: The output folder '{folder}' cannot be written" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_leftovers_of_a_killed_export_are_cleaned_at_start(tmp_path):
+    films = tmp_path / "outputs" / "films"
+    films.mkdir(parents=True)
+    stale = films / ".partial-999-1-0.mp4"
+    stale.write_bytes(b"half a film")
+    os.utime(stale, (1, 1))
+    with studio(tmp_path):
+        pass
+    assert not stale.exists()
