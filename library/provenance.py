@@ -94,9 +94,12 @@ def _make_identity(folder: Path) -> None:
         .sign(ca_key, hashes.SHA256())
     )
     key = ec.generate_private_key(ec.SECP256R1())
+    fingerprint = hashlib.sha256(key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )).hexdigest()[:8]  # fmt: skip
     cert = (
         x509.CertificateBuilder(
-            subject_name=name(f"{APP_NAME} signer"),
+            subject_name=name(f"{APP_NAME} signer {fingerprint}"),  # tells one studio's clips from another's
             issuer_name=ca_name,
             public_key=key.public_key(),
             serial_number=x509.random_serial_number(),
@@ -180,15 +183,25 @@ class Verification:
     declared: dict = field(default_factory=dict)  # source type, model, app, prompt, ingredients
     problems: list[str] = field(default_factory=list)
 
+    signer: str | None = None  # the signing certificate's common name
+    damaged: bool = False  # a manifest is there but cannot be read
+
     def summary(self) -> str:
+        if self.damaged:
+            return "Damaged Content Credentials: the file carries a C2PA manifest that cannot be read."
         if not self.has_manifest:
             return "No Content Credentials: this file carries no C2PA manifest."
         if self.tampered:
             return "Changed after signing: the media no longer matches its signed manifest."
         if not self.valid:
             return "Invalid Content Credentials: " + "; ".join(self.problems)
-        who = "this studio's own key" if self.local_key else (self.issuer or "an unknown signer")
-        return f"Valid Content Credentials, signed by {who}."
+        if self.local_key:
+            return "Valid Content Credentials, signed by this studio's own key."
+        who = " ".join(part for part in (self.signer, f"({self.issuer})" if self.issuer else None) if part)
+        return (
+            f"Valid Content Credentials, signed by another key: {who or 'an unnamed signer'}, not this studio's. "
+            "Its certificate is self-issued, so who holds it cannot be confirmed."
+        )
 
 
 def verify_file(path: Path) -> Verification:
@@ -201,6 +214,8 @@ def verify_file(path: Path) -> Verification:
             report = json.loads(reader.json())
             state = reader.get_validation_state()
     except Exception as err:
+        if _carries_manifest(Path(path)):  # the manifest is there, but unreadable
+            return Verification(has_manifest=True, damaged=True, problems=[f"the manifest cannot be read ({err})"])
         if "ManifestNotFound" in type(err).__name__ or "no JUMBF" in str(err):
             return Verification(has_manifest=False)
         return Verification(has_manifest=False, problems=[f"{type(err).__name__}: {err}"])
@@ -215,10 +230,26 @@ def verify_file(path: Path) -> Verification:
         valid=state in ("Valid", "Trusted") and not failures,
         tampered=any("mismatch" in code for code in codes),
         issuer=signature.get("issuer"),
+        signer=signature.get("common_name"),
         local_key=_is_local(signature),
         declared=declared,
         problems=[f"{s.get('code')}: {s.get('explanation')}" for s in failures],
     )
+
+
+def _carries_manifest(path: Path, chunk: int = 1 << 20) -> bool:
+    """Whether the bytes hold a C2PA manifest store: a JUMBF box ('jumb') labelled 'c2pa' right after it."""
+    tail = b""
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            data = tail + block
+            start = 0
+            while (at := data.find(b"jumb", start)) >= 0:
+                if b"c2pa" in data[at : at + 64]:
+                    return True
+                start = at + 1
+            tail = data[-64:]
+    return False
 
 
 def _is_local(signature: dict) -> bool:

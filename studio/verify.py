@@ -43,6 +43,8 @@ def report(path: Path) -> tuple[str, dict]:
         "valid": check.valid,
         "tampered": check.tampered,
         "signed_here": check.local_key,
+        "damaged": check.damaged,
+        "signer": check.signer,
         "declared": declared,
         "problems": check.problems,
         "watermark": None if mark is None or mark.payload is None else f"{mark.payload:08x}",
@@ -51,7 +53,7 @@ def report(path: Path) -> tuple[str, dict]:
 
 
 def main(argv: list[str]) -> int:
-    """Exit 0: valid credentials; 1: changed or invalid; 2: no credentials or no such file."""
+    """Exit 0: valid credentials; 1: changed, damaged or invalid; 2: no credentials or no such file."""
     if len(argv) != 1:
         print("usage: python app.py verify FILE", file=sys.stderr)
         return 2

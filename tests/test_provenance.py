@@ -115,6 +115,35 @@ def test_verify_command(result, out_dir, tmp_path):
     assert none.stdout.startswith("No Content Credentials: this file carries no C2PA manifest.")
     changed = verify(flip_media_byte(signed, tmp_path / "changed.mp4"))
     assert changed.returncode == 1 and "Changed after signing" in changed.stdout
+    appended = tmp_path / "appended.mp4"
+    appended.write_bytes(signed.read_bytes() + b"\0" * 1024)
+    grown = verify(appended)
+    assert grown.returncode == 1 and "Changed after signing" in grown.stdout
+    data = bytearray(signed.read_bytes())
+    label = data.find(b"c2pa")
+    for k in range(label + 100, label + 140):  # inside the manifest store
+        data[k] ^= 0x55
+    damaged_file = tmp_path / "damaged.mp4"
+    damaged_file.write_bytes(bytes(data))
+    damaged = verify(damaged_file)
+    assert damaged.returncode == 1, damaged.stdout  # damaged is not "none" (exit 2)
+    assert damaged.stdout.startswith(
+        "Damaged Content Credentials: the file carries a C2PA manifest that cannot be read"
+    )
+
+
+def test_a_clip_signed_by_another_studio_is_not_called_ours(result, out_dir, tmp_path, monkeypatch):
+    other_home = tmp_path / "another-studio"
+    monkeypatch.setenv("WAN_STUDIO_HOME", str(other_home))
+    theirs = save_clip(result, out_dir).video  # made on "another machine": its own key
+    monkeypatch.undo()
+    check = provenance.verify_file(theirs)
+    assert check.valid and not check.local_key
+    assert check.summary().startswith("Valid Content Credentials, signed by another key: Wan Studio signer ")
+    assert (
+        "not this studio's" in check.summary()
+        and check.signer != provenance.verify_file(save_clip(result, out_dir).video).signer
+    )
 
 
 def landscape_pan(frames: int = 33) -> np.ndarray:
