@@ -103,6 +103,8 @@ def sidecar_for(result: GenerationResult) -> dict:
         "memory_profile": result.profile,
         "device": result.device,
         "timings": {k: round(v, 4) for k, v in result.timings.items()},
+        "loras_applied": result.loras,  # the request's and a fast preset's, as they ran
+        "fast_preset": result.fast,
         "versions": {
             "torch": torch.__version__,
             "diffusers": diffusers.__version__,
@@ -125,8 +127,9 @@ def save_clip(result: GenerationResult, out_dir: Path, options: ClipOptions = Cl
     sign = None
     if options.sign:
         claim = provenance.manifest(
-            title=f"{hint}.mp4", model=request.spec.id, prompt=request.prompt if options.include_prompt else None
-        )
+            title=f"{hint}.mp4", model=request.spec.id, prompt=request.prompt if options.include_prompt else None,
+            loras=result.loras,
+        )  # fmt: skip
 
         def sign(unsigned: Path, signed: Path) -> None:
             provenance.sign_file(unsigned, signed, claim)

@@ -38,6 +38,46 @@ class WeightSizes:
     vae_decode_gb: float  # untiled VAE decode working set at the default size and frame count
 
 
+def shifted(sigma: float, shift: float) -> float:
+    """The flow-matching time shift the Wan schedulers apply: more steps spent at high noise."""
+    return shift * sigma / (1 + (shift - 1) * sigma)
+
+
+@dataclass(frozen=True)
+class FastLora:
+    """A step-distillation LoRA of a fast preset: a file in a hub repository (or built here for a test model)."""
+
+    repo: str | None
+    file: str
+    experts: str = "both"  # "high", "low" or "both" (the A14B pair)
+
+
+@dataclass(frozen=True)
+class FastPreset:
+    """Published step-distilled weights for a model family, with the settings their authors prescribe."""
+
+    label: str
+    source: str  # where the ids and settings come from
+    sigmas: tuple[float, ...]  # noise level of each step (the timestep is 1000 x sigma); their count is the steps
+    stochastic: bool  # DMD sampling: each step predicts the clean video and re-noises it; else Euler steps
+    transformer_repo: str | None = None  # a distilled checkpoint: its transformer(s) replace the base model's
+    loras: tuple[FastLora, ...] = ()  # or step-distillation LoRAs on the base model
+    guidance_scale: float = 1.0  # distilled without CFG: one transformer call per step
+
+    @property
+    def steps(self) -> int:
+        return len(self.sigmas)
+
+
+# FastVideo's DMD sampling (fastvideo/configs/pipelines/wan.py, FastWan2_2_TI2V_5B_Config and
+# FastWan2_1_T2V_480P_Config: dmd_denoising_steps [1000, 757, 522]; fastvideo's DMD denoising stage).
+_DMD_3 = (1.0, 0.757, 0.522)
+# lightx2v's 4-step schedule for the Wan2.2-Lightning LoRAs: denoising_step_list [1000, 750, 500, 250] on the
+# shift-5 table, Euler steps between them (lightx2v Wan22StepDistillScheduler; ModelTC/Wan2.2-Lightning:
+# "4 steps without the need of CFG").
+_LIGHTNING_4 = tuple(shifted(s, 5.0) for s in (1.0, 0.75, 0.5, 0.25))
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     id: str
@@ -66,6 +106,9 @@ class ModelSpec:
     # Models with the same value here hold identical text encoder and VAE weights, so switching between
     # them keeps those loaded.
     shared_components: str = field(default="")
+    transformer_width: int = 0  # hidden size of the transformer blocks: what a LoRA must have been made for
+    family: str = ""  # what LoRAs and fast presets are made for, named for people ("Wan2.2 TI2V-5B")
+    fast: FastPreset | None = None  # the Fast mode of this model, when step-distilled weights are published
 
     @property
     def default_size(self) -> tuple[int, int]:
@@ -74,6 +117,11 @@ class ModelSpec:
     @property
     def label(self) -> str:
         return f"{self.name} [TEST MODEL, random weights]" if self.is_test else self.name
+
+    @property
+    def two_experts(self) -> bool:
+        """The A14B layout: a high-noise `transformer` and a low-noise `transformer_2`."""
+        return self.weights.experts == 2
 
     def supports(self, task: str) -> bool:
         return task in self.tasks
@@ -98,6 +146,16 @@ _TI2V_5B = ModelSpec(
     license="Apache-2.0",
     description="One 5B model for both tasks; 720P on a 24 GB card. The default.",
     shared_components="wan22-5b",
+    transformer_width=3072,
+    family="Wan2.2 TI2V-5B",
+    fast=FastPreset(
+        label="FastWan2.2-TI2V-5B (3 steps, DMD)",
+        source="huggingface.co/FastVideo/FastWan2.2-TI2V-5B-FullAttn-Diffusers: 3-step inference at 121x704x1280; "
+        "steps and sampling from FastVideo's FastWan2_2_TI2V_5B_Config",
+        sigmas=_DMD_3,
+        stochastic=True,
+        transformer_repo="FastVideo/FastWan2.2-TI2V-5B-FullAttn-Diffusers",
+    ),
 )
 
 _T2V_A14B = ModelSpec(
@@ -120,6 +178,27 @@ _T2V_A14B = ModelSpec(
     license="Apache-2.0",
     description="High-noise and low-noise 14B experts. Needs fp8 and offload on a 24 GB card.",
     shared_components="wan21-vae-umt5",
+    transformer_width=5120,
+    family="Wan2.2 A14B / Wan2.1 14B",
+    fast=FastPreset(
+        label="Wan2.2-Lightning (4 steps, LoRA pair)",
+        source="huggingface.co/lightx2v/Wan2.2-Lightning, Wan2.2-T2V-A14B-4steps-lora-rank64-Seko-V1.1 (ModelTC/"
+        "Wan2.2-Lightning README: 4 steps without CFG; schedule from lightx2v's Wan22StepDistillScheduler)",
+        sigmas=_LIGHTNING_4,
+        stochastic=False,
+        loras=(
+            FastLora(
+                "lightx2v/Wan2.2-Lightning",
+                "Wan2.2-T2V-A14B-4steps-lora-rank64-Seko-V1.1/high_noise_model.safetensors",
+                "high",
+            ),
+            FastLora(
+                "lightx2v/Wan2.2-Lightning",
+                "Wan2.2-T2V-A14B-4steps-lora-rank64-Seko-V1.1/low_noise_model.safetensors",
+                "low",
+            ),
+        ),  # fmt: skip
+    ),
 )
 
 _I2V_A14B = replace(
@@ -132,6 +211,25 @@ _I2V_A14B = replace(
     guidance_scale_2=3.5,
     flow_shift=5.0,
     description="Image-to-video with two 14B experts. Needs fp8 and offload on a 24 GB card.",
+    fast=FastPreset(
+        label="Wan2.2-Lightning (4 steps, LoRA pair)",
+        source="huggingface.co/lightx2v/Wan2.2-Lightning, Wan2.2-I2V-A14B-4steps-lora-rank64-Seko-V1 (ModelTC/"
+        "Wan2.2-Lightning README; schedule from lightx2v's Wan22StepDistillScheduler)",
+        sigmas=_LIGHTNING_4,
+        stochastic=False,
+        loras=(
+            FastLora(
+                "lightx2v/Wan2.2-Lightning",
+                "Wan2.2-I2V-A14B-4steps-lora-rank64-Seko-V1/high_noise_model.safetensors",
+                "high",
+            ),
+            FastLora(
+                "lightx2v/Wan2.2-Lightning",
+                "Wan2.2-I2V-A14B-4steps-lora-rank64-Seko-V1/low_noise_model.safetensors",
+                "low",
+            ),
+        ),  # fmt: skip
+    ),
 )
 
 _T2V_1_3B = ModelSpec(
@@ -153,10 +251,21 @@ _T2V_1_3B = ModelSpec(
     license="Apache-2.0",
     description="The light model for 8-12 GB cards.",
     shared_components="wan21-vae-umt5",
+    transformer_width=1536,
+    family="Wan2.1 1.3B",
+    fast=FastPreset(
+        label="FastWan2.1-T2V-1.3B (3 steps, DMD)",
+        source="huggingface.co/FastVideo/FastWan2.1-T2V-1.3B-Diffusers: 3-step inference; steps and sampling from "
+        "FastVideo's FastWan2_1_T2V_480P_Config",
+        sigmas=_DMD_3,
+        stochastic=True,
+        transformer_repo="FastVideo/FastWan2.1-T2V-1.3B-Diffusers",
+    ),
 )
 
 TEST_TINY = "test-tiny"
 TEST_TINY_WAN21 = "test-tiny-wan21"
+TEST_TINY_A14B = "test-tiny-a14b"
 
 _TEST_WEIGHTS = WeightSizes(
     transformer_gb=0.001, experts=1, text_encoder_gb=0.001, vae_gb=0.001, activations_gb=0.01, vae_decode_gb=0.01
@@ -181,6 +290,15 @@ _TEST_TI2V = ModelSpec(
     description="Random weights built on this machine (48-channel VAE, TI2V-5B layout). Output is noise.",
     negative_prompt="blurry, static",
     is_test=True,
+    transformer_width=24,
+    family="the tiny TI2V test layout",
+    fast=FastPreset(
+        label="test distilled checkpoint (3 steps, DMD)",
+        source="built on this machine (random weights), with FastWan's sampling",
+        sigmas=_DMD_3,
+        stochastic=True,
+        transformer_repo="test:test-tiny-fast",
+    ),
 )
 
 _TEST_WAN21 = replace(
@@ -192,10 +310,41 @@ _TEST_WAN21 = replace(
     flow_shift=3.0,
     size_multiple=16,
     description="Random weights built on this machine (16-channel VAE, Wan2.1 layout). Output is noise.",
+    transformer_width=24,
+    family="the tiny Wan2.1 test layout",
+    fast=FastPreset(
+        label="test distillation LoRA (4 steps)",
+        source="built on this machine (random weights), with Lightning's schedule",
+        sigmas=_LIGHTNING_4,
+        stochastic=False,
+        loras=(FastLora(None, "test-wan21-fast.safetensors"),),
+    ),
+)
+
+_TEST_A14B = replace(
+    _TEST_WAN21,
+    id=TEST_TINY_A14B,
+    name="Tiny Wan2.2 A14B layout (two experts)",
+    guidance_scale=3.0,
+    guidance_scale_2=4.0,
+    weights=replace(_TEST_WEIGHTS, experts=2),
+    description="Random weights built on this machine: high-noise and low-noise experts, 16-channel VAE.",
+    transformer_width=20,
+    family="the tiny A14B test layout",
+    fast=FastPreset(
+        label="test Lightning-like LoRA pair (4 steps)",
+        source="built on this machine (random weights), with Lightning's schedule",
+        sigmas=_LIGHTNING_4,
+        stochastic=False,
+        loras=(
+            FastLora(None, "test-a14b-fast-high.safetensors", "high"),
+            FastLora(None, "test-a14b-fast-low.safetensors", "low"),
+        ),  # fmt: skip
+    ),
 )
 
 CATALOGUE: dict[str, ModelSpec] = {
-    spec.id: spec for spec in (_TI2V_5B, _T2V_A14B, _I2V_A14B, _T2V_1_3B, _TEST_TI2V, _TEST_WAN21)
+    spec.id: spec for spec in (_TI2V_5B, _T2V_A14B, _I2V_A14B, _T2V_1_3B, _TEST_TI2V, _TEST_WAN21, _TEST_A14B)
 }
 DEFAULT_MODEL = _TI2V_5B.id
 
@@ -249,11 +398,19 @@ def spec_for_local_folder(path: Path) -> ModelSpec:
         base = _I2V_A14B if is_i2v else _T2V_A14B
     else:
         base = _T2V_1_3B
+    width = base.transformer_width
+    try:
+        transformer = json.loads((path / "transformer" / "config.json").read_text())
+        width = int(transformer["num_attention_heads"]) * int(transformer["attention_head_dim"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     return replace(
         base,
         id=str(path),
         repo=None,
         local_path=str(path),
+        transformer_width=width,
+        fast=None,  # published distilled weights fit the published models, not a folder of unknown weights
         name=f"Local model: {path.name}",
         description=f"A diffusers folder on this machine, read with {base.name}'s defaults.",
         license="see the folder",

@@ -27,17 +27,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines import attention
+from pipelines import attention, caching
 from pipelines.catalogue import IMAGE_TO_VIDEO, TASK_NAMES, ModelSpec
 from pipelines.decode import decode_latents, to_host, video_to_uint8
 from pipelines.errors import UserError
+from pipelines.loras import LoraSet, ResolvedLora, inspect_lora, sha256_of
 from pipelines.memory import AUTO, PROFILES, MemoryBudget, Profile, choose_profile, estimate_need, probe_memory
 from pipelines.preview import LatentToRGB, StepPreviewer, load_or_fit
 from pipelines.prompts import PromptEncoder
 from pipelines.request import ValidRequest
+from pipelines.samplers import scheduler_for
 from pipelines.speed import SpeedOptions, compile_blocks, uncompile_blocks
 from pipelines.testmodels import cache_root
-from pipelines.weights import ResolvedWeights, human_size, resolve_weights
+from pipelines.weights import FastWeights, ResolvedWeights, fetch_fast, human_size, resolve_weights
 
 
 @dataclass
@@ -64,6 +66,8 @@ class GenerationResult:
     profile: str
     device: str
     model_revision: str
+    loras: list[dict] = field(default_factory=list)  # every LoRA that ran: the request's and a fast preset's
+    fast: str | None = None  # the fast preset that ran, by name
 
 
 class GenerationCancelled(Exception):
@@ -89,6 +93,10 @@ class _Loaded:
     prompts: PromptEncoder
     attention: str | None = None  # the backend the transformers use now
     compiled: bool = False
+    variant: str = "base"  # "fast" when a fast preset's distilled transformer replaced the model's own
+    base_scheduler: object = None  # the model's own scheduler (fast runs swap in their preset's, per run)
+    loras: LoraSet = field(default_factory=LoraSet)
+    cache_key: tuple | None = None  # the step cache on the transformers now
 
 
 def _pipeline_class(task: str):
@@ -205,10 +213,14 @@ class PipelineManager:
         # 1. A memory profile that fits, or a refusal before any work
         profile = self.profile_for(request)
         self.speed.check(self.device)
-        # 2. The model, loaded or switched, with the speed options applied
+        # 2. The model, loaded or switched, with the speed options, LoRAs and step cache applied
+        fast = fetch_fast(request.spec, self.offline, lambda f, m: report(Progress("download", f, m))) \
+            if request.fast else None  # fmt: skip
         try:
-            loaded = self._ensure_loaded(request.spec, request.task, profile, report)
+            loaded = self._ensure_loaded(request.spec, request.task, profile, report, fast)
             self._apply_speed(loaded)
+            applied = self._apply_loras(loaded, request, fast, report)
+            self._apply_cache(loaded, request)
         except torch.OutOfMemoryError:
             loaded = None
         if loaded is None:  # outside the handler, so the half-placed model's memory can really go
@@ -243,8 +255,10 @@ class PipelineManager:
             )
         report(Progress("decode", 1.0, "Decoded"))
         timings["total_s"] = time.perf_counter() - started
-        return GenerationResult(request, frames, timings, loaded.profile.name, self._device_name(loaded),
-                                loaded.revision)  # fmt: skip
+        return GenerationResult(
+            request, frames, timings, loaded.profile.name, self._device_name(loaded), loaded.revision,
+            loras=[lora.record() for lora in applied], fast=request.spec.fast.label if request.fast else None,
+        )  # fmt: skip
 
     def _run(
         self, loaded: _Loaded, request: ValidRequest, report: ProgressCallback, cancel: threading.Event,
@@ -294,6 +308,8 @@ class PipelineManager:
             last_step_end[0] = time.perf_counter()
             return {}
 
+        preset = request.spec.fast if request.fast else None
+        pipe.scheduler = scheduler_for(request.spec, loaded.base_scheduler, preset, request.seed)
         kwargs = dict(
             prompt_embeds=prompt_embeds,
             negative_prompt_embeds=negative_embeds,
@@ -348,6 +364,34 @@ class PipelineManager:
                 compile_blocks(transformer, fullgraph) if self.speed.compile else uncompile_blocks(transformer)
             loaded.compiled = self.speed.compile
 
+    def _apply_loras(
+        self, loaded: _Loaded, request: ValidRequest, fast: FastWeights | None, report: ProgressCallback
+    ) -> tuple[ResolvedLora, ...]:
+        """The request's LoRAs and a fast preset's distillation LoRAs on the transformers; a set that ran last
+        time unchanged is fused into the weights (no per-step cost) where the weights can be restored exactly."""
+        chosen = list(request.loras)
+        for path, experts in fast.loras if fast is not None else ():
+            high, low = {"both": (True, True), "high": (True, False), "low": (False, True)}[experts]
+            two = getattr(loaded.pipe, "transformer_2", None) is not None
+            chosen.append(ResolvedLora(str(path), path.name, sha256_of(path), 1.0, high, low and two,
+                                       inspect_lora(path).layout))  # fmt: skip
+        chosen = tuple(chosen)
+        if chosen and chosen != () and loaded.loras.key != tuple((c.sha256, c.strength, c.high, c.low) for c in chosen):
+            names = ", ".join(lora.name for lora in chosen)
+            report(Progress("load", 0.95, f"Loading LoRAs: {names}"))
+        may_fuse = not loaded.profile.fp8 and loaded.profile.placement in ("gpu", "gpu_text_cpu", "cpu")
+        loaded.loras.apply(loaded.pipe, chosen, may_fuse)
+        return chosen
+
+    def _apply_cache(self, loaded: _Loaded, request: ValidRequest) -> None:
+        key = (request.cache, request.steps)
+        if loaded.cache_key == key:
+            return
+        config = None if request.cache.kind == "off" else caching.config_for(request.cache, request.steps,
+                                                                              request.spec.id)  # fmt: skip
+        caching.apply(_transformers(loaded.pipe), config)
+        loaded.cache_key = key
+
     def _device_name(self, loaded: _Loaded) -> str:
         if loaded.profile.placement == "cpu" or self.device.type != "cuda":
             return "cpu"
@@ -362,9 +406,17 @@ class PipelineManager:
             request.spec, request.width, request.height, request.frames, budget, self.requested_profile
         )
 
-    def _ensure_loaded(self, spec: ModelSpec, task: str, profile: Profile, report: ProgressCallback) -> _Loaded:
+    def _ensure_loaded(
+        self, spec: ModelSpec, task: str, profile: Profile, report: ProgressCallback,
+        fast: FastWeights | None = None,
+    ) -> _Loaded:  # fmt: skip
+        """The model for this run: what is loaded if it fits (switching task in place), else loaded from disk,
+        keeping the text encoder and VAE when the new model shares them. A fast preset's distilled checkpoint
+        is a variant of its model: only the transformer(s) change."""
+        variant = "fast" if fast is not None and fast.transformer is not None else "base"
         current = self._loaded
-        if current is not None and current.spec.id == spec.id and current.profile == profile:
+        same = current is not None and current.spec.id == spec.id and current.profile == profile
+        if same and current.variant == variant:
             if current.task != task:
                 report(Progress("load", 0.5, f"Switching to {TASK_NAMES[task]} (weights stay loaded)"))
                 current.pipe.remove_all_hooks()  # offload hooks are per pipeline object
@@ -374,7 +426,7 @@ class PipelineManager:
             return current
 
         reuse, prompts = {}, None
-        if (
+        if same or (
             current is not None
             and current.spec.shared_components
             and current.spec.shared_components == spec.shared_components
@@ -388,19 +440,24 @@ class PipelineManager:
         _free_memory()
 
         weights = self.download(spec, report)
-        report(Progress("load", 0.0, f"Loading {spec.label} ({profile.label})"))
-        pipe = self._from_pretrained(spec, task, weights.path, profile, reuse, report)
+        label = f"{spec.label}, fast" if variant == "fast" else spec.label
+        report(Progress("load", 0.0, f"Loading {label} ({profile.label})"))
+        transformers_from = fast.transformer if variant == "fast" else None
+        pipe = self._from_pretrained(spec, task, weights.path, profile, reuse, report, transformers_from)
         report(Progress("load", 0.9, "Fitting the live-preview colours"))
         previews = load_or_fit(pipe.vae, self.cache_dir / "previews", f"{spec.id}@{weights.revision}")
         _rest(pipe)  # under model offload the fit's encode left the VAE on the GPU
         report(Progress("load", 1.0, f"{spec.label} is ready"))
         prompts = prompts or PromptEncoder(pipe.tokenizer, pipe.text_encoder)
-        self._loaded = _Loaded(spec, task, pipe, profile, weights.revision, previews, prompts)
+        revision = weights.revision if variant == "base" else f"{weights.revision}+fast:{fast.transformer.name}"
+        self._loaded = _Loaded(spec, task, pipe, profile, revision, previews, prompts, variant=variant,
+                               base_scheduler=pipe.scheduler)  # fmt: skip
         return self._loaded
 
     def _from_pretrained(
-        self, spec: ModelSpec, task: str, path: Path, profile: Profile, reuse: dict, report: ProgressCallback
-    ):
+        self, spec: ModelSpec, task: str, path: Path, profile: Profile, reuse: dict, report: ProgressCallback,
+        transformers_from: Path | None = None,
+    ):  # fmt: skip
         from diffusers import UniPCMultistepScheduler
 
         on_gpu = profile.placement != "cpu"
@@ -410,7 +467,7 @@ class PipelineManager:
             else {"default": torch.float32}
         )
         cls = _pipeline_class(task)
-        heavy = _load_heavy_components(cls, path, dtype, reuse, report)
+        heavy = _load_heavy_components(cls, path, dtype, reuse, report, transformers_from)
         pipe = cls.from_pretrained(str(path), dtype=dtype, **reuse, **heavy)
         pipe.set_progress_bar_config(disable=True)  # callers draw their own from Progress reports
         self.loads += 1
@@ -423,17 +480,22 @@ class PipelineManager:
 HEAVY_COMPONENTS = ("text_encoder", "transformer", "transformer_2", "image_encoder", "vae")
 
 
-def _load_heavy_components(cls, path: Path, dtype: dict, reuse: dict, report: ProgressCallback) -> dict:
+def _load_heavy_components(
+    cls, path: Path, dtype: dict, reuse: dict, report: ProgressCallback, transformers_from: Path | None = None
+) -> dict:
     """The large modules, each through its own from_pretrained (as the pipeline would), so the caller sees the
     load advance by size: tens of GB take minutes from a slow disk. The pipeline then loads only the light rest.
-    """
+    `transformers_from`: a distilled checkpoint whose transformer(s) replace the model's own."""
     index = json.loads((path / "model_index.json").read_text())
     accepted = inspect.signature(cls.__init__).parameters
     names = [
         name for name in HEAVY_COMPONENTS
         if name in accepted and name not in reuse and (index.get(name) or [None])[0] is not None
     ]  # fmt: skip
-    sizes = {name: sum(f.stat().st_size for f in (path / name).rglob("*") if f.is_file()) for name in names}
+    folders = {name: path / name for name in names}
+    if transformers_from is not None:
+        folders.update({n: transformers_from / n for n in ("transformer", "transformer_2") if n in folders})
+    sizes = {name: sum(f.stat().st_size for f in folders[name].rglob("*") if f.is_file()) for name in names}
     total = sum(sizes.values()) or 1
     done = 0
     loaded = {}
@@ -442,7 +504,7 @@ def _load_heavy_components(cls, path: Path, dtype: dict, reuse: dict, report: Pr
         module_cls = getattr(importlib.import_module(library), class_name)
         what = name.replace("_", " ").replace("transformer 2", "second transformer")
         report(Progress("load", 0.9 * done / total, f"Loading the {what} ({human_size(sizes[name])})"))
-        loaded[name] = module_cls.from_pretrained(str(path / name), dtype=dtype.get(name, dtype["default"]))
+        loaded[name] = module_cls.from_pretrained(str(folders[name]), dtype=dtype.get(name, dtype["default"]))
         done += sizes[name]
     return loaded
 

@@ -81,7 +81,7 @@ def probe_memory(device: torch.device | str | None = None) -> MemoryBudget:
     """What this process could use on `device` (default: the current GPU) if it dropped its own model: free
     memory plus everything its own allocator holds. The profile chooser counts the chosen profile's resident
     weights in its need, so a model already loaded is neither counted twice nor credited by estimate."""
-    ram = _available_ram_gb()
+    ram = available_ram_gb()
     if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):
         device = torch.device(device or "cuda")
         free, _total = torch.cuda.mem_get_info(device)
@@ -101,7 +101,7 @@ def _fraction_cap_gb() -> float | None:
     return float(cap) if cap else None
 
 
-def _available_ram_gb() -> float:
+def available_ram_gb() -> float:
     try:
         import psutil
 

@@ -12,9 +12,13 @@ from typing import Any
 
 from PIL import Image
 
+from pipelines import caching
+from pipelines import loras as lora_files
+from pipelines.caching import CacheChoice, CacheError
 from pipelines.catalogue import IMAGE_TO_VIDEO, TASK_NAMES, TEXT_TO_VIDEO, ModelSpec, UnknownModelError, get_spec
 from pipelines.errors import UserError
 from pipelines.images import ImageError, ImageInput, closest_size, fit_image, load_image
+from pipelines.loras import LoraChoice, LoraError, ResolvedLora
 
 MAX_PROMPT_CHARS = 2000  # UMT5 reads 512 tokens; longer prompts would be cut silently
 MAX_STEPS = 100
@@ -38,6 +42,10 @@ class GenerationRequest:
     guidance_scale_2: float | None = None
     seed: int | None = None  # None or -1: a random seed, reported back
     image: ImageInput | None = field(default=None, repr=False)
+    loras: list[LoraChoice | dict] | None = None  # files (paths), strengths, experts
+    fast: bool = False  # the model's step-distilled preset, with the settings its authors prescribe
+    cache: str | dict | None = None  # step cache: "off", "first-block", "taylorseer", "magcache" (or its record)
+    cache_threshold: float | None = None
 
 
 @dataclass(frozen=True)
@@ -57,22 +65,28 @@ class ValidRequest:
     guidance_scale_2: float | None
     seed: int
     image: Image.Image | None = field(default=None, repr=False, compare=False)
+    loras: tuple[ResolvedLora, ...] = ()
+    fast: bool = False
+    cache: CacheChoice = CacheChoice()
 
     @property
     def duration_s(self) -> float:
         return self.frames / self.fps
 
     def settings(self) -> dict[str, Any]:
-        """The settings that reproduce this clip (with the same input image), as stored in the sidecar."""
+        """The settings that reproduce this clip (with the same input image), as stored in the sidecar: each
+        LoRA by file name, SHA-256, strength and expert(s)."""
         data = asdict(self)
-        data.pop("spec")
-        data.pop("image")
+        for name in ("spec", "image", "loras", "cache"):
+            data.pop(name)
         data["model"] = self.spec.id
+        data["loras"] = [lora.record() for lora in self.loras]
+        data["cache"] = self.cache.record()
         return data
 
     def to_record(self) -> dict[str, Any]:
         """Plain data that `from_record` turns back into this very request (the picture is kept apart)."""
-        return self.settings()
+        return dict(self.settings(), loras=[asdict(lora) for lora in self.loras])
 
     @classmethod
     def from_record(cls, data: dict[str, Any], image: Image.Image | None = None) -> ValidRequest:
@@ -82,7 +96,11 @@ class ValidRequest:
             "task", "prompt", "negative_prompt", "width", "height", "frames", "fps", "steps", "guidance_scale",
             "guidance_scale_2", "seed",
         )}  # fmt: skip
-        return cls(spec=get_spec(data["model"]), image=image, **fields_)
+        return cls(
+            spec=get_spec(data["model"]), image=image, **fields_,
+            loras=tuple(ResolvedLora(**lora) for lora in data.get("loras", [])), fast=bool(data.get("fast", False)),
+            cache=CacheChoice(**data["cache"]) if data.get("cache") else CacheChoice(),
+        )  # fmt: skip
 
 
 class RequestError(UserError, ValueError):
@@ -143,6 +161,26 @@ def validate_request(request: GenerationRequest, default_model: str) -> ValidReq
     elif request.guidance_scale_2 is not None:
         problems["guidance_scale_2"] = f"{spec.name} has one expert; the second guidance scale is for the A14B models."
     seed = _resolve_seed(request.seed, problems)
+    fast = bool(request.fast)
+    if fast:
+        if spec.fast is None:
+            problems["fast"] = f"{spec.name} has no fast mode: no step-distilled weights are published for it."
+        else:  # the preset's own settings: the wrong ones give slow motion or broken frames
+            steps, guidance = spec.fast.steps, spec.fast.guidance_scale
+            guidance_2 = spec.fast.guidance_scale if spec.guidance_scale_2 is not None else None
+    chosen_loras: tuple[ResolvedLora, ...] = ()
+    try:
+        chosen_loras = lora_files.resolve([_lora_choice(item) for item in request.loras or []], spec)
+    except (LoraError, TypeError, ValueError) as err:
+        problems["loras"] = str(err) if isinstance(err, LoraError) else f"A LoRA entry is not understood: {err}"
+    cache = CacheChoice()
+    try:
+        kind, threshold = request.cache, request.cache_threshold
+        if isinstance(kind, dict):
+            kind, threshold = kind.get("kind"), kind.get("threshold", threshold)
+        cache = caching.check(kind, threshold, spec.id)
+    except CacheError as err:
+        problems["cache"] = str(err)
 
     if problems:
         raise RequestError(problems)
@@ -151,8 +189,18 @@ def validate_request(request: GenerationRequest, default_model: str) -> ValidReq
     return ValidRequest(
         spec=spec, task=task, prompt=prompt, negative_prompt=negative, width=width, height=height,
         frames=frames, fps=spec.fps, steps=steps, guidance_scale=guidance, guidance_scale_2=guidance_2,
-        seed=seed, image=image,
+        seed=seed, image=image, loras=chosen_loras, fast=fast, cache=cache,
     )  # fmt: skip
+
+
+def _lora_choice(item: LoraChoice | dict) -> LoraChoice:
+    """A LoraChoice from itself or from a record ({"file", "strength", "experts"} or {"high", "low"})."""
+    if isinstance(item, LoraChoice):
+        return item
+    if not isinstance(item, dict) or not isinstance(item.get("file"), str):
+        raise ValueError("each LoRA needs a 'file'")
+    high, low = lora_files.EXPERTS.get(item.get("experts", "both"), (item.get("high", True), item.get("low", True)))
+    return LoraChoice(item["file"], item.get("strength", 1.0), item.get("high", high), item.get("low", low))
 
 
 def _catalogue_models_for(task: str) -> list[ModelSpec]:

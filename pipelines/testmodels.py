@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from pipelines.catalogue import TEST_TINY, TEST_TINY_WAN21
+from pipelines.catalogue import TEST_TINY, TEST_TINY_A14B, TEST_TINY_WAN21
 
 # Bump when the layout below changes so cached folders are rebuilt.
 BUILD_VERSION = 1
@@ -76,11 +76,11 @@ def _scheduler(flow_shift: float):
     return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=flow_shift)
 
 
-def _transformer(channels: int):
+def _transformer(channels: int, heads: int = 2, head_dim: int = 12):
     from diffusers import WanTransformer3DModel
 
     return WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=channels,
+        patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=head_dim, in_channels=channels,
         out_channels=channels, text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
         qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
     )  # fmt: skip
@@ -135,7 +135,30 @@ def build_wan21(folder: Path) -> None:
     _save(pipe, folder, TEST_TINY_WAN21)
 
 
-_BUILDERS = {TEST_TINY: build_ti2v, TEST_TINY_WAN21: build_wan21}
+def build_a14b(folder: Path) -> None:
+    """Wan2.2 A14B layout: a high-noise and a low-noise expert with the boundary at 0.875, Wan2.1 VAE. Its
+    blocks are 20 wide (not the other test models' 24), so a LoRA for one test layout does not fit the other."""
+    from diffusers import AutoencoderKLWan, WanPipeline
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
+        latents_mean=[0.0] * 16, latents_std=[1.0] * 16,
+    )  # fmt: skip
+    tokenizer = _tokenizer()
+    pipe = WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=_text_encoder(len(tokenizer)),
+        vae=vae.eval(),
+        scheduler=_scheduler(3.0),
+        transformer=_transformer(16, heads=2, head_dim=10),
+        transformer_2=_transformer(16, heads=2, head_dim=10),
+        boundary_ratio=0.875,
+    )
+    _save(pipe, folder, TEST_TINY_A14B)
+
+
+_BUILDERS = {TEST_TINY: build_ti2v, TEST_TINY_WAN21: build_wan21, TEST_TINY_A14B: build_a14b}
 
 
 # ---- Full-size architectures with random weights, for speed and memory benchmarks on a GPU ----------------
@@ -247,3 +270,82 @@ def build_full_size_random(model_id: str, folder: Path, flow_shift: float) -> Pa
     folder.mkdir(parents=True, exist_ok=True)
     _save(pipe, folder, model_id)
     return folder
+
+
+# ---- LoRAs and fast presets for the test models -------------------------------------------------------
+LORA_LAYERS = {  # diffusers name -> (Wan/ComfyUI name, Kohya name) of every linear layer a Wan LoRA targets
+    "attn1.to_q": ("self_attn.q", "self_attn_q"), "attn1.to_k": ("self_attn.k", "self_attn_k"),
+    "attn1.to_v": ("self_attn.v", "self_attn_v"), "attn1.to_out.0": ("self_attn.o", "self_attn_o"),
+    "attn2.to_q": ("cross_attn.q", "cross_attn_q"), "attn2.to_k": ("cross_attn.k", "cross_attn_k"),
+    "attn2.to_v": ("cross_attn.v", "cross_attn_v"), "attn2.to_out.0": ("cross_attn.o", "cross_attn_o"),
+    "ffn.net.0.proj": ("ffn.0", "ffn_0"), "ffn.net.2": ("ffn.2", "ffn_2"),
+}  # fmt: skip
+
+
+def lora_weights(transformer, rank: int = 4, seed: int = 0, scale: float = 0.05, zero_up: bool = False) -> dict:
+    """Random LoRA matrices for every targeted layer of `transformer`: {(block, diffusers layer): (down, up)}."""
+    g = torch.Generator().manual_seed(seed)
+    weights = {}
+    for block_index, block in enumerate(transformer.blocks):
+        for name in LORA_LAYERS:
+            linear = block.get_submodule(name)
+            down = torch.randn(rank, linear.in_features, generator=g) * scale
+            up = (
+                torch.zeros(linear.out_features, rank)
+                if zero_up
+                else torch.randn(linear.out_features, rank, generator=g) * scale
+            )
+            weights[block_index, name] = (down, up)
+    return weights
+
+
+def save_lora(weights: dict, path: Path, layout: str = "diffusers", alpha: float | None = None) -> Path:
+    """Write LoRA matrices as a .safetensors file in one of the layouts Wan LoRAs come in: "diffusers"
+    (PEFT keys, alpha = rank), "comfyui" (lightx2v/ComfyUI: diffusion_model.*, lora_down/up, .alpha) or
+    "kohya" (musubi: lora_unet_*, .alpha). `alpha` (comfyui, kohya) defaults to the rank."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for (block, name), (down, up) in weights.items():
+        rank = down.shape[0]
+        comfy, kohya = LORA_LAYERS[name]
+        if layout == "diffusers":
+            tensors[f"transformer.blocks.{block}.{name}.lora_A.weight"] = down.contiguous()
+            tensors[f"transformer.blocks.{block}.{name}.lora_B.weight"] = up.contiguous()
+            continue
+        stem = f"diffusion_model.blocks.{block}.{comfy}" if layout == "comfyui" else f"lora_unet_blocks_{block}_{kohya}"
+        tensors[f"{stem}.lora_down.weight"] = down.contiguous()
+        tensors[f"{stem}.lora_up.weight"] = up.contiguous()
+        tensors[f"{stem}.alpha"] = torch.tensor(float(alpha if alpha is not None else rank))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+    return path
+
+
+def ensure_fast_test_weights(model_id: str):
+    """The test models' fast presets, built once: a distilled checkpoint (random weights) for test-tiny,
+    step-distillation LoRAs for the Wan2.1 and A14B layouts."""
+    from diffusers import WanTransformer3DModel
+
+    from pipelines.catalogue import CATALOGUE
+    from pipelines.weights import FastWeights
+
+    folder = cache_root() / f"fast-v{BUILD_VERSION}"
+    base = ensure_test_model(model_id)
+    preset = CATALOGUE[model_id].fast
+    if preset.transformer_repo:
+        target = folder / preset.transformer_repo.split(":", 1)[1]
+        if not (target / "transformer" / "config.json").is_file():
+            torch.manual_seed(1)
+            model = WanTransformer3DModel.from_config(WanTransformer3DModel.load_config(base / "transformer"))
+            model.save_pretrained(target / "transformer", safe_serialization=True)
+        return FastWeights(target, ())
+    loras = []
+    for n, lora in enumerate(preset.loras):
+        path = folder / lora.file
+        if not path.is_file():
+            component = "transformer_2" if lora.experts == "low" else "transformer"
+            model = WanTransformer3DModel.from_pretrained(base / component)
+            save_lora(lora_weights(model, seed=10 + n), path)
+        loras.append((path, lora.experts))
+    return FastWeights(None, tuple(loras))

@@ -100,14 +100,14 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
-def _meter(repo: str, report: DownloadCallback) -> DownloadMeter | None:
+def _meter(repo: str, report: DownloadCallback, allow_patterns: list[str] | None = None) -> DownloadMeter | None:
     """A meter sized from the repository's file listing; None when the Hub cannot be asked (the download
     then falls back to the cache, or fails with its own message)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError
 
     try:
-        plan = snapshot_download(repo, dry_run=True, tqdm_class=_HiddenBar)
+        plan = snapshot_download(repo, dry_run=True, tqdm_class=_HiddenBar, allow_patterns=allow_patterns)
     except (HfHubHTTPError, OSError):
         return None
     size = sum(f.file_size or 0 for f in plan)
@@ -115,7 +115,7 @@ def _meter(repo: str, report: DownloadCallback) -> DownloadMeter | None:
     return DownloadMeter(repo, size, cached, len(plan), report)
 
 
-def _check_disk_space(spec: ModelSpec, missing_bytes: int) -> None:
+def _check_disk_space(what: str, missing_bytes: int) -> None:
     """Refuse before the first byte rather than fail half-way through tens of GB."""
     from huggingface_hub import constants
 
@@ -124,7 +124,7 @@ def _check_disk_space(spec: ModelSpec, missing_bytes: int) -> None:
     free = shutil.disk_usage(existing).free
     if missing_bytes > free:
         raise ModelUnavailableError(
-            f"{spec.name} needs {human_size(missing_bytes)} more in the Hugging Face cache ({cache}), but that "
+            f"{what} needs {human_size(missing_bytes)} more in the Hugging Face cache ({cache}), but that "
             f"disk has {human_size(free)} free. Free some space, or point HF_HUB_CACHE at a bigger disk."
         )
 
@@ -135,33 +135,72 @@ def resolve_weights(spec: ModelSpec, offline: bool, on_progress: DownloadCallbac
         return ResolvedWeights(ensure_test_model(spec.id), f"random-weights-v{BUILD_VERSION}")
     if spec.local_path:
         return ResolvedWeights(Path(spec.local_path), "local-folder")
+    return download(spec.repo, spec.name, offline, on_progress)
+
+
+def download(
+    repo: str, what: str, offline: bool, on_progress: DownloadCallback | None = None,
+    allow_patterns: list[str] | None = None,
+) -> ResolvedWeights:  # fmt: skip
+    """A hub repository (or the files of it matching `allow_patterns`) in the standard HF cache, fetched with
+    one byte-based progress report on first use; ModelUnavailableError with what to do otherwise."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     report = on_progress or (lambda fraction, message: None)
-    report(0.0, f"Looking for {spec.repo} in the Hugging Face cache")
+    report(0.0, f"Looking for {repo} in the Hugging Face cache")
     try:
-        meter = None if offline else _meter(spec.repo, report)
+        meter = None if offline else _meter(repo, report, allow_patterns)
         if meter is not None:
-            _check_disk_space(spec, meter.total - meter.cached)
+            _check_disk_space(what, meter.total - meter.cached)
         path = snapshot_download(
-            spec.repo,
+            repo,
             local_files_only=offline,
+            allow_patterns=allow_patterns,
             tqdm_class=meter.tqdm_class() if meter else None,
         )
     except LocalEntryNotFoundError as err:
         if offline:
             raise ModelUnavailableError(
-                f"{spec.name} is not downloaded yet and offline mode is on. Run once without --offline to "
+                f"{what} is not downloaded yet and offline mode is on. Run once without --offline to "
                 f"download it, or pick a model that is already in the Hugging Face cache."
             ) from err
         raise ModelUnavailableError(
-            f"{spec.name} could not be downloaded from the Hugging Face Hub (no connection?). "
+            f"{what} could not be downloaded from the Hugging Face Hub (no connection?). "
             f"Check the network, or pick a model that is already downloaded."
         ) from err
     except HfHubHTTPError as err:
-        raise ModelUnavailableError(f"Downloading {spec.repo} failed: {err}") from err
+        raise ModelUnavailableError(f"Downloading {repo} failed: {err}") from err
     except OSError as err:  # disk full, permissions
-        raise ModelUnavailableError(f"Downloading {spec.repo} failed: {err}") from err
-    report(1.0, f"{spec.repo} is ready")
+        raise ModelUnavailableError(f"Downloading {repo} failed: {err}") from err
+    report(1.0, f"{repo} is ready")
     return ResolvedWeights(Path(path), Path(path).name)
+
+
+@dataclass(frozen=True)
+class FastWeights:
+    """A fast preset's files on this machine."""
+
+    transformer: Path | None  # a distilled checkpoint's folder holding transformer/ (and transformer_2/)
+    loras: tuple[tuple[Path, str], ...]  # (file, experts) of its step-distillation LoRAs
+
+
+def fetch_fast(spec: ModelSpec, offline: bool, on_progress: DownloadCallback | None = None) -> FastWeights:
+    """The files of `spec`'s fast preset, downloaded into the HF cache on first use (test presets are built)."""
+    preset = spec.fast
+    if preset is None:
+        raise ModelUnavailableError(f"{spec.name} has no fast mode.")
+    if spec.is_test:
+        from pipelines.testmodels import ensure_fast_test_weights
+
+        return ensure_fast_test_weights(spec.id)
+    transformer = None
+    what = f"Fast mode of {spec.name} ({preset.label})"
+    if preset.transformer_repo:
+        patterns = ["transformer/*", "transformer_2/*", "model_index.json"]
+        transformer = download(preset.transformer_repo, what, offline, on_progress, allow_patterns=patterns).path
+    loras = []
+    for lora in preset.loras:
+        folder = download(lora.repo, what, offline, on_progress, allow_patterns=[lora.file]).path
+        loras.append((folder / lora.file, lora.experts))
+    return FastWeights(transformer, tuple(loras))

@@ -251,7 +251,7 @@ def test_a_resident_model_is_counted_as_what_it_holds_not_by_its_estimate(monkey
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(3.2 * gib), 16 * gib))
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: int(12.8 * gib))
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: int(12.8 * gib))
-    monkeypatch.setattr(memory, "_available_ram_gb", lambda: 64.0)
+    monkeypatch.setattr(memory, "available_ram_gb", lambda: 64.0)
     budget = memory.probe_memory("cuda")
     assert budget.vram_gb == pytest.approx(16.0)
     manager = PipelineManager(offline=True, device="cpu", memory_probe=lambda device: budget)
