@@ -2,6 +2,8 @@
 
 python app.py                       start the studio (http://127.0.0.1:7860)
 python app.py generate --prompt ... make one clip headless; prints the MP4's path last
+python app.py calibrate-cache       record MagCache's ratios for a model (then it can be chosen)
+python app.py verify FILE           check a file's Content Credentials and watermark
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ def main(argv: list[str] | None = None) -> int:
         from studio.cli import main as generate_main
 
         return generate_main(argv[1:])
+    if argv and argv[0] == "calibrate-cache":
+        from studio.cli import calibrate_main
+
+        return calibrate_main(argv[1:])
     if argv and argv[0] == "verify":
         from studio.verify import main as verify_main
 

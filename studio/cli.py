@@ -12,11 +12,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipelines import attention, quiet_libraries
+from pipelines import attention, caching, quiet_libraries
 from pipelines.catalogue import DEFAULT_MODEL
 from pipelines.errors import UserError
+from pipelines.loras import EXPERTS, LoraChoice
 from pipelines.memory import AUTO, PROFILES
-from pipelines.request import GenerationRequest, RequestError, validate_request
+from pipelines.request import GenerationRequest, RequestError, ValidRequest, validate_request
 from pipelines.speed import VAE_PRECISIONS, SpeedOptions
 
 DEFAULT_OUT_DIR = "outputs"
@@ -45,6 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--compile", action="store_true", help="compile the transformer blocks: faster steps after a ~1 min warm-up"
     )
     p.add_argument("--vae-precision", default="float32", choices=list(VAE_PRECISIONS), help="VAE decode precision")
+    p.add_argument(
+        "--lora", action="append", default=[], metavar="FILE[:STRENGTH][@high|@low|@both]",
+        help="a .safetensors LoRA (a path, or a file name in the LoRA folder), strength 1 and both experts unless "
+        "given; repeat for several",
+    )  # fmt: skip
+    p.add_argument("--fast", action="store_true", help="Fast mode: the model's step-distilled weights and settings")
+    p.add_argument(
+        "--cache", default="off", metavar="KIND[:THRESHOLD]",
+        help=f"step cache, one of {', '.join(caching.KINDS)} (default: off), e.g. first-block:0.05",
+    )  # fmt: skip
     p.add_argument("--offline", action="store_true", help="never contact the Hugging Face Hub")
     p.add_argument("--watermark", action="store_true", help="embed the invisible watermark")
     p.add_argument("--include-prompt", action="store_true", help="put the prompt in the signed Content Credentials")
@@ -59,6 +70,43 @@ def parse_size(text: str | None) -> tuple[int | None, int | None]:
     except ValueError:
         raise RequestError({"size": f"--size must look like 1280x704; got '{text}'."}) from None
     return width, height
+
+
+def parse_lora(text: str, folder: Path | None = None) -> LoraChoice:
+    """'style.safetensors:0.8@low' -> LoraChoice; a bare name is looked up in the LoRA folder."""
+    spec, _, experts = text.rpartition("@") if "@" in text else (text, "", "both")
+    if experts not in EXPERTS:
+        raise RequestError({"lora": f"--lora {text}: the expert after '@' must be high, low or both; got '{experts}'."})
+    file, strength = spec, 1.0
+    head, colon, tail = spec.rpartition(":")
+    if colon and head:
+        try:
+            strength = float(tail)
+        except ValueError:
+            pass  # a colon inside the path (C:\...), not a strength
+        else:
+            file = head
+    path = Path(file).expanduser()
+    if not path.is_file() and path.name == file:  # a bare name: the LoRA folder's file
+        from library.lora_folder import LoraFolder
+
+        candidate = LoraFolder(folder).root / file
+        path = candidate if candidate.is_file() else path
+    if not path.is_file():
+        raise RequestError({"lora": f"--lora {text}: no such file (give a path, or a file name in the LoRA folder)."})
+    high, low = EXPERTS[experts]
+    return LoraChoice(str(path), strength, high, low)
+
+
+def parse_cache(text: str) -> tuple[str, float | None]:
+    """'first-block:0.05' -> ('first-block', 0.05); the kind alone keeps the cache's own threshold."""
+    kind, _, threshold = text.partition(":")
+    if not threshold:
+        return kind, None
+    try:
+        return kind, float(threshold)
+    except ValueError:
+        raise RequestError({"cache": f"--cache {text}: the threshold after ':' must be a number."}) from None
 
 
 class _Bars:
@@ -99,11 +147,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         width, height = parse_size(args.size)
+        cache, threshold = parse_cache(args.cache)
         request = validate_request(
             GenerationRequest(
                 prompt=args.prompt, model=args.model, negative_prompt=args.negative_prompt,
                 image=args.image, width=width, height=height, frames=args.frames, steps=args.steps,
                 guidance_scale=args.guidance, guidance_scale_2=args.guidance_2, seed=args.seed,
+                loras=[parse_lora(text, lora_folder()) for text in args.lora], fast=args.fast, cache=cache,
+                cache_threshold=threshold,
             ),
             default_model=DEFAULT_MODEL,
         )  # fmt: skip
@@ -117,11 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    print(
-        f"{request.spec.label}: {request.width}x{request.height}, {request.frames} frames at {request.fps} fps, "
-        f"{request.steps} steps, seed {request.seed}",
-        file=sys.stderr,
-    )
+    print(describe(request), file=sys.stderr)
     if args.compile:
         print("Compiling the transformer blocks: the first step takes about a minute longer.", file=sys.stderr)
     bars = _Bars()
@@ -149,4 +196,76 @@ def main(argv: list[str] | None = None) -> int:
     if not signing.get("signed"):
         print(f"warning: the clip is not signed: {signing.get('signing_error')}", file=sys.stderr)
     print(files.video)
+    return 0
+
+
+def describe(request: ValidRequest) -> str:
+    """One line of what will run, Fast mode, LoRAs and cache included."""
+    parts = [
+        f"{request.spec.label}: {request.width}x{request.height}, {request.frames} frames at {request.fps} fps",
+        f"{request.steps} steps", f"guidance {request.guidance_scale:g}", f"seed {request.seed}",
+    ]  # fmt: skip
+    if request.fast:
+        parts.append(f"Fast mode ({request.spec.fast.label})")
+    parts += [f"LoRA {lora.name} x{lora.strength:g} ({lora.experts})" for lora in request.loras]
+    if request.cache.kind != "off":
+        parts.append(f"step cache {request.cache.kind} {request.cache.threshold:g}")
+    return ", ".join(parts)
+
+
+def lora_folder() -> Path | None:
+    """The LoRA folder saved in the studio's settings (None: the default one)."""
+    from studio.settings import load_settings
+
+    return Path(load_settings()[0].lora_dir) if load_settings()[0].lora_dir else None
+
+
+def calibrate_main(argv: list[str] | None = None) -> int:
+    """`python app.py calibrate-cache --model ID`: one clip with MagCache recording how much each step's
+    transformer output changes, saved in the config folder; MagCache is then offered for that model."""
+    p = argparse.ArgumentParser(prog="app.py calibrate-cache", description=calibrate_main.__doc__)
+    p.add_argument("--model", default=DEFAULT_MODEL, help="catalogue id (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=None, help="default: the model's own")
+    p.add_argument("--profile", default=AUTO, choices=[AUTO, *PROFILES], help="memory profile (default: auto)")
+    p.add_argument("--offline", action="store_true", help="never contact the Hugging Face Hub")
+    args = p.parse_args(argv)
+    if args.offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    quiet_libraries()
+    from pipelines.manager import GenerationCancelled, PipelineManager
+
+    prompt = "A woman walks along a beach at sunset, waves rolling in, handheld camera"  # any everyday shot
+    try:
+        request = validate_request(
+            GenerationRequest(prompt=prompt, model=args.model, steps=args.steps, seed=0, cache=caching.CALIBRATION),
+            default_model=DEFAULT_MODEL,
+        )
+        if request.spec.two_experts:
+            raise RequestError({"model": "MagCache works on single-transformer models, not the A14B pair."})
+        manager = PipelineManager(profile=args.profile, offline=args.offline)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"Calibrating MagCache: {describe(request)}", file=sys.stderr)
+    bars = _Bars()
+    recorder = caching.CalibrationRecorder()
+    try:
+        with recorder.listening():
+            manager.generate(request, on_progress=bars)
+        bars.close()
+    except UserError as err:
+        bars.close()
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, GenerationCancelled):
+        bars.close()
+        print("interrupted: nothing was recorded", file=sys.stderr)
+        return 130
+    if not recorder.ratios:
+        print("error: the run finished without MagCache's measurements; nothing was recorded", file=sys.stderr)
+        return 1
+    path = caching.save_calibration(request.spec.id, recorder.ratios[0], request.steps)
+    print(f"Recorded {len(recorder.ratios[0])} step ratios; MagCache can now be chosen for {request.spec.id}.",
+          file=sys.stderr)  # fmt: skip
+    print(path)
     return 0

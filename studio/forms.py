@@ -9,9 +9,11 @@ from typing import Any
 import gradio as gr
 
 from pipelines.catalogue import ModelSpec
-from studio.handlers.settings import size_choices
+from studio.handlers.settings import fast_label, size_choices
 from studio.settings import Settings
 from studio.widgets import Number, Slider
+
+LORA_SLOTS = 4
 
 EXAMPLE_PROMPTS = [
     "A red fox trots through fresh snow at sunrise, breath steaming, low tracking shot",
@@ -38,6 +40,18 @@ class GenerationForm:
     video: gr.Video
     seed_used: gr.Number
     job: gr.Textbox
+    fast: gr.Checkbox
+    lora_slots: list  # [(file dropdown, strength slider, high-noise checkbox, low-noise checkbox)] * LORA_SLOTS
+    loras_json: gr.Textbox  # hidden: the slots as the API's `loras` argument
+
+    @property
+    def lora_inputs(self) -> list:
+        return [widget for slot in self.lora_slots for widget in slot]
+
+    @property
+    def generate_inputs(self) -> list:
+        """The generate event's inputs (its API parameters) after the request's controls."""
+        return [*self.settings_inputs, self.loras_json, self.fast]
 
     @property
     def settings_inputs(self) -> list:
@@ -49,7 +63,7 @@ class GenerationForm:
         """The controls by the name of the setting they hold (what `reuse_values` fills in)."""
         return {
             "prompt": self.prompt, "negative_prompt": self.negative, "size": self.size, "frames": self.frames,
-            "steps": self.steps, "guidance_scale": self.guidance, "seed": self.seed,
+            "steps": self.steps, "guidance_scale": self.guidance, "seed": self.seed, "fast": self.fast,
         }  # fmt: skip
 
     @property
@@ -86,6 +100,29 @@ def build_form(
                     0, 20, value=settings.guidance_scale or spec.guidance_scale, step=0.5, label="Guidance"
                 )
                 seed = Number(value=-1, precision=0, label="Seed (-1 = random)")
+            fast = gr.Checkbox(
+                value=False, label=fast_label(spec),
+                interactive=spec.fast is not None, elem_id=f"{task}-fast",
+                info="Step-distilled weights with their authors' settings (steps, no CFG): about 10-20x faster.",
+            )  # fmt: skip
+            with gr.Accordion("LoRAs (styles and fine-tunes)", open=False):
+                gr.Markdown(
+                    "The LoRAs of the LoRA folder made for this model (add them in Settings). On the A14B models "
+                    "each LoRA goes to the high-noise expert (early steps: motion, layout), the low-noise one "
+                    "(late steps: detail), or both."
+                )
+                slots = []
+                for n in range(LORA_SLOTS):
+                    with gr.Row():
+                        slots.append((
+                            gr.Dropdown([], value=None, label=f"LoRA {n + 1}", scale=3, elem_id=f"{task}-lora-{n}"),
+                            Slider(-2, 2, value=1.0, step=0.05, label="Strength", scale=2),
+                            gr.Checkbox(value=True, label="High-noise", scale=1, min_width=100,
+                                        visible=spec.two_experts),
+                            gr.Checkbox(value=True, label="Low-noise", scale=1, min_width=100,
+                                        visible=spec.two_experts),
+                        ))  # fmt: skip
+                loras_json = gr.Textbox(value="[]", visible=False, label="loras")
             with gr.Row():
                 go = gr.Button("Generate", variant="primary", elem_id=f"{task}-generate")
                 cancel = gr.Button("Cancel", variant="stop", elem_id=f"{task}-cancel")
@@ -96,6 +133,7 @@ def build_form(
             seed_used = gr.Number(label="Seed used", precision=0, interactive=False)
             job = gr.Textbox(visible=False, label="Job id")
     form = GenerationForm(
-        task, prompt, negative, size, frames, steps, guidance, seed, go, cancel, status, preview, video, seed_used, job
-    )
+        task, prompt, negative, size, frames, steps, guidance, seed, go, cancel, status, preview, video, seed_used, job,
+        fast, slots, loras_json,
+    )  # fmt: skip
     return form, extra

@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from library import Library
+from library.lora_folder import LoraFolder
 from pipelines.catalogue import get_spec
 from pipelines.errors import UserError
 from pipelines.manager import GenerationResult, PipelineManager
@@ -33,6 +34,7 @@ class Studio:
         self.library = Library.open(Path(settings.output_dir))  # LibraryError when it cannot be written
         self.output_dir = self.library.root
         self.manager = PipelineManager(profile=settings.profile_choice, offline=offline, speed=settings.speed)
+        self.loras = LoraFolder(settings.lora_dir or None)
         self.jobs = JobQueue(self.manager, self.library, generate=gpu_generate_fn(), clip_options=settings.clip_options)
         self.warnings = [w for w in (settings_warning, *self.library.warnings, *self.jobs.warnings) if w]
 
@@ -46,6 +48,7 @@ class Studio:
         self.settings = settings
         self.manager.requested_profile = settings.profile_choice
         self.manager.speed = settings.speed
+        self.loras = LoraFolder(settings.lora_dir or None)
         self.jobs.clip_options = settings.clip_options
 
 

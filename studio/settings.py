@@ -9,7 +9,7 @@ from pathlib import Path
 
 from library import ClipOptions
 from library.files import write_json
-from pipelines import attention
+from pipelines import attention, caching
 from pipelines.catalogue import CATALOGUE, DEFAULT_MODEL, UnknownModelError, get_spec
 from pipelines.errors import UserError
 from pipelines.memory import AUTO, PROFILES
@@ -41,6 +41,9 @@ class Settings:
     attention: str = attention.AUTO  # attention backend (pipelines.attention.CHOICES)
     compile: bool = False  # regional compilation of the transformer blocks
     vae_precision: str = "float32"  # "bfloat16" decodes faster, within a measured tolerance
+    lora_dir: str = ""  # empty: loras/ in the user's data folder
+    step_cache: str = "off"  # pipelines.caching.KINDS
+    cache_threshold: float | None = None  # None: the cache's own default
 
     @property
     def speed(self) -> SpeedOptions:
@@ -52,7 +55,8 @@ class Settings:
 
     def validate(self) -> Settings:
         """Raise SettingsError with the reason for the first bad value."""
-        for name in ("model", "memory_profile", "precision", "output_dir", "attention", "vae_precision"):
+        for name in ("model", "memory_profile", "precision", "output_dir", "attention", "vae_precision", "lora_dir",
+                     "step_cache"):  # fmt: skip
             if not isinstance(getattr(self, name), str):
                 raise SettingsError(f"The setting '{name}' must be text; got {getattr(self, name)!r}.")
         for name in ("watermark", "include_prompt", "compile"):
@@ -72,6 +76,13 @@ class Settings:
             raise SettingsError(
                 f"Unknown attention backend '{self.attention}'. Use one of: {', '.join(attention.CHOICES)}."
             )
+        if self.step_cache not in caching.KINDS:
+            raise SettingsError(f"The step cache must be one of {', '.join(caching.KINDS)}; got '{self.step_cache}'.")
+        if self.cache_threshold is not None and not (
+            isinstance(self.cache_threshold, (int, float)) and not isinstance(self.cache_threshold, bool)
+            and 0 <= self.cache_threshold <= 1
+        ):  # fmt: skip
+            raise SettingsError(f"The cache threshold must be from 0 to 1; got {self.cache_threshold!r}.")
         if self.vae_precision not in VAE_PRECISIONS:
             choices = ", ".join(VAE_PRECISIONS)
             raise SettingsError(f"VAE precision must be one of {choices}; got '{self.vae_precision}'.")

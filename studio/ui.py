@@ -141,6 +141,29 @@ def build_ui(studio: Studio) -> gr.Blocks:
                     value=settings.negative_prompt, label="Default negative prompt (empty: the model's)"
                 )
                 with gr.Row():
+                    s_cache = gr.Radio(
+                        [("off", "off"), ("First Block Cache", "first-block"), ("TaylorSeer", "taylorseer"),
+                         ("MagCache (after calibrate-cache)", "magcache")],
+                        value=settings.step_cache, label="Step cache: skip transformer work between similar steps "
+                        "(faster, slightly different frames)", elem_id="settings-cache", scale=3,
+                    )  # fmt: skip
+                    s_cache_threshold = gr.Textbox(
+                        value=_shown(settings.cache_threshold), label="Cache threshold (0 to 1)",
+                        placeholder="empty: the cache's own", elem_id="settings-cache-threshold", scale=1,
+                    )  # fmt: skip
+                with gr.Accordion("LoRAs", open=False, elem_id="settings-loras"):
+                    s_lora_dir = gr.Textbox(
+                        value=settings.lora_dir, label="LoRA folder", placeholder=str(studio.loras.root),
+                        elem_id="settings-lora-dir",
+                    )  # fmt: skip
+                    with gr.Row():
+                        s_lora_file = Upload(
+                            label="Add a LoRA (.safetensors)", file_types=[".safetensors"], scale=3,
+                            elem_id="settings-lora-upload",
+                        )  # fmt: skip
+                        s_lora_keep = gr.Button("Add to the LoRA folder", scale=1, elem_id="settings-lora-keep")
+                    s_lora_list = gr.Markdown(sett.lora_table(studio), elem_id="settings-lora-list")
+                with gr.Row():
                     s_watermark = gr.Checkbox(
                         value=settings.watermark, label="Invisible watermark in new clips (survives re-encoding)"
                     )
@@ -178,16 +201,29 @@ def build_ui(studio: Studio) -> gr.Blocks:
             q_shown = gr.State([])  # the active job ids the picker holds, so a tick only redraws it on change
 
         # ---- wiring -------------------------------------------------------------------------------
-        t2v.go.click(
-            bind(gen.text_to_video, studio), t2v.settings_inputs, t2v.outputs,
-            api_name="text_to_video", concurrency_limit=None, show_progress="minimal",
-        )  # fmt: skip
-        i2v.go.click(
-            bind(gen.image_to_video, studio), [i_image, *i2v.settings_inputs], i2v.outputs,
-            api_name="image_to_video", concurrency_limit=None, show_progress="minimal",
-        )  # fmt: skip
+        def fast_controls(fast: bool):
+            steps, guidance = gen.fast_controls(studio, fast)
+            return gr.update(**steps), gr.update(**guidance)
+
+        # The LoRA slots become the `loras` argument first, so the page and an API client call the same handler.
+        for form, handler, inputs in (
+            (t2v, gen.text_to_video, t2v.generate_inputs), (i2v, gen.image_to_video, [i_image, *i2v.generate_inputs])
+        ):  # fmt: skip
+            form.go.click(gen.slots_to_loras, form.lora_inputs, form.loras_json, concurrency_limit=None,
+                          **PRIVATE).then(
+                bind(handler, studio), inputs, form.outputs, api_name=handler.__name__, concurrency_limit=None,
+                show_progress="minimal",
+            )  # fmt: skip
+            form.fast.change(shown_in_page(fast_controls), form.fast, [form.steps, form.guidance], **PRIVATE)
         t2v.cancel.click(bind(gen.cancel, studio), t2v.job, t2v.status, api_name="cancel", concurrency_limit=None)
         i2v.cancel.click(bind(gen.cancel, studio), i2v.job, i2v.status, concurrency_limit=None, **PRIVATE)
+
+        lora_pickers = [slot[0] for form in (t2v, i2v) for slot in form.lora_slots]
+
+        def refresh_lora_choices(*picked):
+            names = sett.lora_choices(studio)
+            return (sett.lora_table(studio),
+                    *(gr.update(choices=names, value=v if v in names else None) for v in picked))  # fmt: skip
 
         def refresh_queue(picked: str | None, shown: list[str]):
             active = que.active(studio)
@@ -216,7 +252,13 @@ def build_ui(studio: Studio) -> gr.Blocks:
         def reuse(name: str | None):
             task, values, picture = lib.reuse(studio, name)
             form = i2v if task == IMAGE_TO_VIDEO else t2v
+            loras = values.pop("loras")
             updates = {form.by_name[field]: value for field, value in values.items()}
+            for n, (file, strength, high, low) in enumerate(form.lora_slots):
+                lora = loras[n] if n < len(loras) else {}
+                experts = lora.get("experts", "both")
+                updates.update({file: lora.get("file"), strength: lora.get("strength", 1.0),
+                                high: experts in ("both", "high"), low: experts in ("both", "low")})  # fmt: skip
             if picture:
                 updates[i_image] = picture
             updates[tabs] = gr.Tabs(selected="i2v" if task == IMAGE_TO_VIDEO else "t2v")
@@ -238,7 +280,8 @@ def build_ui(studio: Studio) -> gr.Blocks:
         lib_pick.change(bind(lib.show_clip, studio), lib_pick, [lib_video, lib_info], **PRIVATE)
         for form in (t2v, i2v):
             form.video.change(refresh_library, None, library_lists, **PRIVATE)
-        all_form_controls = [*t2v.by_name.values(), *i2v.by_name.values(), i_image, tabs]
+        all_form_controls = [*t2v.by_name.values(), *i2v.by_name.values(), *t2v.lora_inputs, *i2v.lora_inputs, i_image,
+                             tabs]  # fmt: skip
         lib_reuse.click(shown_in_page(reuse), lib_pick, all_form_controls, **PRIVATE)
         lib_continue.click(shown_in_page(use_last_frame), lib_pick, [i_image, tabs], **PRIVATE)
         lib_delete.click(shown_in_page(trash), lib_pick, library_lists, **PRIVATE)
@@ -246,24 +289,38 @@ def build_ui(studio: Studio) -> gr.Blocks:
 
         settings_inputs = [
             s_model, s_profile, s_precision, s_output, s_steps, s_guidance, s_negative, s_watermark, s_include_prompt,
-            s_attention, s_compile, s_vae_precision, s_confirm_output,
+            s_attention, s_compile, s_vae_precision, s_confirm_output, s_lora_dir, s_cache, s_cache_threshold,
         ]  # fmt: skip
 
         def save_settings(*values):
             status, note = sett.save(studio, *values)
             return status, note if note is not None else gr.skip()
 
+        expert_boxes = [widget for form in (t2v, i2v) for slot in form.lora_slots for widget in slot[2:]]
+
         def forms_for_model(model: str):
             limits = sett.form_for_model(studio, model)
             if limits is None:
-                return [gr.skip()] * 4
+                return [gr.skip()] * (6 + len(expert_boxes))
             frames = gr.update(minimum=limits["min_frames"], maximum=limits["max_frames"], value=limits["frames"],
                                label=f"Frames ({limits['fps']} fps)")  # fmt: skip
-            return (gr.update(choices=limits["t2v_sizes"], value=limits["t2v_sizes"][0]), frames,
-                    gr.update(choices=limits["i2v_sizes"], value=gen.AUTO_SIZE), frames)  # fmt: skip
+            fast = gr.update(value=False, label=limits["fast_label"], interactive=limits["fast"])
+            return (gr.update(choices=limits["t2v_sizes"], value=limits["t2v_sizes"][0]), frames, fast,
+                    gr.update(choices=limits["i2v_sizes"], value=gen.AUTO_SIZE), frames, fast,
+                    *[gr.update(visible=limits["two_experts"]) for _ in expert_boxes])  # fmt: skip
 
+        model_dependent = [t2v.size, t2v.frames, t2v.fast, i2v.size, i2v.frames, i2v.fast, *expert_boxes]
         s_save.click(shown_in_page(save_settings), settings_inputs, [s_status, model_note], **PRIVATE).then(
-            shown_in_page(forms_for_model), s_model, [t2v.size, t2v.frames, i2v.size, i2v.frames], **PRIVATE
+            shown_in_page(forms_for_model), s_model, model_dependent, **PRIVATE
+        ).then(shown_in_page(refresh_lora_choices), lora_pickers, [s_lora_list, *lora_pickers], **PRIVATE)
+        demo.load(shown_in_page(refresh_lora_choices), lora_pickers, [s_lora_list, *lora_pickers], **PRIVATE)
+
+        def keep_lora(upload):
+            gr.Info(sett.keep_lora(studio, upload))
+            return None
+
+        s_lora_keep.click(shown_in_page(keep_lora), s_lora_file, s_lora_file, **PRIVATE).then(
+            shown_in_page(refresh_lora_choices), lora_pickers, [s_lora_list, *lora_pickers], **PRIVATE
         )
         v_go.click(bind(ver.verify, studio), v_file, [v_report, v_details], api_name="verify")
 

@@ -203,11 +203,13 @@ def raw_call(url: str, api: str, data: list) -> tuple[str, str]:
     return events[-1], datas[-1]
 
 
-RAW = [
-    ("text_to_video", ["a", "", "96x64", float("nan"), 2, 5, 1], "Frames must be a number"),
-    ("text_to_video", ["a", "", "96x64", 9, 2, float("inf"), 1], "Guidance must be a number"),
-    ("text_to_video", ["a", "", "96x64", 9, float("-inf"), 5, 1], "Steps must be a number"),
-    ("text_to_video", ["a", "", "96x64", 9, 2, 5, float("nan")], "Seed must be a number"),
+RAW = [  # (prompt, negative, size, frames, steps, guidance, seed, loras, fast)
+    ("text_to_video", ["a", "", "96x64", float("nan"), 2, 5, 1, "[]", False], "Frames must be a number"),
+    ("text_to_video", ["a", "", "96x64", 9, 2, float("inf"), 1, "[]", False], "Guidance must be a number"),
+    ("text_to_video", ["a", "", "96x64", 9, float("-inf"), 5, 1, "[]", False], "Steps must be a number"),
+    ("text_to_video", ["a", "", "96x64", 9, 2, 5, float("nan"), "[]", False], "Seed must be a number"),
+    ("text_to_video", ["a", "", "96x64", 9, 2, 5, 1, "[]", "yes"], "fast must be true or false"),
+    ("text_to_video", ["a", "", "96x64", 9, 2, 5, 1, 7, False], "loras must be a JSON list"),
 ]
 
 

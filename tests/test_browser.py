@@ -273,6 +273,59 @@ def test_settings_save_untouched_then_refuse_a_backend_this_machine_lacks_then_k
     page.get_by_role("tab", name="Text to video").click()
 
 
+def test_add_a_lora_in_settings_use_it_with_fast_mode_and_reuse_both(page, running, tmp_path):
+    import json
+
+    from diffusers import WanTransformer3DModel
+
+    from pipelines.testmodels import ensure_test_model, lora_weights, save_lora
+
+    model = WanTransformer3DModel.from_pretrained(ensure_test_model("test-tiny") / "transformer")
+    upload = save_lora(lora_weights(model, seed=6, scale=0.2), tmp_path / "watercolour.safetensors", "comfyui")
+    page.reload()
+    page.get_by_role("tab", name="Settings").click()
+    page.locator("#settings-loras").get_by_text("LoRAs", exact=True).click()
+    page.locator("#settings-lora-upload input[type=file]").set_input_files(str(upload))
+    page.wait_for_selector("#settings-lora-upload a, #settings-lora-upload .file-preview", timeout=20_000)
+    page.click("#settings-lora-keep")
+    page.wait_for_function(
+        "() => document.querySelector('#settings-lora-list').innerText.includes('watercolour.safetensors')",
+        timeout=20_000,
+    )
+    assert "for the tiny TI2V test layout" in page.locator("#settings-lora-list").inner_text()
+
+    page.get_by_role("tab", name="Text to video").click()
+    page.fill("#t2v-prompt textarea", "a watercolour heron")
+    page.get_by_text("LoRAs (styles and fine-tunes)").first.click()
+    page.locator("#t2v-lora-0 input").click()
+    page.get_by_role("option", name="watercolour.safetensors").click()
+    page.locator("#t2v-fast input").check()
+    steps = page.locator("#t2v-steps input[type=number]")
+    page.wait_for_function("() => document.querySelector('#t2v-steps input[type=number]').value === '3'")
+    assert steps.is_disabled()  # Fast mode's steps are its authors', not editable
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "t2v-lora-fast.png"), full_page=True)
+    page.click("#t2v-generate")
+    page.wait_for_function("() => document.querySelector('#t2v-status').innerText.includes('Done')", timeout=120_000)
+    sidecar = json.loads(next(running.output_dir.glob("*watercolour-heron*.json")).read_text())
+    assert [(lora["file"], lora["strength"]) for lora in sidecar["settings"]["loras"]] == [
+        ("watercolour.safetensors", 1.0)
+    ]
+    assert sidecar["fast_preset"].startswith("test distilled checkpoint") and sidecar["settings"]["steps"] == 3
+
+    page.reload()
+    page.wait_for_selector("#t2v-prompt textarea", timeout=60_000)
+    page.get_by_role("tab", name="Library").click()
+    page.wait_for_selector("#library-video video", timeout=30_000)
+    page.get_by_role("button", name="Reuse settings").click()
+    page.wait_for_function(
+        "() => document.querySelector('#t2v-prompt textarea').value.includes('heron')", timeout=30_000
+    )
+    page.wait_for_function("() => document.querySelector('#t2v-fast input').checked")
+    page.get_by_text("LoRAs (styles and fine-tunes)").first.click()
+    assert page.locator("#t2v-lora-0 input").input_value() == "watercolour.safetensors"
+
+
 def test_nothing_left_the_machine(page, running, outbound_log):
     """Every flow above ran with the server online; neither it nor the page reached beyond this machine."""
     assert not outbound_log.exists(), outbound_log.read_text()

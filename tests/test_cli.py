@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,10 +16,10 @@ from tests.media import decode_video
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+def run_cli(*args: str, command: str = "generate", home: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **({"WAN_STUDIO_HOME": str(home)} if home else {}))
     return subprocess.run(
-        [sys.executable, "app.py", "generate", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "app.py", command, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
 
 
@@ -69,3 +70,59 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_generating(tm
     assert "denoise" not in done.stderr  # refused before any generation
     done = run_cli("--model", "test-tiny", "--prompt", "x", "--out-dir", str(a_file / "inside"))
     assert done.returncode == 2 and "cannot be written" in done.stderr and "Traceback" not in done.stderr
+
+
+def lora_file(path: Path) -> Path:
+    from diffusers import WanTransformer3DModel
+
+    from pipelines.testmodels import ensure_test_model, lora_weights, save_lora
+
+    model = WanTransformer3DModel.from_pretrained(ensure_test_model("test-tiny") / "transformer")
+    return save_lora(lora_weights(model, seed=2, scale=0.2), path, "comfyui")
+
+
+def test_loras_fast_mode_and_the_step_cache_from_the_command_line(tmp_path):
+    lora = lora_file(tmp_path / "my:style.safetensors")  # a colon in the name is not a strength
+    done = run_cli("--model", "test-tiny", "--prompt", "x", "--lora", f"{lora}:0.5@high", "--lora", str(lora),
+                   "--cache", "first-block:0.1", "--out-dir", str(tmp_path / "a"), "--offline")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "LoRA my:style.safetensors x0.5 (high), LoRA my:style.safetensors x1 (high)" in done.stderr
+    sidecar = json.loads(Path(done.stdout.strip().splitlines()[-1]).with_suffix(".json").read_text())
+    chosen = [(lora["strength"], lora["experts"]) for lora in sidecar["settings"]["loras"]]
+    assert chosen == [(0.5, "high"), (1, "high")]
+    assert sidecar["settings"]["cache"] == {"kind": "first-block", "threshold": 0.1}
+
+    done = run_cli("--model", "test-tiny", "--prompt", "x", "--fast", "--steps", "40", "--out-dir", str(tmp_path / "b"))
+    assert done.returncode == 0, done.stderr
+    assert "3 steps, guidance 1" in done.stderr and "Fast mode (test distilled checkpoint" in done.stderr
+    assert "3/3" in done.stderr
+
+    for args, fragment in [
+        (["--lora", "nowhere.safetensors"], "--lora nowhere.safetensors: no such file"),
+        (["--lora", f"{lora}@middle"], "the expert after '@' must be high, low or both"),
+        (["--lora", f"{lora}:9"], "must be from -4 to 4"),
+        (["--cache", "first-block:lots"], "the threshold after ':' must be a number"),
+        (["--cache", "magcache"], "calibrate-cache --model test-tiny"),
+        (["--model", "test-tiny-a14b", "--lora", str(lora)], "was made for the tiny TI2V test layout"),
+    ]:
+        done = run_cli("--model", "test-tiny", "--prompt", "x", *args, "--out-dir", str(tmp_path / "c"))
+        assert done.returncode == 2 and fragment in done.stderr, (args, done.stderr)
+        assert "Traceback" not in done.stderr
+    assert not (tmp_path / "c").exists() or not list((tmp_path / "c").glob("*.mp4"))
+
+
+def test_calibrate_cache_records_ratios_and_then_magcache_runs(tmp_path):
+    home = tmp_path / "home"
+    done = run_cli("--model", "test-tiny", "--steps", "6", "--offline", command="calibrate-cache", home=home)
+    assert done.returncode == 0, done.stderr
+    saved = json.loads(Path(done.stdout.strip().splitlines()[-1]).read_text())
+    assert saved["model"] == "test-tiny" and saved["steps"] == 6
+    assert len(saved["mag_ratios"]) == 6 and saved["mag_ratios"][0] == 1.0
+    assert all(ratio > 0 for ratio in saved["mag_ratios"])
+    assert "Copy these values" not in done.stdout + done.stderr  # diffusers' own printout is not shown
+    done = run_cli("--model", "test-tiny", "--prompt", "x", "--cache", "magcache", "--out-dir", str(tmp_path),
+                   home=home)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "step cache magcache" in done.stderr
+    done = run_cli("--model", "test-tiny-a14b", command="calibrate-cache", home=home)
+    assert done.returncode == 2 and "single-transformer models" in done.stderr

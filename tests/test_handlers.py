@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from library import Shot, Storyboard, StoryboardConflict, StoryboardError
+from library import LibraryError, Shot, Storyboard, StoryboardConflict, StoryboardError
 from pipelines.request import GenerationRequest, RequestError
 from studio.handlers import generate, library, queue, settings, storyboard
 from studio.jobs import DONE
@@ -111,7 +111,98 @@ def test_reuse_gives_the_clips_settings_by_control_name(studio):
     assert task == "t2v" and picture is None
     assert values["prompt"] == "a blue dog" and values["seed"] == 42 and values["frames"] == 13
     assert values["size"] == "96x64" and values["steps"] == 2
-    assert set(values) == {"prompt", "negative_prompt", "size", "frames", "steps", "guidance_scale", "seed"}
+    assert set(values) == {"prompt", "negative_prompt", "size", "frames", "steps", "guidance_scale", "seed", "fast",
+                           "loras"}  # fmt: skip
+    assert values["fast"] is False and values["loras"] == []
+
+
+@pytest.fixture
+def a_lora(studio, tmp_path) -> str:
+    """A LoRA for the test model, kept in the studio's LoRA folder as an upload would be."""
+    from diffusers import WanTransformer3DModel
+
+    from pipelines.testmodels import ensure_test_model, lora_weights, save_lora
+
+    model = WanTransformer3DModel.from_pretrained(ensure_test_model(TINY) / "transformer")
+    upload = save_lora(lora_weights(model, seed=4, scale=0.2), tmp_path / "upload" / "ink style.safetensors", "kohya")
+    assert "Kept 'ink style.safetensors'" in settings.keep_lora(studio, str(upload))
+    return "ink style.safetensors"
+
+
+def test_reuse_restores_loras_and_fast_and_refuses_a_changed_or_missing_file(studio, a_lora):
+    loras = generate.slots_to_loras(a_lora, 0.5, True, True, None, 1.0, True, True)
+    job = studio.submit(generate.with_extras(studio, GenerationRequest(prompt="inked", steps=2), loras, False))
+    assert finished(studio, job.id).status == DONE, studio.jobs.get(job.id).error
+    name = Path(studio.jobs.get(job.id).result).name
+    _, values, _ = library.reuse(studio, name)
+    assert values["loras"] == [{"file": a_lora, "strength": 0.5, "experts": "high"}]
+
+    path = studio.loras.root / a_lora
+    path.write_bytes(path.read_bytes() + b" ")  # the same name, other bytes
+    with pytest.raises(LibraryError, match="changed since that clip was made"):
+        library.reuse(studio, name)
+    path.unlink()
+    with pytest.raises(LibraryError, match="is not in the LoRA folder"):
+        library.reuse(studio, name)
+
+    fast = studio.submit(generate.with_extras(studio, GenerationRequest(prompt="quick"), "[]", True))
+    assert finished(studio, fast.id).status == DONE
+    _, values, _ = library.reuse(studio, Path(studio.jobs.get(fast.id).result).name)
+    assert values["fast"] is True and values["steps"] == 3
+
+
+def test_the_forms_lora_slots_and_the_apis_loras_argument(studio, a_lora):
+    assert json.loads(generate.slots_to_loras(None, 1, True, True, a_lora, -0.5, False, True)) == [
+        {"file": a_lora, "strength": -0.5, "experts": "low"}
+    ]
+    for value, fragment in [
+        ("{oops", "loras must be a JSON list like"),
+        ('{"file": "x"}', "loras must be a JSON list of LoRAs"),
+        ("[1]", "LoRA 1 must be an object with a 'file'"),
+        ('[{"file": "ink style.safetensors", "weight": 2}]', "fields Wan Studio does not know: weight"),
+        ('[{"file": "ink style.safetensors", "experts": "none"}]', "tick High-noise, Low-noise or both"),
+        ('[{"file": "../../etc/passwd.safetensors"}]', "A LoRA is named by a .safetensors file of the LoRA folder"),
+        ('[{"file": "other.safetensors"}]', "The LoRA 'other.safetensors' is not in the LoRA folder"),
+        (json.dumps([{"file": a_lora}] * 9), "At most 8 LoRAs at once"),
+    ]:
+        with pytest.raises(RequestError) as err:
+            generate.parse_loras(studio, value)
+        assert fragment in err.value.problems["loras"], (value, err.value.problems)
+    with pytest.raises(RequestError, match="fast must be true or false"):
+        generate.with_extras(studio, GenerationRequest(prompt="a"), "[]", "yes")
+    steps, guidance = generate.fast_controls(studio, True)
+    assert (steps["value"], steps["interactive"], guidance["value"]) == (3, False, 1.0)
+    steps, _ = generate.fast_controls(studio, False)
+    assert steps["interactive"] is True
+
+
+def test_settings_keep_loras_list_them_and_save_the_cache(studio, a_lora, tmp_path):
+    assert "ink style.safetensors — for the tiny TI2V test layout" in settings.lora_table(studio)
+    assert settings.lora_choices(studio) == [a_lora]
+    from diffusers import WanTransformer3DModel
+
+    from pipelines.testmodels import ensure_test_model, lora_weights, save_lora
+
+    other = WanTransformer3DModel.from_pretrained(ensure_test_model("test-tiny-a14b") / "transformer")
+    save_lora(lora_weights(other), studio.loras.root / "for-a14b.safetensors")
+    assert settings.lora_choices(studio) == [a_lora]  # the forms offer only LoRAs made for the model in use
+    assert "for-a14b.safetensors — for the tiny A14B test layout" in settings.lora_table(studio)
+    bad = tmp_path / "notes.safetensors"
+    bad.write_text("hello")
+    from pipelines.loras import LoraError
+
+    with pytest.raises(LoraError, match="could not be read as a .safetensors file"):
+        settings.keep_lora(studio, str(bad))
+    assert settings.keep_lora(studio, None).startswith("Choose a `.safetensors` LoRA file")
+
+    status, _ = save_settings(studio, step_cache="magcache")
+    assert status.startswith("**Not saved:**") and "calibrate-cache --model test-tiny" in status
+    status, _ = save_settings(studio, step_cache="first-block", cache_threshold="2")
+    assert "from 0 to 1" in status
+    status, _ = save_settings(studio, step_cache="first-block", cache_threshold="0.1", lora_dir=str(tmp_path / "mine"))
+    assert status.startswith("Saved")
+    assert (studio.settings.step_cache, studio.settings.cache_threshold) == ("first-block", 0.1)
+    assert studio.loras.root == tmp_path / "mine" and settings.lora_choices(studio) == []
 
 
 def test_the_queue_table_lists_clips_and_films(studio):

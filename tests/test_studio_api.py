@@ -92,6 +92,27 @@ def test_bad_input_returns_its_message(client, kwargs, fragment):
     assert fragment in str(info.value)
 
 
+def test_the_loras_argument_and_fast_mode(client, running):
+    from diffusers import WanTransformer3DModel
+
+    from pipelines.testmodels import ensure_test_model, lora_weights, save_lora
+
+    model = WanTransformer3DModel.from_pretrained(ensure_test_model("test-tiny") / "transformer")
+    save_lora(lora_weights(model, seed=6, scale=0.2), running.home / "data" / "loras" / "glow.safetensors")
+    loras = json.dumps([{"file": "glow.safetensors", "strength": 0.75}])
+    client.predict(prompt="glowing", steps=2, seed=3, loras=loras, api_name="/text_to_video")
+    sidecar = json.loads(next(running.output_dir.glob("*glowing*.json")).read_text())
+    assert [(lora["file"], lora["strength"]) for lora in sidecar["settings"]["loras"]] == [("glow.safetensors", 0.75)]
+
+    *_, video, _, _ = client.predict(prompt="quick", fast=True, api_name="/text_to_video")
+    assert decode_video(Path(video))[0].shape[0] > 0
+    fast = json.loads(next(running.output_dir.glob("*quick*.json")).read_text())
+    assert fast["fast_preset"].startswith("test distilled checkpoint") and fast["settings"]["steps"] == 3
+
+    with pytest.raises(Exception, match="The LoRA 'absent.safetensors' is not in the LoRA folder"):
+        client.predict(prompt="x", loras='[{"file": "absent.safetensors"}]', api_name="/text_to_video")
+
+
 def test_image_to_video_without_a_picture_says_so(client):
     with pytest.raises(Exception, match="needs a picture"):
         client.predict(image=None, prompt="x", api_name="/image_to_video")

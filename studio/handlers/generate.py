@@ -3,11 +3,14 @@ stream of (preview, status, clip, job id, seed) until it ends."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+from library import LibraryError
 from pipelines.catalogue import IMAGE_TO_VIDEO, TEXT_TO_VIDEO
+from pipelines.loras import EXPERTS, MAX_LORAS, LoraChoice
 from pipelines.request import GenerationRequest, RequestError
 from studio.watch import watch
 
@@ -20,24 +23,70 @@ Update = tuple[Any, str, str | None, str, int | None]
 
 async def text_to_video(
     studio: Studio, prompt: str, negative_prompt: str = "", size: str = "", frames: float = 0, steps: float = 0,
-    guidance_scale: float = -1, seed: float = -1,
+    guidance_scale: float = -1, seed: float = -1, loras: str = "[]", fast: bool = False,
 ) -> AsyncIterator[Update]:  # fmt: skip
     request = form_request(studio.settings.model, TEXT_TO_VIDEO, prompt, negative_prompt, size, frames, steps,
                            guidance_scale, seed)  # fmt: skip
-    async for update in watch(studio, studio.submit(request)):
+    async for update in watch(studio, studio.submit(with_extras(studio, request, loras, fast))):
         yield update
 
 
 async def image_to_video(
     studio: Studio, image: Any, prompt: str, negative_prompt: str = "", size: str = AUTO_SIZE, frames: float = 0,
-    steps: float = 0, guidance_scale: float = -1, seed: float = -1,
+    steps: float = 0, guidance_scale: float = -1, seed: float = -1, loras: str = "[]", fast: bool = False,
 ) -> AsyncIterator[Update]:  # fmt: skip
     if image is None:
         raise RequestError({"image": "Image-to-video needs a picture: upload one or pick a clip's last frame."})
     request = form_request(studio.settings.model, IMAGE_TO_VIDEO, prompt, negative_prompt, size, frames, steps,
                            guidance_scale, seed, image=image)  # fmt: skip
-    async for update in watch(studio, studio.submit(request)):
+    async for update in watch(studio, studio.submit(with_extras(studio, request, loras, fast))):
         yield update
+
+
+def with_extras(studio: Studio, request: GenerationRequest, loras: Any, fast: Any) -> GenerationRequest:
+    """The request with its LoRAs (named in the LoRA folder), Fast mode, and the studio's step cache."""
+    if not isinstance(fast, bool):
+        raise RequestError({"fast": f"fast must be true or false; got {str(fast)[:20]!r}."})
+    request.loras = parse_loras(studio, loras)
+    request.fast = fast
+    request.cache, request.cache_threshold = studio.settings.step_cache, studio.settings.cache_threshold
+    return request
+
+
+def parse_loras(studio: Studio, text: Any) -> list[LoraChoice]:
+    """`loras` as the API and the page send it: a JSON list of {"file": name in the LoRA folder, "strength":
+    number (1), "experts": "both" | "high" | "low" (both)}. RequestError names what is wrong."""
+    if text is None or text == "":
+        return []
+    try:
+        items = json.loads(text) if isinstance(text, str) else text
+    except (ValueError, RecursionError):
+        raise RequestError({"loras": "loras must be a JSON list like [{\"file\": \"style.safetensors\", "
+                                     "\"strength\": 0.8}]."}) from None  # fmt: skip
+    if not isinstance(items, list):
+        raise RequestError({"loras": "loras must be a JSON list of LoRAs."})
+    if len(items) > MAX_LORAS:
+        raise RequestError({"loras": f"At most {MAX_LORAS} LoRAs at once; {len(items)} were sent."})
+    choices = []
+    for n, item in enumerate(items, start=1):
+        if not isinstance(item, dict) or not isinstance(item.get("file"), str):
+            raise RequestError({"loras": f"LoRA {n} must be an object with a 'file' (a name in the LoRA folder)."})
+        unknown = set(item) - {"file", "strength", "experts"}
+        if unknown:
+            raise RequestError(
+                {"loras": f"LoRA {n} has fields Wan Studio does not know: {', '.join(sorted(unknown))}."}
+            )
+        experts = item.get("experts", "both")
+        if experts not in EXPERTS:
+            raise RequestError({"loras": f"LoRA {n}: experts must be 'both', 'high' or 'low' (in the form: tick "
+                                         f"High-noise, Low-noise or both); got {str(experts)[:20]!r}."})  # fmt: skip
+        try:
+            path = studio.loras.path_of(item["file"])
+        except LibraryError as err:
+            raise RequestError({"loras": f"LoRA {n}: {err}"}) from None
+        high, low = EXPERTS[experts]
+        choices.append(LoraChoice(str(path), item.get("strength", 1.0), high, low))
+    return choices
 
 
 def cancel(studio: Studio, job_id: str) -> str:
@@ -107,3 +156,29 @@ def _whole(value: Any, name: str, what: str, problems: dict[str, str]) -> int | 
         problems[name] = f"{what} must be a whole number; got {value!r}."
         return None
     return int(number)
+
+
+def slots_to_loras(*values: Any) -> str:
+    """The form's LoRA slots (file, strength, high-noise, low-noise, repeated) as the `loras` JSON."""
+    chosen = []
+    for file, strength, high, low in zip(*[iter(values)] * 4, strict=False):
+        if file:
+            experts = {(True, True): "both", (True, False): "high", (False, True): "low"}.get((bool(high), bool(low)))
+            chosen.append({"file": file, "strength": strength, "experts": experts or "none"})
+    return json.dumps(chosen)
+
+
+def fast_controls(studio: Studio, fast: bool) -> tuple[dict, dict]:
+    """(steps, guidance) as Fast mode sets them for the current model, or the model's own (editable)."""
+    from pipelines.catalogue import get_spec
+
+    spec = get_spec(studio.settings.model)
+    if fast and spec.fast is not None:
+        return (
+            {"value": spec.fast.steps, "interactive": False, "label": "Steps (set by Fast mode)"},
+            {"value": spec.fast.guidance_scale, "interactive": False, "label": "Guidance (off in Fast mode)"},
+        )
+    return (
+        {"value": studio.settings.steps or spec.steps, "interactive": True, "label": "Steps"},
+        {"value": studio.settings.guidance_scale or spec.guidance_scale, "interactive": True, "label": "Guidance"},
+    )

@@ -28,9 +28,12 @@ def show_clip(studio: Studio, name: str | None) -> tuple[str | None, dict | None
 
 
 def reuse(studio: Studio, name: str | None) -> tuple[str, dict[str, Any], str | None]:
-    """(task, settings by control name, input picture path) to put a clip's settings back into its form."""
+    """(task, settings by control name, input picture path) to put a clip's settings back into its form.
+    Refused (LibraryError) when a LoRA it used is no longer in the LoRA folder or has changed."""
     clip = _picked(studio, name)
     task = clip.sidecar.get("task")
+    for lora in clip.settings.get("loras") or []:
+        studio.loras.check_unchanged(lora.get("file", ""), lora.get("sha256", ""))
     picture = clip.input_image if task == IMAGE_TO_VIDEO and clip.input_image and clip.input_image.is_file() else None
     return task, reuse_values(clip.settings), str(picture) if picture else None
 
@@ -41,7 +44,8 @@ def reuse_values(settings: dict) -> dict[str, Any]:
     return {
         "prompt": s.get("prompt", ""), "negative_prompt": s.get("negative_prompt", ""),
         "size": f"{s.get('width')}x{s.get('height')}", "frames": s.get("frames"), "steps": s.get("steps"),
-        "guidance_scale": s.get("guidance_scale"), "seed": s.get("seed", -1),
+        "guidance_scale": s.get("guidance_scale"), "seed": s.get("seed", -1), "fast": bool(s.get("fast", False)),
+        "loras": [{k: lora[k] for k in ("file", "strength", "experts") if k in lora} for lora in s.get("loras") or []],
     }  # fmt: skip
 
 

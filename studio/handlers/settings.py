@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines import attention
-from pipelines.catalogue import IMAGE_TO_VIDEO, TEXT_TO_VIDEO, UnknownModelError, get_spec
+from pipelines import attention, caching
+from pipelines.catalogue import IMAGE_TO_VIDEO, TEXT_TO_VIDEO, ModelSpec, UnknownModelError, get_spec
 from studio.handlers.generate import AUTO_SIZE
 from studio.settings import Settings, SettingsError, save_settings
 
@@ -18,6 +18,7 @@ def save(
     studio: Studio, model: str, profile: str, precision: str, output_dir: str, steps: Any, guidance: Any,
     negative: str, watermark: bool = False, include_prompt: bool = False, attention_backend: str = attention.AUTO,
     compile_blocks: bool = False, vae_precision: str = "float32", confirm_output_dir: bool = False,
+    lora_dir: str = "", step_cache: str = "off", cache_threshold: Any = "",
 ) -> tuple[str, str | None]:  # fmt: skip
     """(status line, new model note or None). Nothing is saved when a value is refused; moving the output
     folder needs `confirm_output_dir` (it takes effect at the next start, and that folder is then served)."""
@@ -28,9 +29,11 @@ def save(
             guidance_scale=optional_number(guidance, "Default guidance"),
             negative_prompt=negative or None, watermark=bool(watermark), include_prompt=bool(include_prompt),
             attention=attention_backend or attention.AUTO, compile=bool(compile_blocks),
-            vae_precision=vae_precision or "float32",
+            vae_precision=vae_precision or "float32", lora_dir=(lora_dir or "").strip(),
+            step_cache=step_cache or "off", cache_threshold=optional_number(cache_threshold, "The cache threshold"),
         )  # fmt: skip
         candidate.validate()
+        caching.check(candidate.step_cache, candidate.cache_threshold, candidate.model)  # MagCache: calibrated?
         candidate.speed.check(studio.manager.device)  # an attention backend this machine can run
         moved = Path(candidate.output_dir).expanduser().resolve() != studio.output_dir
         if moved and not confirm_output_dir:
@@ -39,7 +42,7 @@ def save(
                 f"served by the studio). Tick 'Use this output folder' to confirm."
             )
         path = save_settings(candidate)
-    except (SettingsError, attention.AttentionUnavailableError) as err:
+    except (SettingsError, attention.AttentionUnavailableError, caching.CacheError) as err:
         return f"**Not saved:** {err}", None
     studio.apply_settings(candidate)
     spec = get_spec(candidate.model)
@@ -71,9 +74,45 @@ def form_for_model(studio: Studio, model: str) -> dict[str, Any] | None:
     return {
         "t2v_sizes": size_choices(spec.id, TEXT_TO_VIDEO), "i2v_sizes": size_choices(spec.id, IMAGE_TO_VIDEO),
         "min_frames": spec.min_frames, "max_frames": spec.max_frames, "frames": spec.frames, "fps": spec.fps,
+        "fast": spec.fast is not None, "fast_label": fast_label(spec), "two_experts": spec.two_experts,
     }  # fmt: skip
+
+
+def fast_label(spec: ModelSpec) -> str:
+    """The Fast mode switch's label: what it runs for this model, or that it has none."""
+    return f"Fast mode: {spec.fast.label}" if spec.fast else "Fast mode (none published for this model)"
 
 
 def size_choices(spec_id: str, task: str) -> list[str]:
     sizes = [f"{w}x{h}" for w, h in get_spec(spec_id).sizes]
     return [AUTO_SIZE, *sizes] if task == IMAGE_TO_VIDEO else sizes
+
+
+def lora_choices(studio: Studio) -> list[str]:
+    """The file names of the LoRAs in the LoRA folder made for the current model, for the forms' pickers (the
+    Settings list says what the others were made for)."""
+    width = get_spec(studio.settings.model).transformer_width
+    return [e.name for e in studio.loras.entries() if e.info is not None and (not width or e.info.width == width)]
+
+
+def lora_table(studio: Studio) -> str:
+    """The LoRA folder as a Markdown list: each file, what it was made for, or why it cannot be used."""
+    entries = studio.loras.entries()
+    if not entries:
+        return f"No LoRAs yet. Upload one here or put `.safetensors` files in `{studio.loras.root}`."
+    lines = [f"LoRAs in `{studio.loras.root}`:", ""]
+    lines += [f"- {_escaped(entry.label)}" for entry in entries]
+    return "\n".join(lines)
+
+
+def keep_lora(studio: Studio, upload: Any) -> str:
+    """Check an uploaded file and keep it in the LoRA folder; the sentence that says what happened."""
+    if not upload:
+        return "Choose a `.safetensors` LoRA file first."
+    path = Path(upload if isinstance(upload, str) else getattr(upload, "name", ""))
+    name = studio.loras.keep(path)  # LoraError / LibraryError with the reason
+    return f"Kept '{name}' in the LoRA folder: pick it in the LoRAs section of either form."
+
+
+def _escaped(text: str) -> str:
+    return "".join("\\" + c if c in "\\`*_[]<>#|" else c for c in text)
