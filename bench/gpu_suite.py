@@ -9,10 +9,12 @@ Sections, in order: env, gemm (bf16 peak), build (the full-size model with rando
 the GPU: same compute and memory as the real one, nothing downloaded or saved), attention (seconds per CFG
 step for each backend this machine has, with MFU), overhead (PipelineManager.generate against a plain
 diffusers call of the same pipeline; preview cost per step; memory estimate against the measured peak),
-vae (decode in float32, bf16 and tiled, with the bf16 error), compile (regional compilation against
-eager), capped (the profile `auto` picks under a 24 GB cap, standing in for an RTX 4090), profiles (the
-other GPU profiles under that cap, while the budget lasts: estimate against measured peak). Each reports
-peak allocated and reserved GPU memory. Few steps suffice: per-step figures use steps 2..n.
+vae (decode in float32, bf16 and tiled, with the bf16 error), lora (a rank-32 LoRA on every targeted layer:
+step time unfused, then fused, against no LoRA), fast (Fast mode's whole clip against the 50-step CFG
+baseline), compile (regional compilation against eager), capped (the profile `auto` picks under a 24 GB
+cap, standing in for an RTX 4090), profiles (the other GPU profiles under that cap, while the budget lasts:
+estimate against measured peak). Each reports peak allocated and reserved GPU memory. Few steps suffice:
+per-step figures use steps 2..n.
 """
 
 from __future__ import annotations
@@ -390,6 +392,68 @@ def main(argv: list[str] | None = None) -> int:
             r[name] = entry
         pipe.vae.enable_tiling() if tiled_before else pipe.vae.disable_tiling()
 
+    def lora(r: dict) -> None:
+        """Unfused LoRA layers cost every step; the manager fuses a set that runs twice in a row."""
+        from pipelines.loras import LoraChoice
+        from pipelines.testmodels import lora_weights, save_lora
+
+        pipe, manager = state["pipe"], state["manager"]
+        rank = 4 if spec.is_test else 32
+        weights = {k: (d.bfloat16(), u.bfloat16()) for k, (d, u) in lora_weights(pipe.transformer, rank).items()}
+        path = save_lora(weights, Path(os.environ.get("TMPDIR", "/tmp")) / "bench-lora.safetensors")
+        with_lora = validate_request(
+            GenerationRequest(prompt=PROMPT, model=model, width=width, height=height, frames=frames,
+                              steps=args.steps, seed=0, loras=[LoraChoice(str(path))]),
+            default_model=model,
+        )  # fmt: skip
+        base = suite.results["sections"].get("overhead", {}).get("stages", {}).get("step_s_mean")
+        t0 = time.perf_counter()
+        unfused = manager.generate(with_lora).timings
+        r["first_run_s"] = round(time.perf_counter() - t0, 2)  # loading the LoRA included
+        fused = manager.generate(with_lora).timings
+        r.update(
+            rank=rank, file_mb=round(path.stat().st_size / 2**20, 1), fused=manager._loaded.loras.fused,
+            no_lora_s_per_cfg_step=round(base, 4) if base else None,
+            unfused_s_per_cfg_step=round(unfused["step_s_mean"], 4),
+            fused_s_per_cfg_step=round(fused["step_s_mean"], 4),
+            unfused_over_fused=round(unfused["step_s_mean"] / fused["step_s_mean"], 3),
+        )  # fmt: skip
+        path.unlink(missing_ok=True)
+
+    def fast(r: dict) -> None:
+        """Fast mode's clip end to end against the 50-step CFG baseline. The baseline is not run (minutes at
+        full size): it is this run's encode, decode and copy plus 50 of the overhead section's CFG steps. On
+        a full-size model the distilled weights cannot be fetched here (no network); the base transformer
+        with random weights stands in at the preset's steps and guidance: same layers, same compute."""
+        manager, preset = state["manager"], spec.fast
+        if preset is None:
+            r["status"] = "skipped: no fast preset for this model"
+            return
+        fields = dict(fast=True) if spec.is_test else dict(steps=preset.steps, guidance_scale=preset.guidance_scale)
+        quick = validate_request(
+            GenerationRequest(prompt=PROMPT, model=model, width=width, height=height, frames=frames, seed=0,
+                              **fields),
+            default_model=model,
+        )  # fmt: skip
+        manager.generate(quick)  # warm: a fast preset's transformer swap or scheduler, outside the timing
+        sync()
+        t0 = time.perf_counter()
+        timings = manager.generate(quick).timings
+        sync()
+        total = time.perf_counter() - t0
+        base = suite.results["sections"].get("overhead", {}).get("stages", {})
+        baseline = None
+        if base:
+            baseline = base["encode_s"] + 50 * base["step_s_mean"] + timings["decode_s"] + timings["to_host_s"]
+        r.update(
+            preset=preset.label, stand_in=None if spec.is_test else "base transformer, random weights",
+            steps=quick.steps, guidance=quick.guidance_scale, fast_total_s=round(total, 3),
+            stages={k: round(v, 4) for k, v in timings.items()},
+            baseline_50_step_cfg_s=round(baseline, 2) if baseline else None,
+            speedup_end_to_end=round(baseline / total, 2) if baseline else None,
+            decode_share=round((timings["decode_s"] + timings["to_host_s"]) / total, 3),
+        )  # fmt: skip
+
     def compiled(r: dict) -> None:
         pipe = state["pipe"]
         embeds = embeddings()
@@ -474,11 +538,13 @@ def main(argv: list[str] | None = None) -> int:
         suite.run("attention", 5 if tiny else 30, attention_section)
         suite.run("overhead", 5 if tiny else 60, overhead)
         suite.run("vae", 5 if tiny else 40, vae)
+        suite.run("lora", 5 if tiny else 75, lora)
+        suite.run("fast", 5 if tiny else 40, fast)
         suite.run("compile", 20 if tiny else 120, compiled)
         suite.run("capped", 60, capped, needs_cuda=True)
         suite.run("profiles", 45, profiles, needs_cuda=True)
     else:
-        for name in ("attention", "overhead", "vae", "compile", "capped", "profiles"):
+        for name in ("attention", "overhead", "vae", "lora", "fast", "compile", "capped", "profiles"):
             suite.results["sections"][name] = {"status": "skipped: the model could not be built"}
     suite.results["complete"] = True
     suite.save()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ["env", "gemm", "build", "attention", "overhead", "vae", "compile", "capped", "profiles"]
+SECTIONS = ["env", "gemm", "build", "attention", "overhead", "vae", "lora", "fast", "compile", "capped", "profiles"]
 
 
 def run_suite(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
@@ -44,6 +44,11 @@ def test_tiny_mode_runs_every_section_that_needs_no_cuda_and_writes_a_complete_j
     vae = sections["vae"]
     assert vae["bfloat16"]["max_abs_diff"] > 0 and vae["float32_tiled"]["decode_s"] > 0
     assert vae["float32"]["frames_before_s"] > 0 and vae["float32"]["frames_after_s"] > 0
+    lora = sections["lora"]
+    assert lora["fused"] is True and lora["unfused_s_per_cfg_step"] > 0 and lora["fused_s_per_cfg_step"] > 0
+    fast = sections["fast"]
+    assert (fast["steps"], fast["guidance"]) == (3, 1.0) and fast["preset"].startswith("test distilled")
+    assert fast["speedup_end_to_end"] > 1 and 0 < fast["decode_share"] < 1
     assert sections["compile"]["compiled_s_per_cfg_step"] > 0
     assert "attention" in done.stdout and "overhead" in done.stdout  # the summary table at the end
 
