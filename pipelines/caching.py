@@ -77,8 +77,9 @@ def check(kind: str | None, threshold: float | None, model_id: str) -> CacheChoi
         two_experts = get_spec(model_id).two_experts
     except UnknownModelError:
         two_experts = False
-    if kind == "magcache" and two_experts:  # each expert sees only part of the steps: its schedule would not hold
-        raise CacheError("MagCache works on single-transformer models; on the A14B pair use First Block Cache.")
+    if kind in ("magcache", "taylorseer") and two_experts:  # each expert counts only its own part of the steps,
+        name = "MagCache" if kind == "magcache" else "TaylorSeer"  # so a schedule over all steps would not hold
+        raise CacheError(f"{name} works on single-transformer models; on the A14B pair use First Block Cache.")
     if kind == "magcache" and calibrated_ratios(model_id) is None:
         raise CacheError(
             f"MagCache needs ratios calibrated for this model first: run `python app.py calibrate-cache --model "

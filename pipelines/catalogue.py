@@ -253,14 +253,9 @@ _T2V_1_3B = ModelSpec(
     shared_components="wan21-vae-umt5",
     transformer_width=1536,
     family="Wan2.1 1.3B",
-    fast=FastPreset(
-        label="FastWan2.1-T2V-1.3B (3 steps, DMD)",
-        source="huggingface.co/FastVideo/FastWan2.1-T2V-1.3B-Diffusers: 3-step inference; steps and sampling from "
-        "FastVideo's FastWan2_1_T2V_480P_Config",
-        sigmas=_DMD_3,
-        stochastic=True,
-        transformer_repo="FastVideo/FastWan2.1-T2V-1.3B-Diffusers",
-    ),
+    # No Fast mode: FastWan2.1-T2V-1.3B was distilled together with Video Sparse Attention (FastVideo's
+    # "sparse distillation", VSA sparsity 0.8; its docs say "First install VSA"), which diffusers' Wan
+    # transformer does not run; dense attention would not be the settings its authors prescribe.
 )
 
 TEST_TINY = "test-tiny"

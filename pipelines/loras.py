@@ -14,6 +14,7 @@ what it was made for. On the A14B pair each LoRA says which expert(s) it goes to
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import re
@@ -24,6 +25,8 @@ from typing import Any
 import torch
 
 from pipelines.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 SUFFIX = ".safetensors"
 MAX_LORAS = 8
@@ -184,13 +187,27 @@ class LoraSet:
                 self._fuse(pipe)
             return
         self.clear(pipe)
+        for lora in loras:  # the file that was checked is the file that loads (a queued job may wait for hours)
+            if not Path(lora.path).is_file() or sha256_of(Path(lora.path)) != lora.sha256:
+                raise LoraError(f"The LoRA '{lora.name}' is gone or changed since the job was queued.")
         for i, lora in enumerate(loras):
             for component, wanted in (("transformer", lora.high), ("transformer_2", lora.low)):
                 if not wanted:
                     continue
                 name = f"lora{i}_{component}"
-                pipe.load_lora_weights(lora.path, adapter_name=name, load_into_transformer_2=component != "transformer")
+                try:
+                    pipe.load_lora_weights(lora.path, adapter_name=name,
+                                           load_into_transformer_2=component != "transformer")  # fmt: skip
+                except (RuntimeError, ValueError, KeyError) as err:
+                    logger.warning("LoRA %s did not load into %s: %s", lora.name, component, err)
+                    self.adapters.setdefault(component, []).append((name, lora.strength))
+                    self.clear(pipe)
+                    raise LoraError(
+                        f"'{lora.name}' does not fit this model's {component}: some of its layers have other shapes "
+                        "or names (it was probably made for another model or a modified one)."
+                    ) from None
                 self.adapters.setdefault(component, []).append((name, lora.strength))
+                _compute_in_the_models_dtype(getattr(pipe, component))
         for component, adapters in self.adapters.items():
             getattr(pipe, component).set_adapters([n for n, _ in adapters], [s for _, s in adapters])
         self.key = key
@@ -225,3 +242,17 @@ class LoraSet:
             self.originals[component] = {name: p.detach().to("cpu", copy=True) for name, p in changed[component]}
             getattr(pipe, component).fuse_lora(adapter_names=[n for n, _ in adapters])
         self.fused = True
+
+
+_FLOAT8 = {torch.float8_e4m3fn, torch.float8_e5m2}
+
+
+def _compute_in_the_models_dtype(module: torch.nn.Module) -> None:
+    """PEFT gives new LoRA layers the base weight's dtype: under fp8 layerwise casting that is float8, which
+    no matmul takes. The LoRA layers (small) are kept in the dtype the model computes in instead."""
+    compute = next((p.dtype for p in module.parameters() if p.dtype not in _FLOAT8 and p.is_floating_point()), None)
+    if compute is None:
+        return
+    for name, param in module.named_parameters():
+        if ("lora_A" in name or "lora_B" in name) and param.dtype in _FLOAT8:
+            param.data = param.data.to(compute)

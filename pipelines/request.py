@@ -173,9 +173,9 @@ def validate_request(request: GenerationRequest, default_model: str) -> ValidReq
         chosen_loras = lora_files.resolve([_lora_choice(item) for item in request.loras or []], spec)
     except (LoraError, TypeError, ValueError) as err:
         problems["loras"] = str(err) if isinstance(err, LoraError) else f"A LoRA entry is not understood: {err}"
-    cache = CacheChoice()
+    cache = CacheChoice()  # Fast mode runs without one: its few distilled steps differ too much to skip any
     try:
-        kind, threshold = request.cache, request.cache_threshold
+        kind, threshold = (None, None) if fast else (request.cache, request.cache_threshold)
         if isinstance(kind, dict):
             kind, threshold = kind.get("kind"), kind.get("threshold", threshold)
         cache = caching.check(kind, threshold, spec.id)

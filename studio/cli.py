@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -74,9 +75,10 @@ def parse_size(text: str | None) -> tuple[int | None, int | None]:
 
 def parse_lora(text: str, folder: Path | None = None) -> LoraChoice:
     """'style.safetensors:0.8@low' -> LoraChoice; a bare name is looked up in the LoRA folder."""
-    spec, _, experts = text.rpartition("@") if "@" in text else (text, "", "both")
-    if experts not in EXPERTS:
-        raise RequestError({"lora": f"--lora {text}: the expert after '@' must be high, low or both; got '{experts}'."})
+    spec, experts = text, "both"
+    suffix = re.search(r"@(high|low|both)$", text)  # any other '@' is part of the path
+    if suffix:
+        spec, experts = text[: suffix.start()], suffix.group(1)
     file, strength = spec, 1.0
     head, colon, tail = spec.rpartition(":")
     if colon and head:
@@ -93,7 +95,8 @@ def parse_lora(text: str, folder: Path | None = None) -> LoraChoice:
         candidate = LoraFolder(folder).root / file
         path = candidate if candidate.is_file() else path
     if not path.is_file():
-        raise RequestError({"lora": f"--lora {text}: no such file (give a path, or a file name in the LoRA folder)."})
+        raise RequestError({"lora": f"--lora {text}: no such file (give a path or a file name in the LoRA folder, "
+                                    "then optionally :STRENGTH and @high, @low or @both)."})  # fmt: skip
     high, low = EXPERTS[experts]
     return LoraChoice(str(path), strength, high, low)
 

@@ -214,7 +214,8 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 bind(handler, studio), inputs, form.outputs, api_name=handler.__name__, concurrency_limit=None,
                 show_progress="minimal",
             )  # fmt: skip
-            form.fast.change(shown_in_page(fast_controls), form.fast, [form.steps, form.guidance], **PRIVATE)
+            # .input, not .change: only the user's own click; Reuse sets the switch and the values together
+            form.fast.input(shown_in_page(fast_controls), form.fast, [form.steps, form.guidance], **PRIVATE)
         t2v.cancel.click(bind(gen.cancel, studio), t2v.job, t2v.status, api_name="cancel", concurrency_limit=None)
         i2v.cancel.click(bind(gen.cancel, studio), i2v.job, i2v.status, concurrency_limit=None, **PRIVATE)
 
@@ -252,8 +253,19 @@ def build_ui(studio: Studio) -> gr.Blocks:
         def reuse(name: str | None):
             task, values, picture = lib.reuse(studio, name)
             form = i2v if task == IMAGE_TO_VIDEO else t2v
-            loras = values.pop("loras")
+            loras, cache = values.pop("loras"), values.pop("cache")
             updates = {form.by_name[field]: value for field, value in values.items()}
+            steps, guidance = gen.fast_controls(studio, values["fast"])  # locked while Fast mode is on
+            updates[form.steps] = gr.update(**dict(steps, value=values["steps"]))
+            updates[form.guidance] = gr.update(**dict(guidance, value=values["guidance_scale"]))
+            if len(loras) > len(form.lora_slots):
+                gr.Warning(f"This clip used {len(loras)} LoRAs; the form holds {len(form.lora_slots)}, so only the "
+                           "first ones are filled in. The API and the CLI take up to 8.")  # fmt: skip
+            note = sett.use_cache(studio, cache)
+            if note:
+                gr.Info(note)
+                updates[s_cache] = studio.settings.step_cache
+                updates[s_cache_threshold] = _shown(studio.settings.cache_threshold)
             for n, (file, strength, high, low) in enumerate(form.lora_slots):
                 lora = loras[n] if n < len(loras) else {}
                 experts = lora.get("experts", "both")
@@ -280,7 +292,8 @@ def build_ui(studio: Studio) -> gr.Blocks:
         lib_pick.change(bind(lib.show_clip, studio), lib_pick, [lib_video, lib_info], **PRIVATE)
         for form in (t2v, i2v):
             form.video.change(refresh_library, None, library_lists, **PRIVATE)
-        all_form_controls = [*t2v.by_name.values(), *i2v.by_name.values(), *t2v.lora_inputs, *i2v.lora_inputs, i_image,
+        all_form_controls = [*t2v.by_name.values(), *i2v.by_name.values(), *t2v.lora_inputs, *i2v.lora_inputs,
+                             s_cache, s_cache_threshold, i_image,
                              tabs]  # fmt: skip
         lib_reuse.click(shown_in_page(reuse), lib_pick, all_form_controls, **PRIVATE)
         lib_continue.click(shown_in_page(use_last_frame), lib_pick, [i_image, tabs], **PRIVATE)
@@ -301,15 +314,17 @@ def build_ui(studio: Studio) -> gr.Blocks:
         def forms_for_model(model: str):
             limits = sett.form_for_model(studio, model)
             if limits is None:
-                return [gr.skip()] * (6 + len(expert_boxes))
+                return [gr.skip()] * (10 + len(expert_boxes))
             frames = gr.update(minimum=limits["min_frames"], maximum=limits["max_frames"], value=limits["frames"],
                                label=f"Frames ({limits['fps']} fps)")  # fmt: skip
             fast = gr.update(value=False, label=limits["fast_label"], interactive=limits["fast"])
-            return (gr.update(choices=limits["t2v_sizes"], value=limits["t2v_sizes"][0]), frames, fast,
-                    gr.update(choices=limits["i2v_sizes"], value=gen.AUTO_SIZE), frames, fast,
-                    *[gr.update(visible=limits["two_experts"]) for _ in expert_boxes])  # fmt: skip
+            steps, guidance = (gr.update(**values) for values in gen.fast_controls(studio, False))
+            return (gr.update(choices=limits["t2v_sizes"], value=limits["t2v_sizes"][0]), frames, fast, steps,
+                    guidance, gr.update(choices=limits["i2v_sizes"], value=gen.AUTO_SIZE), frames, fast, steps,
+                    guidance, *[gr.update(visible=limits["two_experts"]) for _ in expert_boxes])  # fmt: skip
 
-        model_dependent = [t2v.size, t2v.frames, t2v.fast, i2v.size, i2v.frames, i2v.fast, *expert_boxes]
+        model_dependent = [t2v.size, t2v.frames, t2v.fast, t2v.steps, t2v.guidance, i2v.size, i2v.frames, i2v.fast,
+                           i2v.steps, i2v.guidance, *expert_boxes]  # fmt: skip
         s_save.click(shown_in_page(save_settings), settings_inputs, [s_status, model_note], **PRIVATE).then(
             shown_in_page(forms_for_model), s_model, model_dependent, **PRIVATE
         ).then(shown_in_page(refresh_lora_choices), lora_pickers, [s_lora_list, *lora_pickers], **PRIVATE)

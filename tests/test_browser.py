@@ -100,11 +100,17 @@ def test_the_library_lists_the_clip_after_a_reload(page):
     assert "paper boat" in page.inner_text("body")
     page.screenshot(path=str(SCREENSHOTS / "studio-library.png"), full_page=True)
 
+    page.get_by_role("tab", name="Text to video").click()
+    page.locator("#t2v-fast input").check()  # Fast mode on in the form, then a clip made without it is reused
+    page.wait_for_function("() => document.querySelector('#t2v-steps input[type=number]').value === '3'")
+    page.get_by_role("tab", name="Library").click()
     page.get_by_role("button", name="Reuse settings").click()
     page.wait_for_function(
         "() => document.querySelector('#t2v-prompt textarea').value.includes('paper boat')", timeout=30_000
     )
+    page.wait_for_timeout(1000)  # any late event would have landed by now
     assert page.locator("#t2v-steps input[type=number]").input_value() == "40"
+    assert not page.locator("#t2v-fast input").is_checked() and page.locator("#t2v-steps input").first.is_enabled()
     assert page.locator("#t2v-prompt textarea").is_visible()  # the form's tab is the one shown
 
 

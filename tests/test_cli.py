@@ -82,7 +82,7 @@ def lora_file(path: Path) -> Path:
 
 
 def test_loras_fast_mode_and_the_step_cache_from_the_command_line(tmp_path):
-    lora = lora_file(tmp_path / "my:style.safetensors")  # a colon in the name is not a strength
+    lora = lora_file(tmp_path / "a@b" / "my:style.safetensors")  # a colon or an '@' in the path is the path's
     done = run_cli("--model", "test-tiny", "--prompt", "x", "--lora", f"{lora}:0.5@high", "--lora", str(lora),
                    "--cache", "first-block:0.1", "--out-dir", str(tmp_path / "a"), "--offline")  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -99,7 +99,7 @@ def test_loras_fast_mode_and_the_step_cache_from_the_command_line(tmp_path):
 
     for args, fragment in [
         (["--lora", "nowhere.safetensors"], "--lora nowhere.safetensors: no such file"),
-        (["--lora", f"{lora}@middle"], "the expert after '@' must be high, low or both"),
+        (["--lora", f"{lora}@middle"], "no such file (give a path or a file name in the LoRA folder, then"),
         (["--lora", f"{lora}:9"], "must be from -4 to 4"),
         (["--cache", "first-block:lots"], "the threshold after ':' must be a number"),
         (["--cache", "magcache"], "calibrate-cache --model test-tiny"),

@@ -112,8 +112,8 @@ def test_reuse_gives_the_clips_settings_by_control_name(studio):
     assert values["prompt"] == "a blue dog" and values["seed"] == 42 and values["frames"] == 13
     assert values["size"] == "96x64" and values["steps"] == 2
     assert set(values) == {"prompt", "negative_prompt", "size", "frames", "steps", "guidance_scale", "seed", "fast",
-                           "loras"}  # fmt: skip
-    assert values["fast"] is False and values["loras"] == []
+                           "loras", "cache"}  # fmt: skip
+    assert values["fast"] is False and values["loras"] == [] and values["cache"]["kind"] == "off"
 
 
 @pytest.fixture
@@ -145,6 +145,19 @@ def test_reuse_restores_loras_and_fast_and_refuses_a_changed_or_missing_file(stu
     with pytest.raises(LibraryError, match="is not in the LoRA folder"):
         library.reuse(studio, name)
 
+    # the clip ran uncached; a studio now set to cache gets its cache put back as the clip was made
+    save_settings(studio, step_cache="first-block", cache_threshold="0.2")
+    assert settings.use_cache(studio, values_cache := {"kind": "off", "threshold": 0.0}) == (
+        "Step cache set to off in Settings, as this clip was made."
+    )
+    assert studio.settings.step_cache == "off" and settings.use_cache(studio, values_cache) is None
+    assert json.loads(settings_path().read_text())["step_cache"] == "off"
+    assert settings.use_cache(studio, {"kind": "first-block", "threshold": 0.1}).startswith("Step cache set to")
+    assert (studio.settings.step_cache, studio.settings.cache_threshold) == ("first-block", 0.1)
+    assert settings.use_cache(studio, {"kind": "magcache", "threshold": 0.06}).startswith(
+        "The step cache stays as it is: MagCache needs ratios calibrated"
+    )
+
     fast = studio.submit(generate.with_extras(studio, GenerationRequest(prompt="quick"), "[]", True))
     assert finished(studio, fast.id).status == DONE
     _, values, _ = library.reuse(studio, Path(studio.jobs.get(fast.id).result).name)
@@ -161,6 +174,7 @@ def test_the_forms_lora_slots_and_the_apis_loras_argument(studio, a_lora):
         ("[1]", "LoRA 1 must be an object with a 'file'"),
         ('[{"file": "ink style.safetensors", "weight": 2}]', "fields Wan Studio does not know: weight"),
         ('[{"file": "ink style.safetensors", "experts": "none"}]', "tick High-noise, Low-noise or both"),
+        ('[{"file": "ink style.safetensors", "experts": ["high"]}]', "experts must be 'both', 'high' or 'low'"),
         ('[{"file": "../../etc/passwd.safetensors"}]', "A LoRA is named by a .safetensors file of the LoRA folder"),
         ('[{"file": "other.safetensors"}]', "The LoRA 'other.safetensors' is not in the LoRA folder"),
         (json.dumps([{"file": a_lora}] * 9), "At most 8 LoRAs at once"),

@@ -197,6 +197,51 @@ def test_pickles_and_files_that_are_not_wan_loras_are_refused(tmp_path):
         assert fragment in err.value.problems["loras"]
 
 
+def test_a_lora_whose_layers_do_not_fit_is_refused_by_name_and_the_model_still_works(loras, tmp_path):
+    from pipelines.errors import UserError
+    from pipelines.manager import PipelineManager
+
+    weights = lora_matrices()
+    down, up = weights[1, "ffn.net.2"]
+    weights[1, "ffn.net.2"] = (torch.randn(4, down.shape[1] + 8), up)  # the header's probe layers still fit
+    odd = save_lora(weights, tmp_path / "odd.safetensors", "comfyui")
+    manager = PipelineManager(offline=True)
+    base = manager.generate(valid()).frames
+    with pytest.raises(UserError) as err:
+        manager.generate(valid(loras=[LoraChoice(str(odd))]))
+    assert "'odd.safetensors' does not fit this model's transformer" in str(err.value)
+    assert np.array_equal(manager.generate(valid()).frames, base)  # nothing of it was left behind
+
+
+def test_a_lora_changed_after_the_job_was_queued_is_not_applied(tmp_path):
+    from pipelines.errors import UserError
+    from pipelines.manager import PipelineManager
+
+    path = save_lora(lora_matrices(), tmp_path / "late.safetensors")
+    queued = valid(loras=[LoraChoice(str(path))])
+    save_lora(lora_matrices(seed=9), path)  # replaced while the job waited
+    with pytest.raises(UserError, match="'late.safetensors' is gone or changed since the job was queued"):
+        PipelineManager(offline=True).generate(queued)
+
+
+def test_loras_and_fast_mode_run_on_an_fp8_memory_profile():
+    """fp8 profiles store the transformer in float8; PEFT gives new LoRA layers the base weight's dtype, which
+    no matmul takes. The A14B pair needs fp8 on a 24 GB card, so this is where the Lightning LoRAs run."""
+    from pipelines.manager import PipelineManager
+    from pipelines.memory import Profile
+
+    manager = PipelineManager(offline=True)
+    manager.profile_for = lambda request: Profile("cpu_fp8", "fp8 on the CPU (test)", "cpu", fp8=True,
+                                                  vae_tiling=False)  # fmt: skip
+    result = manager.generate(valid(model=A14B, fast=True))
+    assert result.frames.shape[0] > 0 and len(result.loras) == 2
+    pipe = manager._loaded.pipe
+    lora_dtypes = {p.dtype for t in (pipe.transformer, pipe.transformer_2) for n, p in t.named_parameters()
+                   if "lora_" in n}  # fmt: skip
+    assert lora_dtypes == {torch.float32}  # the CPU's compute dtype, not float8
+    assert not manager._loaded.loras.fused  # fp8 weights are never fused into
+
+
 def test_strengths_and_experts_are_checked(loras):
     for choice, fragment in (
         (LoraChoice(str(loras["diffusers"]), 9.0), "must be from -4 to 4"),
@@ -309,9 +354,13 @@ def test_magcache_is_refused_until_calibrated_and_on_the_a14b_pair():
     with pytest.raises(RequestError) as err:
         valid(cache="magcache")
     assert "python app.py calibrate-cache --model test-tiny" in err.value.problems["cache"]
-    with pytest.raises(RequestError) as err:
-        valid(model=A14B, cache="magcache")
-    assert "single-transformer models" in err.value.problems["cache"]
+    for kind in ("magcache", "taylorseer"):  # each expert counts only its own steps: a schedule would not hold
+        with pytest.raises(RequestError) as err:
+            valid(model=A14B, cache=kind)
+        assert "works on single-transformer models" in err.value.problems["cache"]
+    assert valid(model=A14B, cache="first-block").cache.kind == "first-block"
+    # Fast mode runs uncached: a cache would skip whole distilled steps (MagCache turned 3 steps into 1)
+    assert valid(fast=True, cache="first-block").cache.kind == "off"
     for threshold, fragment in ((2.0, "from 0 to 1"), ("x", "must be a number")):
         with pytest.raises(RequestError) as err:
             valid(cache="first-block", cache_threshold=threshold)

@@ -77,7 +77,7 @@ def parse_loras(studio: Studio, text: Any) -> list[LoraChoice]:
                 {"loras": f"LoRA {n} has fields Wan Studio does not know: {', '.join(sorted(unknown))}."}
             )
         experts = item.get("experts", "both")
-        if experts not in EXPERTS:
+        if not isinstance(experts, str) or experts not in EXPERTS:
             raise RequestError({"loras": f"LoRA {n}: experts must be 'both', 'high' or 'low' (in the form: tick "
                                          f"High-noise, Low-noise or both); got {str(experts)[:20]!r}."})  # fmt: skip
         try:

@@ -46,6 +46,7 @@ def reuse_values(settings: dict) -> dict[str, Any]:
         "size": f"{s.get('width')}x{s.get('height')}", "frames": s.get("frames"), "steps": s.get("steps"),
         "guidance_scale": s.get("guidance_scale"), "seed": s.get("seed", -1), "fast": bool(s.get("fast", False)),
         "loras": [{k: lora[k] for k in ("file", "strength", "experts") if k in lora} for lora in s.get("loras") or []],
+        "cache": s.get("cache") or {"kind": "off"},  # clips from before the step cache ran without one
     }  # fmt: skip
 
 

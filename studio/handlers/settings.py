@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -86,6 +87,30 @@ def fast_label(spec: ModelSpec) -> str:
 def size_choices(spec_id: str, task: str) -> list[str]:
     sizes = [f"{w}x{h}" for w, h in get_spec(spec_id).sizes]
     return [AUTO_SIZE, *sizes] if task == IMAGE_TO_VIDEO else sizes
+
+
+def use_cache(studio: Studio, record: Any) -> str | None:
+    """Set the studio's step cache to the one a reused clip was made with, and say so; None when it already
+    is. A cache this model cannot use now (MagCache before calibration) is left as it is, with the reason."""
+    kind = record.get("kind", "off") if isinstance(record, dict) else "off"
+    threshold = record.get("threshold") if isinstance(record, dict) and kind != "off" else None
+    current = studio.settings
+    try:
+        now = caching.check(current.step_cache, current.cache_threshold, current.model)
+    except caching.CacheError:
+        now = None
+    if now is not None and now.kind == kind and (kind == "off" or now.threshold == threshold):
+        return None
+    candidate = replace(current, step_cache=kind, cache_threshold=threshold)
+    try:
+        candidate.validate()
+        caching.check(kind, threshold, candidate.model)
+        save_settings(candidate)
+    except (SettingsError, caching.CacheError) as err:
+        return f"The step cache stays as it is: {err}"
+    studio.apply_settings(candidate)
+    shown = "off" if kind == "off" else f"{kind}, threshold {threshold}"
+    return f"Step cache set to {shown} in Settings, as this clip was made."
 
 
 def lora_choices(studio: Studio) -> list[str]:
