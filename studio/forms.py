@@ -87,7 +87,7 @@ def build_form(
                 label="Negative prompt", lines=2, value=settings.negative_prompt or spec.negative_prompt
             )
             with gr.Row():
-                size = gr.Dropdown(sizes, value=sizes[0], label="Size", allow_custom_value=True)
+                size = gr.Dropdown(sizes, value=sizes[0], label="Size", allow_custom_value=True, elem_id=f"{task}-size")
                 frames = Slider(
                     spec.min_frames, spec.max_frames, value=spec.frames, step=spec.frame_step,
                     label=f"Frames ({spec.fps} fps)",
@@ -126,11 +126,11 @@ def build_form(
             with gr.Row():
                 go = gr.Button("Generate", variant="primary", elem_id=f"{task}-generate")
                 cancel = gr.Button("Cancel", variant="stop", elem_id=f"{task}-cancel")
+            status = gr.Markdown("Ready.", elem_id=f"{task}-status")  # under the button: where the eye is
         with gr.Column(scale=1, min_width=300):
-            status = gr.Markdown("Ready.", elem_id=f"{task}-status")
             preview = gr.Image(label="Live preview", interactive=False, elem_id=f"{task}-preview", format="png")
             video = gr.Video(label="Clip", interactive=False, elem_id=f"{task}-video")
-            seed_used = gr.Number(label="Seed used", precision=0, interactive=False)
+            seed_used = gr.Number(label="Seed used", precision=0, interactive=False, elem_id=f"{task}-seed-used")
             job = gr.Textbox(visible=False, label="Job id")
     form = GenerationForm(
         task, prompt, negative, size, frames, steps, guidance, seed, go, cancel, status, preview, video, seed_used, job,

@@ -206,14 +206,20 @@ def build_ui(studio: Studio) -> gr.Blocks:
             return gr.update(**steps), gr.update(**guidance)
 
         # The LoRA slots become the `loras` argument first, so the page and an API client call the same handler.
-        for form, handler, inputs in (
-            (t2v, gen.text_to_video, t2v.generate_inputs), (i2v, gen.image_to_video, [i_image, *i2v.generate_inputs])
+        # The page's events show a refusal or a failure as the form's status line (no error painted over every
+        # output); the API's endpoints, on buttons the page never shows, raise it and stream plain text.
+        for form, api, in_page, inputs in (
+            (t2v, gen.text_to_video, gen.text_to_video_in_page, t2v.generate_inputs),
+            (i2v, gen.image_to_video, gen.image_to_video_in_page, [i_image, *i2v.generate_inputs]),
         ):  # fmt: skip
             form.go.click(gen.slots_to_loras, form.lora_inputs, form.loras_json, concurrency_limit=None,
                           **PRIVATE).then(
-                bind(handler, studio), inputs, form.outputs, api_name=handler.__name__, concurrency_limit=None,
-                show_progress="minimal",
+                bind(in_page, studio), inputs, form.outputs, concurrency_limit=None, show_progress="hidden",
+                **PRIVATE,
             )  # fmt: skip
+            gr.Button(visible=False).click(
+                bind(api, studio), inputs, form.outputs, api_name=api.__name__, concurrency_limit=None
+            )
             # .input, not .change: only the user's own click; Reuse sets the switch and the values together
             form.fast.input(shown_in_page(fast_controls), form.fast, [form.steps, form.guidance], **PRIVATE)
         t2v.cancel.click(bind(gen.cancel, studio), t2v.job, t2v.status, api_name="cancel", concurrency_limit=None)

@@ -37,7 +37,15 @@ def status_text(job: Job, position: int) -> str:
         if job.stage in ("download", "load"):
             return f"**{job.stage.capitalize()}** {text_bar(job.fraction)} {job.message}"
         return f"**{job.stage.capitalize() or 'Starting'}**: {job.message}"
-    return f"**{job.status.capitalize()}** — {job.message}"
+    word = job.status.capitalize()
+    if job.message.lower().startswith(job.status):  # "Done in 5.7 s", not "Done — Done in 5.7 s"
+        return f"**{word}**{job.message[len(word) :]}"
+    return f"**{word}** — {job.message}"
+
+
+def plain(status: str) -> str:
+    """A status line without its Markdown, for API clients."""
+    return status.replace("**", "").replace("`", "")
 
 
 BAR_COLOURS = {RUNNING: (99, 102, 241), DONE: (74, 190, 120)}
@@ -52,8 +60,12 @@ def preview_with_bar(job: Job) -> np.ndarray:
     return np.concatenate([strip, bar])
 
 
-async def watch(studio: Studio, job: Job) -> AsyncIterator[tuple[Any, str, str | None, str, int | None]]:
-    """Yield (preview, status, clip, job id, seed) whenever the job changes, until it finishes.
+async def watch(
+    studio: Studio, job: Job, page: bool = False
+) -> AsyncIterator[tuple[Any, str, str | None, str, int | None]]:
+    """Yield (preview, status, clip, job id, seed) whenever the job changes, until it finishes. The seed is
+    given once the clip is done. For the page (`page`) a failed job ends with its message as the status line
+    (Markdown); for API clients the status is plain text and a failed job raises its message.
 
     If the browser goes away Gradio stops iterating this generator; the job itself runs on. Polling
     keeps no thread busy per watcher, so many open pages cost nothing while they wait."""
@@ -71,9 +83,12 @@ async def watch(studio: Studio, job: Job) -> AsyncIterator[tuple[Any, str, str |
             key = (current.preview_version, current.status)
             preview = gr.skip() if key == shown or current.preview is None else preview_with_bar(current)
             shown = key
-            yield preview, status_text(current, position), clip, current.id, current.seed
+            status = status_text(current, position)
+            failed = current.finished and current.status not in (DONE, CANCELLED)
+            if failed and not page:
+                raise gr.Error(current.message)
+            seed = current.seed if current.status == DONE else None
+            yield preview, status if page else plain(status), clip, current.id, seed
             if current.finished:
-                if current.status not in (DONE, CANCELLED):
-                    raise gr.Error(current.message)
                 return
         await asyncio.sleep(POLL_S)

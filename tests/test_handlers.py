@@ -265,3 +265,28 @@ def test_export_runs_as_a_film_job_and_assemble_refuses_bad_json(studio):
         asyncio.run(storyboard.assemble(studio, "{"))
     film = asyncio.run(storyboard.assemble(studio, json.dumps({"shots": [{"clip": name}], "format": "gif"})))
     assert film.endswith(".gif") and Path(film).is_file()
+
+
+def collect(stream) -> list:
+    async def run():
+        return [update async for update in stream]
+
+    return asyncio.run(run())
+
+
+def test_the_page_shows_a_refusal_or_a_failed_job_as_its_status_line_and_no_seed(studio):
+    updates = collect(generate.text_to_video_in_page(studio, "a cat", "", "1000x10", 9, 2, 5, -1, "[]", False))
+    assert len(updates) == 1
+    _, status, clip, job_id, seed = updates[0]
+    assert status.startswith("**Not started** — ") and "height must be between" in status
+    assert (clip, job_id, seed) == (None, "", None)
+
+    updates = collect(generate.text_to_video_in_page(studio, "a cat", "", "96x64", 5, 2, 5, 7, "[]", False))
+    assert updates[-1][1].startswith("**Done** in") and updates[-1][4] == 7  # the seed, once the clip is done
+    assert all(update[4] is None for update in updates[:-1])
+
+    studio.settings.model = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"  # not downloaded, and the studio is offline
+    updates = collect(generate.text_to_video_in_page(studio, "a cat", "", "832x480", 5, 2, 5, 7, "[]", False))
+    _, status, clip, _, seed = updates[-1]
+    assert status.startswith("**Failed** — ") and "not downloaded yet" in status, status
+    assert clip is None and seed is None

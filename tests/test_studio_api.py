@@ -59,6 +59,8 @@ def test_previews_stream_before_the_clip_and_the_clip_decodes(client):
     with_video = [i for i, u in enumerate(updates) if u[2]]
     assert with_preview and with_video and with_preview[0] < with_video[0]
     # the stream shows the steps as they go (a watcher sees the latest state, so some may be coalesced)
+    assert not any("**" in u[1] or "`" in u[1] for u in updates)  # plain text for API clients
+    assert all(u[4] is None for u in updates[:-1])  # the seed comes with the finished clip
     steps_seen = [int(m.group(1)) for u in updates if (m := re.search(r"Step (\d+)/30", u[1]))]
     assert steps_seen and steps_seen == sorted(steps_seen)
     assert Image.open(preview).size[0] > 0

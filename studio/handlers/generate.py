@@ -25,6 +25,7 @@ async def text_to_video(
     studio: Studio, prompt: str, negative_prompt: str = "", size: str = "", frames: float = 0, steps: float = 0,
     guidance_scale: float = -1, seed: float = -1, loras: str = "[]", fast: bool = False,
 ) -> AsyncIterator[Update]:  # fmt: skip
+    """The API's text-to-video: plain-text status lines; a refusal or a failed job raises its message."""
     request = form_request(studio.settings.model, TEXT_TO_VIDEO, prompt, negative_prompt, size, frames, steps,
                            guidance_scale, seed)  # fmt: skip
     async for update in watch(studio, studio.submit(with_extras(studio, request, loras, fast))):
@@ -35,12 +36,60 @@ async def image_to_video(
     studio: Studio, image: Any, prompt: str, negative_prompt: str = "", size: str = AUTO_SIZE, frames: float = 0,
     steps: float = 0, guidance_scale: float = -1, seed: float = -1, loras: str = "[]", fast: bool = False,
 ) -> AsyncIterator[Update]:  # fmt: skip
+    """The API's image-to-video, like `text_to_video`."""
+    async for update in watch(
+        studio,
+        studio.submit(
+            image_request(
+                studio, image, prompt, negative_prompt, size, frames, steps, guidance_scale, seed, loras, fast
+            )
+        ),
+    ):
+        yield update  # fmt: skip
+
+
+def image_request(
+    studio: Studio, image: Any, prompt: Any, negative_prompt: Any, size: Any, frames: Any, steps: Any,
+    guidance_scale: Any, seed: Any, loras: Any, fast: Any,
+) -> GenerationRequest:  # fmt: skip
     if image is None:
         raise RequestError({"image": "Image-to-video needs a picture: upload one or pick a clip's last frame."})
     request = form_request(studio.settings.model, IMAGE_TO_VIDEO, prompt, negative_prompt, size, frames, steps,
                            guidance_scale, seed, image=image)  # fmt: skip
-    async for update in watch(studio, studio.submit(with_extras(studio, request, loras, fast))):
+    return with_extras(studio, request, loras, fast)
+
+
+async def text_to_video_in_page(studio: Studio, *values: Any) -> AsyncIterator[Update]:
+    """The page's text-to-video: a refusal or a failure is the form's status line, in Markdown: one message
+    where the user looks, never an error Gradio paints over every output."""
+    try:
+        request = with_extras(studio, form_request(studio.settings.model, TEXT_TO_VIDEO, *values[:7]), *values[7:])
+        job = studio.submit(request)
+    except Exception as err:  # noqa: BLE001 (every failure becomes the status line)
+        yield not_started(err)
+        return
+    async for update in watch(studio, job, page=True):
         yield update
+
+
+async def image_to_video_in_page(studio: Studio, *values: Any) -> AsyncIterator[Update]:
+    """The page's image-to-video, like `text_to_video_in_page`."""
+    try:
+        job = studio.submit(image_request(studio, *values))
+    except Exception as err:  # noqa: BLE001
+        yield not_started(err)
+        return
+    async for update in watch(studio, job, page=True):
+        yield update
+
+
+def not_started(err: BaseException) -> Update:
+    """The form's outputs for a request that never became a job: the reason, nothing else."""
+    import gradio as gr
+
+    from studio.errors import message_for
+
+    return gr.skip(), f"**Not started** — {message_for(err)}", None, "", None
 
 
 def with_extras(studio: Studio, request: GenerationRequest, loras: Any, fast: Any) -> GenerationRequest:
