@@ -24,6 +24,13 @@ WAN_NEGATIVE_PROMPT = (
     "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，"
     "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
 )
+# What it says, for the people who see it in the form (Wan was trained with Chinese negative prompts).
+WAN_NEGATIVE_PROMPT_GLOSS = (
+    "garish colours, overexposed, static, blurry details, subtitles, style, artwork, painting, still frame, "
+    "greyish overall, worst quality, low quality, JPEG artefacts, ugly, mutilated, extra fingers, badly drawn "
+    "hands, badly drawn faces, deformed, disfigured, malformed limbs, fused fingers, motionless picture, "
+    "cluttered background, three legs, crowded background, walking backwards"
+)
 
 
 @dataclass(frozen=True)
@@ -122,6 +129,10 @@ class ModelSpec:
     def two_experts(self) -> bool:
         """The A14B layout: a high-noise `transformer` and a low-noise `transformer_2`."""
         return self.weights.experts == 2
+
+    def task_overlap(self, other: ModelSpec) -> bool:
+        """Whether `other` makes some of the same kinds of clip (a stand-in suggestion)."""
+        return bool(set(self.tasks) & set(other.tasks))
 
     def supports(self, task: str) -> bool:
         return task in self.tasks

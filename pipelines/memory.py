@@ -156,14 +156,56 @@ def choose_profile(
         raise DoesNotFitError(f"Unknown memory profile '{requested}'. Use auto or one of: {', '.join(PROFILES)}.")
 
     for profile in candidates:
-        need = estimate_need(spec, profile, width, height, frames)
-        if need.vram_gb <= budget.vram_gb * SAFETY_MARGIN and need.ram_gb <= budget.ram_gb * SAFETY_MARGIN:
+        if _fits(estimate_need(spec, profile, width, height, frames), budget):
             return profile
+    raise DoesNotFitError(_why_not(spec, width, height, frames, budget, candidates))
+
+
+def _fits(need: MemoryNeed, budget: MemoryBudget) -> bool:
+    return need.vram_gb <= budget.vram_gb * SAFETY_MARGIN and need.ram_gb <= budget.ram_gb * SAFETY_MARGIN
+
+
+def _why_not(
+    spec: ModelSpec, width: int, height: int, frames: int, budget: MemoryBudget, candidates: list[Profile]
+) -> str:
+    """The real cause (no GPU, or which memory is short by how much) and only changes that would fit,
+    computed from the same estimates: fewer frames, a smaller size preset, another model."""
     leanest = candidates[-1]
     need = estimate_need(spec, leanest, width, height, frames)
-    raise DoesNotFitError(
-        f"{spec.name} at {width}x{height}, {frames} frames needs about {need.vram_gb:.1f} GB of GPU memory and "
-        f"{need.ram_gb:.1f} GB of RAM with the '{leanest.name}' profile, but {budget.vram_gb:.1f} GB and "
-        f"{budget.ram_gb:.1f} GB are free. Try a smaller size, fewer frames, "
-        f"{'a leaner memory profile, ' if not automatic else ''}or a lighter model, or close other programs."
-    )
+    what = f"{spec.name} at {width}x{height}, {frames} frames"
+    if budget.device == "cpu" and not spec.is_test:
+        gpu_need = estimate_need(spec, PROFILES["group_offload"], width, height, frames).vram_gb
+        return (
+            f"No CUDA GPU was found on this machine. {what} needs an NVIDIA GPU (about {gpu_need:.0f} GB of GPU "
+            f"memory with the leanest profile); on the CPU it would need about {need.ram_gb:.0f} GB of RAM "
+            f"({budget.ram_gb:.0f} GB free) and hours per clip. To try the studio here, use the built-in test "
+            "model (the button at the top of the page, or --model test-tiny)."
+        )
+    short = []
+    if need.vram_gb > budget.vram_gb * SAFETY_MARGIN:
+        short.append(f"about {need.vram_gb:.1f} GB of GPU memory ({budget.vram_gb:.1f} GB free)")
+    if need.ram_gb > budget.ram_gb * SAFETY_MARGIN:
+        short.append(f"about {need.ram_gb:.1f} GB of RAM ({budget.ram_gb:.1f} GB free)")
+    cause = f"{what} does not fit: even with the '{leanest.name}' profile it needs {' and '.join(short)}."
+
+    def fits(s: ModelSpec, w: int, h: int, f: int) -> bool:
+        return any(_fits(estimate_need(s, p, w, h, f), budget) for p in candidates)
+
+    options = []
+    fewer = next((f for f in range(frames - spec.frame_step, spec.min_frames - 1, -spec.frame_step)
+                  if fits(spec, width, height, f)), None)  # fmt: skip
+    if fewer:
+        options.append(f"{fewer} frames at this size")
+    smaller = [(w, h) for w, h in spec.sizes if w * h < width * height and fits(spec, w, h, frames)]
+    if smaller:
+        w, h = max(smaller, key=lambda size: size[0] * size[1])
+        options.append(f"{w}x{h} with {frames} frames")
+    if options:
+        return f"{cause} It would fit with {' or '.join(options)}."
+    from pipelines.catalogue import CATALOGUE
+
+    lighter = [s for s in CATALOGUE.values() if not s.is_test and s.id != spec.id and spec.task_overlap(s)
+               and fits(s, *s.default_size, s.frames)]  # fmt: skip
+    if lighter:
+        return f"{cause} Even the smallest size and frame count would not fit; {lighter[0].name} would."
+    return f"{cause} Nothing would fit: close other programs using the GPU, or use a machine with more memory."

@@ -9,7 +9,7 @@ from typing import Any
 import gradio as gr
 
 from pipelines.catalogue import ModelSpec
-from studio.handlers.settings import fast_label, size_choices
+from studio.handlers.settings import fast_label, negative_default, size_choices
 from studio.settings import Settings
 from studio.widgets import Number, Slider
 
@@ -43,6 +43,7 @@ class GenerationForm:
     fast: gr.Checkbox
     lora_slots: list  # [(file dropdown, strength slider, high-noise checkbox, low-noise checkbox)] * LORA_SLOTS
     loras_json: gr.Textbox  # hidden: the slots as the API's `loras` argument
+    negative_reset: gr.Button
 
     @property
     def lora_inputs(self) -> list:
@@ -83,8 +84,13 @@ def build_form(
             prompt = gr.Textbox(label="Prompt", lines=3, placeholder=placeholder, elem_id=f"{task}-prompt")
             if above_prompt is None:
                 gr.Examples(EXAMPLE_PROMPTS, inputs=prompt, label="Examples")
+            negative_value, negative_note = negative_default(settings)
             negative = gr.Textbox(
-                label="Negative prompt", lines=2, value=settings.negative_prompt or spec.negative_prompt
+                label="Negative prompt (what to avoid)", lines=2, value=negative_value, info=negative_note,
+                elem_id=f"{task}-negative",
+            )  # fmt: skip
+            negative_reset = gr.Button(
+                "Reset to the default negative prompt", size="sm", elem_id=f"{task}-negative-reset"
             )
             with gr.Row():
                 size = gr.Dropdown(sizes, value=sizes[0], label="Size", allow_custom_value=True, elem_id=f"{task}-size")
@@ -130,10 +136,10 @@ def build_form(
         with gr.Column(scale=1, min_width=300):
             preview = gr.Image(label="Live preview", interactive=False, elem_id=f"{task}-preview", format="png")
             video = gr.Video(label="Clip", interactive=False, elem_id=f"{task}-video")
-            seed_used = gr.Number(label="Seed used", precision=0, interactive=False, elem_id=f"{task}-seed-used")
+            seed_used = gr.Number(None, label="Seed used", precision=0, interactive=False, elem_id=f"{task}-seed-used")
             job = gr.Textbox(visible=False, label="Job id")
     form = GenerationForm(
         task, prompt, negative, size, frames, steps, guidance, seed, go, cancel, status, preview, video, seed_used, job,
-        fast, slots, loras_json,
+        fast, slots, loras_json, negative_reset,
     )  # fmt: skip
     return form, extra

@@ -16,7 +16,7 @@ from pipelines.errors import UserError
 from pipelines.manager import GenerationResult, PipelineManager
 from pipelines.request import GenerationRequest, validate_request
 from studio.jobs import Job, JobQueue, default_generate
-from studio.settings import Settings, config_dir, load_settings
+from studio.settings import Settings, config_dir, load_settings, save_settings
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 AUTH_ENV = "WAN_STUDIO_AUTH"
@@ -28,12 +28,18 @@ class Studio:
     job queue in front of them."""
 
     def __init__(self, settings: Settings, offline: bool = False, include_test_models: bool = False,
-                 settings_warning: str | None = None):  # fmt: skip
+                 settings_warning: str | None = None, flags: dict | None = None):  # fmt: skip
+        """`settings` are the saved settings with the start-up `flags` (--model, --output-dir) applied."""
         self.settings = settings
-        self.include_test_models = include_test_models or get_spec(settings.model).is_test
+        self.flags = dict(flags or {})
+        self.saved = settings if not self.flags else replace(settings, **{
+            name: getattr(load_settings()[0], name) for name in self.flags})  # fmt: skip
+        self.manager = PipelineManager(profile=settings.profile_choice, offline=offline, speed=settings.speed)
+        # without a GPU the real models cannot run: the test model is offered beside them
+        self.has_gpu = self.manager.device.type == "cuda"
+        self.include_test_models = include_test_models or get_spec(settings.model).is_test or not self.has_gpu
         self.library = Library.open(Path(settings.output_dir))  # LibraryError when it cannot be written
         self.output_dir = self.library.root
-        self.manager = PipelineManager(profile=settings.profile_choice, offline=offline, speed=settings.speed)
         self.loras = LoraFolder(settings.lora_dir or None)
         self.jobs = JobQueue(self.manager, self.library, generate=gpu_generate_fn(), clip_options=settings.clip_options)
         self.warnings = [w for w in (settings_warning, *self.library.warnings, *self.jobs.warnings) if w]
@@ -42,6 +48,16 @@ class Studio:
         """Validate now (bad input is answered at once, the seed is drawn once) and queue."""
         valid = validate_request(request, self.settings.model)
         return self.jobs.submit(valid, append_to_storyboard=append_to_storyboard)
+
+    def keep_settings(self, settings: Settings) -> Path:
+        """Save `settings` (already checked) and apply them. A value that only a start-up flag set, and the
+        user left as it was, is saved as it was before: flags hold for this run, never for the next."""
+        stored = replace(settings, **{name: getattr(self.saved, name) for name, value in self.flags.items()
+                                      if getattr(settings, name) == value})  # fmt: skip
+        path = save_settings(stored)
+        self.saved = stored
+        self.apply_settings(settings)
+        return path
 
     def apply_settings(self, settings: Settings) -> None:
         """Model, profile, speed and form defaults apply to the next job; the output folder after a restart."""
@@ -133,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         studio = Studio(settings, offline=args.offline, include_test_models=args.show_test_models,
-                        settings_warning=warning)  # fmt: skip
+                        settings_warning=warning, flags=overrides)  # fmt: skip
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -158,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         max_file_size=MAX_UPLOAD,
         app_kwargs={"middleware": [Middleware(Guard, output_dir=studio.output_dir, login=auth is not None)]},
         show_error=True,
-        quiet=False,
+        quiet=not args.share,  # our own line above gives the address; Gradio's adds "set share=True in launch()"
     )
     return 0
 

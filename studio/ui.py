@@ -48,6 +48,10 @@ def build_ui(studio: Studio) -> gr.Blocks:
             "Jobs run on this machine; closing the page never stops them."
         )
         model_note = gr.Markdown(f"Model: **{spec.label}** — {spec.description}", elem_id="model-note")
+        with gr.Row(visible=not studio.has_gpu, elem_id="gpu-notice-row", equal_height=True):
+            gpu_notice = gr.Markdown(sett.gpu_notice(studio), elem_id="gpu-notice")
+            use_test = gr.Button("Try it with the test model", variant="primary", scale=0, min_width=240,
+                                 visible=not spec.is_test, elem_id="use-test-model")  # fmt: skip
 
         with gr.Tabs() as tabs:
             # ---- Text to video ------------------------------------------------------------------
@@ -201,6 +205,10 @@ def build_ui(studio: Studio) -> gr.Blocks:
             q_shown = gr.State([])  # the active job ids the picker holds, so a tick only redraws it on change
 
         # ---- wiring -------------------------------------------------------------------------------
+        def default_negative():
+            value, note = sett.negative_default(studio.settings)
+            return gr.update(value=value, info=note)
+
         def fast_controls(fast: bool):
             steps, guidance = gen.fast_controls(studio, fast)
             return gr.update(**steps), gr.update(**guidance)
@@ -220,6 +228,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
             gr.Button(visible=False).click(
                 bind(api, studio), inputs, form.outputs, api_name=api.__name__, concurrency_limit=None
             )
+            form.negative_reset.click(shown_in_page(default_negative), None, form.negative, **PRIVATE)
             # .input, not .change: only the user's own click; Reuse sets the switch and the values together
             form.fast.input(shown_in_page(fast_controls), form.fast, [form.steps, form.guidance], **PRIVATE)
         t2v.cancel.click(bind(gen.cancel, studio), t2v.job, t2v.status, api_name="cancel", concurrency_limit=None)
@@ -320,21 +329,37 @@ def build_ui(studio: Studio) -> gr.Blocks:
         def forms_for_model(model: str):
             limits = sett.form_for_model(studio, model)
             if limits is None:
-                return [gr.skip()] * (10 + len(expert_boxes))
+                return [gr.skip()] * (12 + len(expert_boxes))
             frames = gr.update(minimum=limits["min_frames"], maximum=limits["max_frames"], value=limits["frames"],
                                label=f"Frames ({limits['fps']} fps)")  # fmt: skip
             fast = gr.update(value=False, label=limits["fast_label"], interactive=limits["fast"])
             steps, guidance = (gr.update(**values) for values in gen.fast_controls(studio, False))
+            negative = default_negative()
             return (gr.update(choices=limits["t2v_sizes"], value=limits["t2v_sizes"][0]), frames, fast, steps,
-                    guidance, gr.update(choices=limits["i2v_sizes"], value=gen.AUTO_SIZE), frames, fast, steps,
-                    guidance, *[gr.update(visible=limits["two_experts"]) for _ in expert_boxes])  # fmt: skip
+                    guidance, negative, gr.update(choices=limits["i2v_sizes"], value=gen.AUTO_SIZE), frames, fast,
+                    steps, guidance, negative,
+                    *[gr.update(visible=limits["two_experts"]) for _ in expert_boxes])  # fmt: skip
 
-        model_dependent = [t2v.size, t2v.frames, t2v.fast, t2v.steps, t2v.guidance, i2v.size, i2v.frames, i2v.fast,
-                           i2v.steps, i2v.guidance, *expert_boxes]  # fmt: skip
+        model_dependent = [t2v.size, t2v.frames, t2v.fast, t2v.steps, t2v.guidance, t2v.negative, i2v.size,
+                           i2v.frames, i2v.fast, i2v.steps, i2v.guidance, i2v.negative, *expert_boxes]  # fmt: skip
         s_save.click(shown_in_page(save_settings), settings_inputs, [s_status, model_note], **PRIVATE).then(
             shown_in_page(forms_for_model), s_model, model_dependent, **PRIVATE
         ).then(shown_in_page(refresh_lora_choices), lora_pickers, [s_lora_list, *lora_pickers], **PRIVATE)
         demo.load(shown_in_page(refresh_lora_choices), lora_pickers, [s_lora_list, *lora_pickers], **PRIVATE)
+
+        def switch_to_test_model():
+            notice, note = sett.use_test_model(studio)
+            return (
+                notice,
+                note,
+                gr.update(choices=model_choices(True), value=studio.settings.model),
+                gr.update(visible=False),
+            )
+
+        use_test.click(shown_in_page(switch_to_test_model), None, [gpu_notice, model_note, s_model, use_test],
+                       **PRIVATE).then(
+            shown_in_page(forms_for_model), s_model, model_dependent, **PRIVATE
+        ).then(shown_in_page(refresh_lora_choices), lora_pickers, [s_lora_list, *lora_pickers], **PRIVATE)  # fmt: skip
 
         def keep_lora(upload):
             gr.Info(sett.keep_lora(studio, upload))

@@ -353,6 +353,41 @@ def test_a_bad_request_shows_one_message_in_the_status_line_and_nothing_else(pag
     assert page.locator("#t2v-seed-used input").input_value() in ("", "0")
 
 
+def test_a_first_run_without_a_gpu_says_so_and_one_click_gives_the_test_model(page, tmp_path):
+    """`python app.py` as a new user starts it on a machine without a CUDA GPU: the default (real) model."""
+    from pipelines.catalogue import DEFAULT_MODEL
+
+    with studio(tmp_path, "--model", DEFAULT_MODEL) as fresh:
+        first = page  # the module's browser, another tab
+        page = first.context.browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(fresh.url)
+        page.wait_for_selector("#gpu-notice", timeout=60_000)
+        assert "No CUDA GPU was found on this machine" in page.inner_text("#gpu-notice")
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "first-run-no-gpu.png"), full_page=False)
+        # Wan's default negative prompt is Chinese: labelled as the model's own, with what it says in English
+        negative = page.locator("#t2v-negative")
+        assert "The model's own default, in Chinese" in negative.inner_text()
+        assert "It says: garish colours, overexposed" in negative.inner_text()
+        wan_default = negative.locator("textarea").input_value()
+        negative.locator("textarea").fill("my own words")
+        page.click("#t2v-negative-reset")
+        page.wait_for_function("(v) => document.querySelector('#t2v-negative textarea').value === v", arg=wan_default)
+        page.click("#use-test-model")
+        page.wait_for_function(
+            "() => document.querySelector('#gpu-notice').innerText.includes('you are using the test model')"
+        )
+        assert "TEST MODEL" in page.inner_text("#model-note") and not page.locator("#use-test-model").is_visible()
+        page.wait_for_function("() => document.querySelector('#t2v-negative textarea').value === 'blurry, static'")
+        page.fill("#t2v-prompt textarea", "a first try")
+        page.click("#t2v-generate")
+        page.wait_for_function(
+            "() => document.querySelector('#t2v-status').innerText.includes('Done')", timeout=120_000
+        )
+        page.wait_for_selector("#t2v-video video", timeout=30_000)
+        page.close()
+
+
 def test_nothing_left_the_machine(page, running, outbound_log):
     """Every flow above ran with the server online; neither it nor the page reached beyond this machine."""
     assert not outbound_log.exists(), outbound_log.read_text()

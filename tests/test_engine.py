@@ -159,7 +159,8 @@ def test_a_request_that_cannot_fit_fails_before_loading():
     tight = PipelineManager(offline=True, memory_probe=lambda device: MemoryBudget(0.0, 0.01, "cpu"))
     with pytest.raises(DoesNotFitError) as info:
         tight.generate(valid())
-    assert "GB of RAM" in str(info.value) and "Try a smaller size, fewer frames" in str(info.value)
+    assert "does not fit: even with the 'cpu' profile it needs about" in str(info.value)
+    assert "GB of RAM (0.0 GB free)" in str(info.value) and "Nothing would fit" in str(info.value)
     assert tight.loads == 0 and tight.loaded is None
 
 

@@ -290,3 +290,41 @@ def test_the_page_shows_a_refusal_or_a_failed_job_as_its_status_line_and_no_seed
     _, status, clip, _, seed = updates[-1]
     assert status.startswith("**Failed** — ") and "not downloaded yet" in status, status
     assert clip is None and seed is None
+
+
+def test_start_up_flags_hold_for_the_run_and_are_never_saved(tmp_path, monkeypatch):
+    monkeypatch.setenv("WAN_STUDIO_HOME", str(tmp_path / "home"))
+    from dataclasses import replace
+
+    from pipelines.catalogue import DEFAULT_MODEL
+    from studio.settings import load_settings
+    from studio.settings import save_settings as write
+
+    write(Settings(output_dir=str(tmp_path / "mine"), steps=7))  # what the user saved earlier
+    flags = {"model": TINY, "output_dir": str(tmp_path / "flagged")}  # python app.py --model … --output-dir …
+    flagged = Studio(replace(load_settings()[0], **flags), offline=True, flags=flags)
+    assert flagged.settings.model == TINY and flagged.output_dir == (tmp_path / "flagged").resolve()
+    status, _ = save_settings(flagged, output_dir=str(tmp_path / "flagged"), steps="9")  # only steps changed
+    assert status.startswith("Saved"), status
+    stored = json.loads(settings_path().read_text())
+    assert (stored["model"], stored["output_dir"], stored["steps"]) == (DEFAULT_MODEL, str(tmp_path / "mine"), 9)
+    status, _ = save_settings(flagged, model="test-tiny-wan21", output_dir=str(tmp_path / "flagged"))
+    assert json.loads(settings_path().read_text())["model"] == "test-tiny-wan21"  # a change the user made is kept
+
+
+def test_without_a_gpu_the_page_says_so_and_offers_the_test_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("WAN_STUDIO_HOME", str(tmp_path / "home"))
+    from pipelines.catalogue import DEFAULT_MODEL
+
+    real = Studio(Settings(model=DEFAULT_MODEL, output_dir=str(tmp_path / "outputs")), offline=True)
+    assert not real.has_gpu and real.include_test_models  # this machine has no CUDA GPU
+    assert settings.gpu_notice(real).startswith("**No CUDA GPU was found on this machine.**")
+    updates = collect(generate.text_to_video_in_page(real, "a cat", "", "640x352", 5, 1, 5, 7, "[]", False))
+    status = updates[-1][1]
+    assert "No CUDA GPU was found on this machine" in status and "test model" in status, status
+    assert "smaller size" not in status and "fewer frames" not in status  # no advice that cannot work
+
+    notice, note = settings.use_test_model(real)
+    assert "you are using the test model" in notice and "Tiny" in note and real.settings.model == TINY
+    updates = collect(generate.text_to_video_in_page(real, "a cat", "", "", 5, 2, 5, 7, "[]", False))
+    assert updates[-1][1].startswith("**Done**")

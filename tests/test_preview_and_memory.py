@@ -55,7 +55,21 @@ def test_a_request_too_big_for_the_card_says_what_to_change():
     with pytest.raises(DoesNotFitError) as info:
         choose_profile(a14b, 1280, 720, 81, MemoryBudget(vram_gb=8.0, ram_gb=16.0, device="cuda"))
     message = str(info.value)
-    assert "1280x720, 81 frames" in message and "Try a smaller size" in message
+    assert "1280x720, 81 frames does not fit" in message and "GPU memory (8.0 GB free)" in message
+    assert "Wan2.1 T2V-1.3B (light, 480P) would" in message  # the only change that would fit
+    five_b = CATALOGUE[DEFAULT_MODEL]
+    ten = MemoryBudget(vram_gb=10.0, ram_gb=64.0, device="cuda")
+    with pytest.raises(DoesNotFitError) as info:
+        choose_profile(five_b, 1280, 704, 121, ten)
+    suggestion = str(info.value).split("It would fit with ")[1]  # each suggestion checked against the estimates
+    frames = int(suggestion.split(" frames at this size")[0])
+    width, height = (int(v) for v in suggestion.split(" or ")[1].split(" with")[0].split("x"))
+    assert choose_profile(five_b, 1280, 704, frames, ten) and choose_profile(five_b, width, height, 121, ten)
+    with pytest.raises(DoesNotFitError):
+        choose_profile(five_b, 1280, 704, frames + 4, ten)  # and the most frames that fit
+    with pytest.raises(DoesNotFitError) as info:  # no GPU at all: said so, not "try fewer frames"
+        choose_profile(five_b, 640, 352, 5, MemoryBudget(0.0, 22.0, "cpu"))
+    assert str(info.value).startswith("No CUDA GPU was found on this machine.") and "test model" in str(info.value)
     with pytest.raises(DoesNotFitError, match="needs a CUDA GPU"):
         choose_profile(a14b, 832, 480, 81, MemoryBudget(0.0, 64.0, "cpu"), requested="offload")
 

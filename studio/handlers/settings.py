@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from pipelines import attention, caching
 from pipelines.catalogue import IMAGE_TO_VIDEO, TEXT_TO_VIDEO, ModelSpec, UnknownModelError, get_spec
 from studio.handlers.generate import AUTO_SIZE
-from studio.settings import Settings, SettingsError, save_settings
+from studio.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
     from studio.server import Studio
@@ -42,10 +42,9 @@ def save(
                 f"The output folder would change to '{candidate.output_dir}' (at the next start; its files are then "
                 f"served by the studio). Tick 'Use this output folder' to confirm."
             )
-        path = save_settings(candidate)
+        path = studio.keep_settings(candidate)
     except (SettingsError, attention.AttentionUnavailableError, caching.CacheError) as err:
         return f"**Not saved:** {err}", None
-    studio.apply_settings(candidate)
     spec = get_spec(candidate.model)
     after = " The output folder changes at the next start." if moved else ""
     return f"Saved to `{path}`.{after}", f"Model: **{spec.label}** — {spec.description}"
@@ -105,10 +104,9 @@ def use_cache(studio: Studio, record: Any) -> str | None:
     try:
         candidate.validate()
         caching.check(kind, threshold, candidate.model)
-        save_settings(candidate)
+        studio.keep_settings(candidate)
     except (SettingsError, caching.CacheError) as err:
         return f"The step cache stays as it is: {err}"
-    studio.apply_settings(candidate)
     shown = "off" if kind == "off" else f"{kind}, threshold {threshold}"
     return f"Step cache set to {shown} in Settings, as this clip was made."
 
@@ -141,3 +139,41 @@ def keep_lora(studio: Studio, upload: Any) -> str:
 
 def _escaped(text: str) -> str:
     return "".join("\\" + c if c in "\\`*_[]<>#|" else c for c in text)
+
+
+def gpu_notice(studio: Studio) -> str:
+    """What the top of the page says about the GPU: nothing when there is one."""
+    if studio.has_gpu:
+        return ""
+    if get_spec(studio.settings.model).is_test:
+        return ("**No CUDA GPU on this machine: you are using the test model.** Its clips are noise made in "
+                "seconds, and every part of the studio works with them. The Wan models need an NVIDIA GPU: "
+                "Wan2.2 TI2V-5B makes 720P on a 24 GB card.")  # fmt: skip
+    return ("**No CUDA GPU was found on this machine.** The Wan models need an NVIDIA GPU (Wan2.2 TI2V-5B makes "
+            "720P on a 24 GB card; on a CPU a clip would take hours and tens of GB of RAM). You can still try "
+            "every part of the studio with the built-in test model: random weights, noise for clips, seconds "
+            "each.")  # fmt: skip
+
+
+def use_test_model(studio: Studio) -> tuple[str, str]:
+    """Switch to the built-in test model (saved like a choice in Settings); (notice, model note)."""
+    from pipelines.catalogue import TEST_TINY
+
+    studio.keep_settings(replace(studio.settings, model=TEST_TINY).validate())
+    spec = get_spec(TEST_TINY)
+    return gpu_notice(studio), f"Model: **{spec.label}** — {spec.description}"
+
+
+def negative_default(settings: Settings) -> tuple[str, str]:
+    """(the negative prompt a form starts with, the note under it): the saved default, else the model's own,
+    with an English gloss when that is Wan's Chinese one."""
+    from pipelines.catalogue import WAN_NEGATIVE_PROMPT, WAN_NEGATIVE_PROMPT_GLOSS
+
+    spec = get_spec(settings.model)
+    if settings.negative_prompt:
+        return settings.negative_prompt, "Your default from Settings."
+    if spec.negative_prompt == WAN_NEGATIVE_PROMPT:
+        return spec.negative_prompt, (
+            "The model's own default, in Chinese as Wan was trained. It says: " + WAN_NEGATIVE_PROMPT_GLOSS + "."
+        )
+    return spec.negative_prompt, "The model's own default."
