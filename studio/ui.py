@@ -195,10 +195,11 @@ def build_ui(studio: Studio) -> gr.Blocks:
         # ---- Queue: always visible, shows the running job after a reload ------------------------
         with gr.Accordion("Queue and activity", open=True):
             q_timer = gr.Timer(1.0)
-            with gr.Row():
+            with gr.Row():  # only what exists: the preview and the picker appear with a job to show
                 q_table = gr.Markdown("No jobs yet.", elem_id="queue-table")
-                q_preview = gr.Image(label="Running job", interactive=False, height=200, format="png")
-            with gr.Row():  # any page can stop any job: after a reload the forms no longer know their jobs
+                q_preview = gr.Image(label="Running job", interactive=False, height=200, format="png", visible=False,
+                                     elem_id="queue-preview")  # fmt: skip
+            with gr.Row(visible=False) as q_controls:  # any page can stop any job, whichever page started it
                 q_pick = gr.Dropdown([], label="Running or queued job", scale=3, elem_id="queue-pick")
                 q_cancel = gr.Button("Cancel this job", variant="stop", scale=1, elem_id="queue-cancel")
             q_note = gr.Markdown("", elem_id="queue-note")
@@ -245,17 +246,26 @@ def build_ui(studio: Studio) -> gr.Blocks:
             active = que.active(studio)
             ids = [job.id for job in active]
             if ids == shown:
-                picker = gr.skip()
+                picker = controls = gr.skip()
             else:
                 picker = gr.update(
                     choices=que.picker_choices(active), value=picked if picked in ids else (ids[0] if ids else None)
                 )
+                controls = gr.update(visible=bool(ids))
             text, preview = que.table(studio)
-            return text, preview, picker, ids
+            return text, gr.update(value=preview, visible=preview is not None), picker, controls, ids
 
         for trigger in (q_timer.tick, demo.load):
-            trigger(refresh_queue, [q_pick, q_shown], [q_table, q_preview, q_pick, q_shown], show_progress="hidden",
-                    **PRIVATE)  # fmt: skip
+            trigger(refresh_queue, [q_pick, q_shown], [q_table, q_preview, q_pick, q_controls, q_shown],
+                    show_progress="hidden", **PRIVATE)  # fmt: skip
+
+        # Each form remembers its last job in the browser (localStorage): after a reload it shows that job
+        # again, running, queued or finished, and follows it to its end.
+        for form in (t2v, i2v):
+            remembered = gr.BrowserState("", storage_key=f"wan-studio-{form.task}-job")
+            form.job.change(lambda job_id: job_id, form.job, remembered, **PRIVATE)
+            demo.load(bind(gen.resume, studio), remembered, form.outputs, show_progress="hidden",
+                      concurrency_limit=None, **PRIVATE)  # fmt: skip
         q_cancel.click(bind(gen.cancel, studio), q_pick, q_note, concurrency_limit=None, **PRIVATE)
 
         library_lists = [lib_pick, i_from_clip, board_tab.pick]

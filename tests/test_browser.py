@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -209,7 +210,8 @@ def test_a_page_that_did_not_start_a_job_can_cancel_it_from_the_queue(page, runn
     from gradio_client import Client
 
     page.reload()
-    page.wait_for_selector("#queue-pick", timeout=30_000)
+    page.wait_for_selector("#queue-table", timeout=30_000)
+    assert not page.locator("#queue-pick").is_visible()  # no job running or queued: no empty picker
     client = Client(running.url, verbose=False)
     try:
         # a few seconds of work on the worker, and a job queued behind it, both started elsewhere
@@ -312,6 +314,11 @@ def test_add_a_lora_in_settings_use_it_with_fast_mode_and_reuse_both(page, runni
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "t2v-lora-fast.png"), full_page=True)
     page.click("#t2v-generate")
+    # the form showed the last job's "Done" since the reload: wait for this clip itself
+    deadline = time.monotonic() + 120
+    while not list(running.output_dir.glob("*watercolour-heron*.json")):
+        assert time.monotonic() < deadline, "the clip never arrived"
+        time.sleep(0.2)
     page.wait_for_function("() => document.querySelector('#t2v-status').innerText.includes('Done')", timeout=120_000)
     sidecar = json.loads(next(running.output_dir.glob("*watercolour-heron*.json")).read_text())
     assert [(lora["file"], lora["strength"]) for lora in sidecar["settings"]["loras"]] == [
@@ -330,6 +337,38 @@ def test_add_a_lora_in_settings_use_it_with_fast_mode_and_reuse_both(page, runni
     page.wait_for_function("() => document.querySelector('#t2v-fast input').checked")
     page.get_by_text("LoRAs (styles and fine-tunes)").first.click()
     assert page.locator("#t2v-lora-0 input").input_value() == "watercolour.safetensors"
+
+
+def test_after_a_reload_the_form_shows_its_own_queued_job_and_follows_it_to_the_clip(page, running):
+    from gradio_client import Client
+
+    client = Client(running.url, verbose=False)
+    try:
+        busy = client.submit(prompt="someone else's long job", size="256x256", frames=33, steps=100,
+                             api_name="/text_to_video")  # fmt: skip
+        page.reload()
+        page.wait_for_selector("#t2v-prompt textarea", timeout=60_000)
+        page.wait_for_function(
+            "() => document.querySelector('#queue-table').innerText.includes('long job')", timeout=30_000
+        )
+        page.fill("#t2v-prompt textarea", "my own queued shot")
+        page.click("#t2v-generate")
+        page.wait_for_function(
+            "() => document.querySelector('#t2v-status').innerText.includes('Queued')", timeout=30_000
+        )
+        page.reload()  # the page forgets everything but what the browser stored
+        page.wait_for_selector("#t2v-prompt textarea", timeout=60_000)
+        page.wait_for_function(
+            "() => /Queued|Step|Done/.test(document.querySelector('#t2v-status').innerText)", timeout=30_000
+        )
+        page.wait_for_function(
+            "() => document.querySelector('#t2v-status').innerText.includes('Done')", timeout=120_000
+        )
+        page.wait_for_selector("#t2v-video video", timeout=30_000)
+        assert "my own queued shot" not in page.locator("#t2v-prompt textarea").input_value()  # a fresh form
+        busy.result(timeout=120)
+    finally:
+        client.close()
 
 
 def test_a_bad_request_shows_one_message_in_the_status_line_and_nothing_else(page):

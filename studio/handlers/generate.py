@@ -12,6 +12,7 @@ from library import LibraryError
 from pipelines.catalogue import IMAGE_TO_VIDEO, TEXT_TO_VIDEO
 from pipelines.loras import EXPERTS, MAX_LORAS, LoraChoice
 from pipelines.request import GenerationRequest, RequestError
+from studio.jobs import FILM
 from studio.watch import watch
 
 if TYPE_CHECKING:
@@ -78,6 +79,19 @@ async def image_to_video_in_page(studio: Studio, *values: Any) -> AsyncIterator[
         job = studio.submit(image_request(studio, *values))
     except Exception as err:  # noqa: BLE001
         yield not_started(err)
+        return
+    async for update in watch(studio, job, page=True):
+        yield update
+
+
+async def resume(studio: Studio, job_id: Any) -> AsyncIterator[Update]:
+    """After a reload: the form's own job (its id remembered by the browser) as it is now, followed to its end;
+    nothing changes when there is none."""
+    import gradio as gr
+
+    job = studio.jobs.get(job_id) if isinstance(job_id, str) and job_id else None
+    if job is None or job.kind == FILM:
+        yield (gr.skip(),) * 5
         return
     async for update in watch(studio, job, page=True):
         yield update
