@@ -29,6 +29,7 @@ import torch
 
 from pipelines import attention, caching
 from pipelines.catalogue import IMAGE_TO_VIDEO, TASK_NAMES, ModelSpec
+from pipelines.colour import match_colours
 from pipelines.decode import decode_latents, to_host, video_to_uint8
 from pipelines.errors import UserError
 from pipelines.loras import LoraSet, ResolvedLora, inspect_lora, sha256_of
@@ -341,9 +342,15 @@ class PipelineManager:
         _synchronize(video.device)
         timings["decode_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        frames = to_host(video_to_uint8(video))
+        frames = video_to_uint8(video)
         del video
-        timings["to_host_s"] = time.perf_counter() - t0
+        if request.match_colour and request.image is not None:  # on the device, before the one copy to the host
+            t1 = time.perf_counter()
+            frames = match_colours(frames, np.asarray(request.image))
+            _synchronize(frames.device)
+            timings["colour_s"] = time.perf_counter() - t1
+        frames = to_host(frames)
+        timings["to_host_s"] = time.perf_counter() - t0 - timings.get("colour_s", 0.0)
         volume = request.width * request.height * request.frames
         self._decode_rates[request.spec.id, loaded.profile.name, self.speed.vae_precision] = (
             timings["decode_s"] / volume

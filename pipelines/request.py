@@ -46,6 +46,7 @@ class GenerationRequest:
     fast: bool = False  # the model's step-distilled preset, with the settings its authors prescribe
     cache: str | dict | None = None  # step cache: "off", "first-block", "taylorseer", "magcache" (or its record)
     cache_threshold: float | None = None
+    match_colour: bool = True  # image-to-video: keep the start picture's colours (no drift across extensions)
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class ValidRequest:
     loras: tuple[ResolvedLora, ...] = ()
     fast: bool = False
     cache: CacheChoice = CacheChoice()
+    match_colour: bool = False  # frames colour-matched to the start picture (image-to-video only)
 
     @property
     def duration_s(self) -> float:
@@ -100,6 +102,7 @@ class ValidRequest:
             spec=get_spec(data["model"]), image=image, **fields_,
             loras=tuple(ResolvedLora(**lora) for lora in data.get("loras", [])), fast=bool(data.get("fast", False)),
             cache=CacheChoice(**data["cache"]) if data.get("cache") else CacheChoice(),
+            match_colour=bool(data.get("match_colour", False)),
         )  # fmt: skip
 
 
@@ -190,6 +193,7 @@ def validate_request(request: GenerationRequest, default_model: str) -> ValidReq
         spec=spec, task=task, prompt=prompt, negative_prompt=negative, width=width, height=height,
         frames=frames, fps=spec.fps, steps=steps, guidance_scale=guidance, guidance_scale_2=guidance_2,
         seed=seed, image=image, loras=chosen_loras, fast=fast, cache=cache,
+        match_colour=task == IMAGE_TO_VIDEO and request.match_colour is not False,
     )  # fmt: skip
 
 

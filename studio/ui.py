@@ -69,9 +69,14 @@ def build_ui(studio: Studio) -> gr.Blocks:
                     with gr.Row():
                         from_clip = gr.Dropdown([], label="Or the last frame of a library clip", scale=3)
                         use_frame = gr.Button("Use last frame", scale=1)
-                    return image, from_clip, use_frame
+                    match = gr.Checkbox(
+                        value=True, label="Keep the picture's colours", elem_id="i2v-match-colour",
+                        info="Matches every frame's colours to the start picture, so shots extended one after "
+                        "another do not drift in colour or saturation. Untick for a deliberate change of light.",
+                    )  # fmt: skip
+                    return image, from_clip, use_frame, match
 
-                i2v, (i_image, i_from_clip, i_use_frame) = build_form(
+                i2v, (i_image, i_from_clip, i_use_frame, i_match) = build_form(
                     IMAGE_TO_VIDEO, spec, settings, "What happens next", above_prompt=picture_widgets
                 )
                 i2v.size.value = gen.AUTO_SIZE
@@ -219,7 +224,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
         # output); the API's endpoints, on buttons the page never shows, raise it and stream plain text.
         for form, api, in_page, inputs in (
             (t2v, gen.text_to_video, gen.text_to_video_in_page, t2v.generate_inputs),
-            (i2v, gen.image_to_video, gen.image_to_video_in_page, [i_image, *i2v.generate_inputs]),
+            (i2v, gen.image_to_video, gen.image_to_video_in_page, [i_image, *i2v.generate_inputs, i_match]),
         ):  # fmt: skip
             form.go.click(gen.slots_to_loras, form.lora_inputs, form.loras_json, concurrency_limit=None,
                           **PRIVATE).then(
@@ -278,7 +283,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
         def reuse(name: str | None):
             task, values, picture = lib.reuse(studio, name)
             form = i2v if task == IMAGE_TO_VIDEO else t2v
-            loras, cache = values.pop("loras"), values.pop("cache")
+            loras, cache, match_colour = values.pop("loras"), values.pop("cache"), values.pop("match_colour")
             updates = {form.by_name[field]: value for field, value in values.items()}
             steps, guidance = gen.fast_controls(studio, values["fast"])  # locked while Fast mode is on
             updates[form.steps] = gr.update(**dict(steps, value=values["steps"]))
@@ -298,6 +303,8 @@ def build_ui(studio: Studio) -> gr.Blocks:
                                 high: experts in ("both", "high"), low: experts in ("both", "low")})  # fmt: skip
             if picture:
                 updates[i_image] = picture
+            if task == IMAGE_TO_VIDEO:
+                updates[i_match] = match_colour
             updates[tabs] = gr.Tabs(selected="i2v" if task == IMAGE_TO_VIDEO else "t2v")
             return updates
 
@@ -318,7 +325,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
         for form in (t2v, i2v):
             form.video.change(refresh_library, None, library_lists, **PRIVATE)
         all_form_controls = [*t2v.by_name.values(), *i2v.by_name.values(), *t2v.lora_inputs, *i2v.lora_inputs,
-                             s_cache, s_cache_threshold, i_image,
+                             s_cache, s_cache_threshold, i_image, i_match,
                              tabs]  # fmt: skip
         lib_reuse.click(shown_in_page(reuse), lib_pick, all_form_controls, **PRIVATE)
         lib_continue.click(shown_in_page(use_last_frame), lib_pick, [i_image, tabs], **PRIVATE)

@@ -47,6 +47,7 @@ def reuse_values(settings: dict) -> dict[str, Any]:
         "guidance_scale": s.get("guidance_scale"), "seed": s.get("seed", -1), "fast": bool(s.get("fast", False)),
         "loras": [{k: lora[k] for k in ("file", "strength", "experts") if k in lora} for lora in s.get("loras") or []],
         "cache": s.get("cache") or {"kind": "off"},  # clips from before the step cache ran without one
+        "match_colour": bool(s.get("match_colour", False)),
     }  # fmt: skip
 
 
