@@ -20,7 +20,7 @@ import numpy as np
 
 from library import provenance, watermark
 from library.files import LibraryError, check_room, disk_error, link_no_overwrite, read_json, temporary
-from library.layout import INPUT_IMAGE_SUFFIX, SIDECAR_SUFFIX, TRASH_DIR, plain_name
+from library.layout import END_IMAGE_SUFFIX, INPUT_IMAGE_SUFFIX, SIDECAR_SUFFIX, TRASH_DIR, plain_name
 from library.media import encode_mp4, estimate_mp4_mb, slugify
 from pipelines import APP_NAME, __version__
 from pipelines.catalogue import TASK_NAMES
@@ -34,6 +34,7 @@ class ClipFiles:
     video: Path
     sidecar: Path
     input_image: Path | None = None
+    end_image: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,11 @@ class Clip:
     @property
     def input_image(self) -> Path | None:
         name = self.sidecar.get("input_image")
+        return self.video.parent / name if name else None
+
+    @property
+    def end_image(self) -> Path | None:
+        name = self.sidecar.get("end_image")
         return self.video.parent / name if name else None
 
     @property
@@ -135,14 +141,22 @@ def save_clip(result: GenerationResult, out_dir: Path, options: ClipOptions = Cl
             provenance.sign_file(unsigned, signed, claim)
 
     return write_clip(
-        frames, request.fps, Path(out_dir), hint, sidecar, input_image=request.image, comment=comment, sign=sign
+        frames,
+        request.fps,
+        Path(out_dir),
+        hint,
+        sidecar,
+        input_image=request.image,
+        comment=comment,
+        sign=sign,
+        end_image=request.end_image,
     )
 
 
 def write_clip(
     frames: np.ndarray, fps: float, out_dir: Path, stem_hint: str, sidecar: dict[str, Any],
     input_image: Any | None = None, comment: str | None = None, sign: Any | None = None,
-    stamp: str | None = None,
+    stamp: str | None = None, end_image: Any | None = None,
 ) -> ClipFiles:  # fmt: skip
     """Encode and publish a clip under a fresh name `<stamp>_<hint>[-n].mp4` with its sidecar.
 
@@ -158,6 +172,7 @@ def write_clip(
     check_room(out_dir, estimate_mp4_mb(*frames.shape[:3]), "the clip")
     tmp_video, tmp_signed = temporary(out_dir, ".mp4"), temporary(out_dir, ".signed.mp4")
     tmp_sidecar, tmp_image = temporary(out_dir, ".json"), temporary(out_dir, ".png")
+    tmp_end = temporary(out_dir, ".png")
     provenance_record: dict[str, Any] = {"signed": False}
     published: list[Path] = []
     try:
@@ -176,13 +191,18 @@ def write_clip(
                 provenance_record = {"signed": False, "signing_error": str(err)}
         if input_image is not None:
             input_image.save(tmp_image, format="PNG")
+        if end_image is not None:
+            end_image.save(tmp_end, format="PNG")
         for n in range(1, 10_000):
             stem = f"{stamp}_{stem_hint}" + (f"-{n}" if n > 1 else "")
             video, meta = out_dir / f"{stem}.mp4", out_dir / f"{stem}{SIDECAR_SUFFIX}"
             image = out_dir / f"{stem}{INPUT_IMAGE_SUFFIX}" if input_image is not None else None
-            if video.exists() or (image is not None and image.exists()):
+            end = out_dir / f"{stem}{END_IMAGE_SUFFIX}" if end_image is not None else None
+            if video.exists() or any(p is not None and p.exists() for p in (image, end)):
                 continue
             data = dict(sidecar, file=video.name, input_image=image.name if image is not None else None)
+            if end is not None:
+                data["end_image"] = end.name
             data["provenance"] = {**data.get("provenance", {}), **provenance_record}
             _write_text(tmp_sidecar, data)
             try:
@@ -191,9 +211,10 @@ def write_clip(
                 continue
             published.append(meta)
             try:
-                if image is not None:
-                    link_no_overwrite(tmp_image, image)
-                    published.append(image)
+                for tmp, picture in ((tmp_image, image), (tmp_end, end)):
+                    if picture is not None:
+                        link_no_overwrite(tmp, picture)
+                        published.append(picture)
                 link_no_overwrite(tmp_video, video)
             except FileExistsError:  # a foreign file took the name meanwhile: release the stem, go on
                 for path in published:
@@ -201,14 +222,14 @@ def write_clip(
                 published.clear()
                 continue
             published.clear()
-            return ClipFiles(video, meta, image)
+            return ClipFiles(video, meta, image, end)
         raise LibraryError(f"No free file name for '{stem_hint}' in {out_dir}.")
     except OSError as err:
         for path in published:  # never a sidecar without its video
             path.unlink(missing_ok=True)
         raise disk_error(err, out_dir) from None
     finally:
-        for tmp in (tmp_video, tmp_sidecar, tmp_image, tmp_signed):
+        for tmp in (tmp_video, tmp_sidecar, tmp_image, tmp_end, tmp_signed):
             tmp.unlink(missing_ok=True)
 
 
@@ -264,7 +285,7 @@ def move_to_trash(output_dir: Path, name: str) -> Path:
         folder = folder.with_name(f"{clip.video.stem}-{n}")
     try:
         folder.mkdir(parents=True)
-        for path in (clip.video, clip.video.with_suffix(SIDECAR_SUFFIX), clip.input_image):
+        for path in (clip.video, clip.video.with_suffix(SIDECAR_SUFFIX), clip.input_image, clip.end_image):
             if path is not None and path.is_file():
                 os.replace(path, folder / path.name)
     except OSError as err:

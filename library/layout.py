@@ -3,6 +3,7 @@
     <output>/<stamp>_<prompt>_<seed>.mp4        a clip            (served)
     <output>/<same stem>.json                   its sidecar       (settings, seed, model, timings, provenance)
     <output>/<same stem>.input.png              its fitted input picture, image-to-video only (served)
+    <output>/<same stem>.end.png                its fitted end frame, when it was given one (served)
     <output>/films/<stamp>_<title>.<fmt>        a film, with <film>.json beside it (served)
     <output>/audio/<name>                       audio kept for the storyboard
     <output>/storyboard.json                    the storyboard
@@ -25,6 +26,7 @@ STORYBOARD_FILE = "storyboard.json"
 TMP_PREFIX = ".partial-"
 SIDECAR_SUFFIX = ".json"
 INPUT_IMAGE_SUFFIX = ".input.png"
+END_IMAGE_SUFFIX = ".end.png"  # the end frame it was asked to reach (image-to-video, where the model takes one)
 CORRUPT_SUFFIX = ".corrupt"  # a damaged saved file, set aside with this suffix and a time stamp
 SERVED_SUFFIXES = (".mp4", ".webm", ".gif", ".png")  # what the web server may hand out from the folder
 

@@ -116,6 +116,9 @@ class ModelSpec:
     transformer_width: int = 0  # hidden size of the transformer blocks: what a LoRA must have been made for
     family: str = ""  # what LoRAs and fast presets are made for, named for people ("Wan2.2 TI2V-5B")
     fast: FastPreset | None = None  # the Fast mode of this model, when step-distilled weights are published
+    # Image-to-video with an end frame too: diffusers' WanImageToVideoPipeline takes `last_image` for the A14B
+    # layout (it is VAE-encoded into the last latent frame), and ignores it with expand_timesteps (TI2V-5B).
+    end_frame: bool = False
 
     @property
     def default_size(self) -> tuple[int, int]:
@@ -222,6 +225,7 @@ _I2V_A14B = replace(
     guidance_scale_2=3.5,
     flow_shift=5.0,
     description="Image-to-video with two 14B experts. Needs fp8 and offload on a 24 GB card.",
+    end_frame=True,
     fast=FastPreset(
         label="Wan2.2-Lightning (4 steps, LoRA pair)",
         source="huggingface.co/lightx2v/Wan2.2-Lightning, Wan2.2-I2V-A14B-4steps-lora-rank64-Seko-V1 (ModelTC/"
@@ -272,6 +276,7 @@ _T2V_1_3B = ModelSpec(
 TEST_TINY = "test-tiny"
 TEST_TINY_WAN21 = "test-tiny-wan21"
 TEST_TINY_A14B = "test-tiny-a14b"
+TEST_TINY_I2V_A14B = "test-tiny-i2v-a14b"
 
 _TEST_WEIGHTS = WeightSizes(
     transformer_gb=0.001, experts=1, text_encoder_gb=0.001, vae_gb=0.001, activations_gb=0.01, vae_decode_gb=0.01
@@ -349,9 +354,24 @@ _TEST_A14B = replace(
     ),
 )
 
+_TEST_I2V_A14B = replace(
+    _TEST_A14B,
+    id=TEST_TINY_I2V_A14B,
+    name="Tiny Wan2.2 I2V-A14B layout (two experts, end frame)",
+    tasks=(IMAGE_TO_VIDEO,),
+    guidance_scale=3.5,
+    guidance_scale_2=3.5,
+    flow_shift=5.0,
+    description="Random weights built on this machine: image-to-video with a start and an end frame, two experts.",
+    end_frame=True,
+    fast=None,
+)
+
 CATALOGUE: dict[str, ModelSpec] = {
-    spec.id: spec for spec in (_TI2V_5B, _T2V_A14B, _I2V_A14B, _T2V_1_3B, _TEST_TI2V, _TEST_WAN21, _TEST_A14B)
-}
+    spec.id: spec for spec in (
+        _TI2V_5B, _T2V_A14B, _I2V_A14B, _T2V_1_3B, _TEST_TI2V, _TEST_WAN21, _TEST_A14B, _TEST_I2V_A14B,
+    )
+}  # fmt: skip
 DEFAULT_MODEL = _TI2V_5B.id
 
 

@@ -328,6 +328,8 @@ class PipelineManager:
             kwargs["guidance_scale_2"] = request.guidance_scale_2
         if request.task == IMAGE_TO_VIDEO:
             kwargs["image"] = request.image
+            if request.end_image is not None:
+                kwargs["last_image"] = request.end_image
         report(Progress("denoise", 0.0, f"Starting {request.steps} steps", step=0, total_steps=request.steps))
         latents = pipe(**kwargs).frames
         timings["denoise_s"] = last_step_end[0] - denoise_start

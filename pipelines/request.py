@@ -47,6 +47,7 @@ class GenerationRequest:
     cache: str | dict | None = None  # step cache: "off", "first-block", "taylorseer", "magcache" (or its record)
     cache_threshold: float | None = None
     match_colour: bool = True  # image-to-video: keep the start picture's colours (no drift across extensions)
+    end_image: ImageInput | None = field(default=None, repr=False)  # image-to-video: the last frame, where supported
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class ValidRequest:
     fast: bool = False
     cache: CacheChoice = CacheChoice()
     match_colour: bool = False  # frames colour-matched to the start picture (image-to-video only)
+    end_image: Image.Image | None = field(default=None, repr=False, compare=False)
 
     @property
     def duration_s(self) -> float:
@@ -79,8 +81,9 @@ class ValidRequest:
         """The settings that reproduce this clip (with the same input image), as stored in the sidecar: each
         LoRA by file name, SHA-256, strength and expert(s)."""
         data = asdict(self)
-        for name in ("spec", "image", "loras", "cache"):
+        for name in ("spec", "image", "loras", "cache", "end_image"):
             data.pop(name)
+        data["end_frame"] = self.end_image is not None
         data["model"] = self.spec.id
         data["loras"] = [lora.record() for lora in self.loras]
         data["cache"] = self.cache.record()
@@ -91,7 +94,9 @@ class ValidRequest:
         return dict(self.settings(), loras=[asdict(lora) for lora in self.loras])
 
     @classmethod
-    def from_record(cls, data: dict[str, Any], image: Image.Image | None = None) -> ValidRequest:
+    def from_record(
+        cls, data: dict[str, Any], image: Image.Image | None = None, end_image: Image.Image | None = None
+    ) -> ValidRequest:
         """The request a record describes, exactly: nothing is drawn or defaulted again (the seed, the model
         and every setting were fixed when it was first validated). UnknownModelError if the model is gone."""
         fields_ = {k: data[k] for k in (
@@ -102,7 +107,7 @@ class ValidRequest:
             spec=get_spec(data["model"]), image=image, **fields_,
             loras=tuple(ResolvedLora(**lora) for lora in data.get("loras", [])), fast=bool(data.get("fast", False)),
             cache=CacheChoice(**data["cache"]) if data.get("cache") else CacheChoice(),
-            match_colour=bool(data.get("match_colour", False)),
+            match_colour=bool(data.get("match_colour", False)), end_image=end_image,
         )  # fmt: skip
 
 
@@ -153,6 +158,18 @@ def validate_request(request: GenerationRequest, default_model: str) -> ValidReq
                 problems["image"] = str(err)
     elif request.image is not None:
         problems["image"] = "Text-to-video takes no picture; use image-to-video to start from one."
+    end_image = None
+    if request.end_image is not None:
+        if task != IMAGE_TO_VIDEO:
+            problems["end_image"] = "An end frame goes with image-to-video (a start picture and an end picture)."
+        elif not spec.end_frame:
+            problems["end_image"] = (f"{spec.name} cannot end on a given frame (its pipeline ignores one); "
+                                     "Wan2.2 I2V-A14B can.")  # fmt: skip
+        else:
+            try:
+                end_image = load_image(request.end_image)
+            except ImageError as err:
+                problems["end_image"] = f"The end frame: {err}"
 
     width, height = _resolve_size(request, spec, image, problems)
     frames = _resolve_frames(request.frames, spec, problems)
@@ -189,11 +206,13 @@ def validate_request(request: GenerationRequest, default_model: str) -> ValidReq
         raise RequestError(problems)
     if image is not None:
         image = fit_image(image, width, height)
+    if end_image is not None:
+        end_image = fit_image(end_image, width, height)
     return ValidRequest(
         spec=spec, task=task, prompt=prompt, negative_prompt=negative, width=width, height=height,
         frames=frames, fps=spec.fps, steps=steps, guidance_scale=guidance, guidance_scale_2=guidance_2,
         seed=seed, image=image, loras=chosen_loras, fast=fast, cache=cache,
-        match_colour=task == IMAGE_TO_VIDEO and request.match_colour is not False,
+        match_colour=task == IMAGE_TO_VIDEO and request.match_colour is not False, end_image=end_image,
     )  # fmt: skip
 
 

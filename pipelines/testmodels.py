@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from pipelines.catalogue import TEST_TINY, TEST_TINY_A14B, TEST_TINY_WAN21
+from pipelines.catalogue import TEST_TINY, TEST_TINY_A14B, TEST_TINY_I2V_A14B, TEST_TINY_WAN21
 
 # Bump when the layout below changes so cached folders are rebuilt.
 BUILD_VERSION = 1
@@ -76,13 +76,13 @@ def _scheduler(flow_shift: float):
     return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=flow_shift)
 
 
-def _transformer(channels: int, heads: int = 2, head_dim: int = 12):
+def _transformer(channels: int, heads: int = 2, head_dim: int = 12, in_channels: int | None = None):
     from diffusers import WanTransformer3DModel
 
     return WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=head_dim, in_channels=channels,
-        out_channels=channels, text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+        patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=head_dim,
+        in_channels=in_channels or channels, out_channels=channels, text_dim=32, freq_dim=256, ffn_dim=32,
+        num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
     )  # fmt: skip
 
 
@@ -158,7 +158,33 @@ def build_a14b(folder: Path) -> None:
     _save(pipe, folder, TEST_TINY_A14B)
 
 
-_BUILDERS = {TEST_TINY: build_ti2v, TEST_TINY_WAN21: build_wan21, TEST_TINY_A14B: build_a14b}
+def build_i2v_a14b(folder: Path) -> None:
+    """Wan2.2 I2V-A14B layout: image-to-video without expand_timesteps (the picture and an optional end frame
+    are VAE-encoded and concatenated with a mask: 16 + 4 + 16 input channels), two experts, no image encoder."""
+    from diffusers import AutoencoderKLWan, WanImageToVideoPipeline
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
+        latents_mean=[0.0] * 16, latents_std=[1.0] * 16,
+    )  # fmt: skip
+    tokenizer = _tokenizer()
+    pipe = WanImageToVideoPipeline(
+        tokenizer=tokenizer,
+        text_encoder=_text_encoder(len(tokenizer)),
+        vae=vae.eval(),
+        scheduler=_scheduler(5.0),
+        transformer=_transformer(16, heads=2, head_dim=10, in_channels=36),
+        transformer_2=_transformer(16, heads=2, head_dim=10, in_channels=36),
+        boundary_ratio=0.9,
+    )
+    _save(pipe, folder, TEST_TINY_I2V_A14B)
+
+
+_BUILDERS = {
+    TEST_TINY: build_ti2v, TEST_TINY_WAN21: build_wan21, TEST_TINY_A14B: build_a14b,
+    TEST_TINY_I2V_A14B: build_i2v_a14b,
+}  # fmt: skip
 
 
 # ---- Full-size architectures with random weights, for speed and memory benchmarks on a GPU ----------------

@@ -87,6 +87,8 @@ class Job:
             "format": RECORD_FORMAT, "id": self.id, "kind": self.kind,
             "request": self.request.to_record() if self.request is not None else None,
             "image": f"{self.id}.input.png" if self.request is not None and self.request.image is not None else None,
+            "end_image": f"{self.id}.end.png" if self.request is not None and self.request.end_image is not None
+            else None,
             "storyboard": self.storyboard.to_json() if self.storyboard is not None else None,
             "append_to_storyboard": self.append_to_storyboard, "status": self.status, "created": self.created,
             "message": self.message, "step": self.step, "total_steps": self.total_steps, "result": self.result,
@@ -100,8 +102,9 @@ class Job:
             raise ValueError("not a job record of this version")
         request = None
         if data["kind"] == CLIP:
-            image = Image.open(jobs_dir / data["image"]).convert("RGB") if data.get("image") else None
-            request = ValidRequest.from_record(data["request"], image=image)
+            image, end = (Image.open(jobs_dir / data[key]).convert("RGB") if data.get(key) else None
+                          for key in ("image", "end_image"))  # fmt: skip
+            request = ValidRequest.from_record(data["request"], image=image, end_image=end)
         storyboard = Storyboard.from_json(data["storyboard"]) if data["kind"] == FILM else None
         return cls(
             id=str(data["id"]), kind=data["kind"], request=request, storyboard=storyboard,
@@ -155,18 +158,22 @@ class JobQueue:
         return self._enqueue(Job(id=uuid.uuid4().hex[:12], kind=FILM, storyboard=board))
 
     def _enqueue(self, job: Job) -> Job:
-        image_path = self.jobs_dir / f"{job.id}.input.png"
+        pictures = {self.jobs_dir / f"{job.id}.input.png": job.request.image if job.request else None,
+                    self.jobs_dir / f"{job.id}.end.png": job.request.end_image if job.request else None}  # fmt: skip
         try:
-            if job.request is not None and job.request.image is not None:
+            for path, picture in pictures.items():
+                if picture is None:
+                    continue
                 tmp = temporary(self.jobs_dir, ".png")
                 try:
-                    job.request.image.save(tmp, format="PNG")
-                    tmp.replace(image_path)
+                    picture.save(tmp, format="PNG")
+                    tmp.replace(path)
                 finally:
                     tmp.unlink(missing_ok=True)
             write_json(self.jobs_dir / f"{job.id}.json", job.record())
         except (OSError, UserError) as err:
-            image_path.unlink(missing_ok=True)
+            for path in pictures:
+                path.unlink(missing_ok=True)
             raise err if isinstance(err, UserError) else _disk(err, self.jobs_dir) from None
         with self._lock:
             self._jobs[job.id] = job

@@ -74,9 +74,14 @@ def build_ui(studio: Studio) -> gr.Blocks:
                         info="Matches every frame's colours to the start picture, so shots extended one after "
                         "another do not drift in colour or saturation. Untick for a deliberate change of light.",
                     )  # fmt: skip
-                    return image, from_clip, use_frame, match
+                    with gr.Accordion("End frame (optional)", open=False, visible=spec.end_frame,
+                                      elem_id="i2v-end-frame") as end_box:  # fmt: skip
+                        gr.Markdown("The clip ends on this picture: a start and an end frame, the model fills in "
+                                    "the motion between them.")  # fmt: skip
+                        end = Picture(label="End frame", sources=["upload", "clipboard"], elem_id="i2v-end-image")
+                    return image, from_clip, use_frame, match, end, end_box
 
-                i2v, (i_image, i_from_clip, i_use_frame, i_match) = build_form(
+                i2v, (i_image, i_from_clip, i_use_frame, i_match, i_end, i_end_box) = build_form(
                     IMAGE_TO_VIDEO, spec, settings, "What happens next", above_prompt=picture_widgets
                 )
                 i2v.size.value = gen.AUTO_SIZE
@@ -103,7 +108,11 @@ def build_ui(studio: Studio) -> gr.Blocks:
             # ---- Settings -----------------------------------------------------------------------
             with gr.Tab("Settings", id="settings"):
                 s_model = gr.Dropdown(
-                    model_choices(include_tests), value=settings.model, label="Model", allow_custom_value=True
+                    model_choices(include_tests),
+                    value=settings.model,
+                    label="Model",
+                    allow_custom_value=True,
+                    elem_id="settings-model",
                 )
                 s_profile = gr.Dropdown(
                     [AUTO, *[p for p in PROFILES if p != "cpu"]], value=settings.memory_profile, label="Memory profile"
@@ -224,7 +233,8 @@ def build_ui(studio: Studio) -> gr.Blocks:
         # output); the API's endpoints, on buttons the page never shows, raise it and stream plain text.
         for form, api, in_page, inputs in (
             (t2v, gen.text_to_video, gen.text_to_video_in_page, t2v.generate_inputs),
-            (i2v, gen.image_to_video, gen.image_to_video_in_page, [i_image, *i2v.generate_inputs, i_match]),
+            (i2v, gen.image_to_video, gen.image_to_video_in_page,
+             [i_image, *i2v.generate_inputs, i_match, i_end]),
         ):  # fmt: skip
             form.go.click(gen.slots_to_loras, form.lora_inputs, form.loras_json, concurrency_limit=None,
                           **PRIVATE).then(
@@ -284,6 +294,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
             task, values, picture = lib.reuse(studio, name)
             form = i2v if task == IMAGE_TO_VIDEO else t2v
             loras, cache, match_colour = values.pop("loras"), values.pop("cache"), values.pop("match_colour")
+            end_picture = values.pop("end_image")
             updates = {form.by_name[field]: value for field, value in values.items()}
             steps, guidance = gen.fast_controls(studio, values["fast"])  # locked while Fast mode is on
             updates[form.steps] = gr.update(**dict(steps, value=values["steps"]))
@@ -305,6 +316,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 updates[i_image] = picture
             if task == IMAGE_TO_VIDEO:
                 updates[i_match] = match_colour
+                updates[i_end] = end_picture
             updates[tabs] = gr.Tabs(selected="i2v" if task == IMAGE_TO_VIDEO else "t2v")
             return updates
 
@@ -325,7 +337,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
         for form in (t2v, i2v):
             form.video.change(refresh_library, None, library_lists, **PRIVATE)
         all_form_controls = [*t2v.by_name.values(), *i2v.by_name.values(), *t2v.lora_inputs, *i2v.lora_inputs,
-                             s_cache, s_cache_threshold, i_image, i_match,
+                             s_cache, s_cache_threshold, i_image, i_match, i_end,
                              tabs]  # fmt: skip
         lib_reuse.click(shown_in_page(reuse), lib_pick, all_form_controls, **PRIVATE)
         lib_continue.click(shown_in_page(use_last_frame), lib_pick, [i_image, tabs], **PRIVATE)
@@ -346,7 +358,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
         def forms_for_model(model: str):
             limits = sett.form_for_model(studio, model)
             if limits is None:
-                return [gr.skip()] * (12 + len(expert_boxes))
+                return [gr.skip()] * (13 + len(expert_boxes))
             frames = gr.update(minimum=limits["min_frames"], maximum=limits["max_frames"], value=limits["frames"],
                                label=f"Frames ({limits['fps']} fps)")  # fmt: skip
             fast = gr.update(value=False, label=limits["fast_label"], interactive=limits["fast"])
@@ -355,10 +367,12 @@ def build_ui(studio: Studio) -> gr.Blocks:
             return (gr.update(choices=limits["t2v_sizes"], value=limits["t2v_sizes"][0]), frames, fast, steps,
                     guidance, negative, gr.update(choices=limits["i2v_sizes"], value=gen.AUTO_SIZE), frames, fast,
                     steps, guidance, negative,
+                    gr.update(visible=limits["end_frame"]),
                     *[gr.update(visible=limits["two_experts"]) for _ in expert_boxes])  # fmt: skip
 
         model_dependent = [t2v.size, t2v.frames, t2v.fast, t2v.steps, t2v.guidance, t2v.negative, i2v.size,
-                           i2v.frames, i2v.fast, i2v.steps, i2v.guidance, i2v.negative, *expert_boxes]  # fmt: skip
+                           i2v.frames, i2v.fast, i2v.steps, i2v.guidance, i2v.negative, i_end_box,
+                           *expert_boxes]  # fmt: skip
         s_save.click(shown_in_page(save_settings), settings_inputs, [s_status, model_note], **PRIVATE).then(
             shown_in_page(forms_for_model), s_model, model_dependent, **PRIVATE
         ).then(shown_in_page(refresh_lora_choices), lora_pickers, [s_lora_list, *lora_pickers], **PRIVATE)

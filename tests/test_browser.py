@@ -427,6 +427,45 @@ def test_a_first_run_without_a_gpu_says_so_and_one_click_gives_the_test_model(pa
         page.close()
 
 
+def pick_model(page, label: str) -> None:
+    page.get_by_role("tab", name="Settings").click()
+    page.locator("#settings-model input").click()
+    page.get_by_role("option", name=label).click()
+    page.locator("#settings-save").click()
+    page.wait_for_function("() => document.querySelector('#settings-status').innerText.includes('Saved')")
+
+
+def test_image_to_video_with_an_end_frame_where_the_model_takes_one(page, running, tmp_path):
+    import json
+
+    from PIL import Image
+
+    page.reload()
+    page.wait_for_selector("#t2v-prompt textarea", timeout=60_000)
+    page.get_by_role("tab", name="Image to video").click()
+    assert not page.locator("#i2v-end-frame").is_visible()  # TI2V layout: diffusers would ignore an end frame
+    pick_model(page, "Tiny Wan2.2 I2V-A14B layout (two experts, end frame) [TEST MODEL, random weights]")
+    try:
+        page.get_by_role("tab", name="Image to video").click()
+        page.locator("#i2v-end-frame").get_by_text("End frame (optional)").click()
+        end = tmp_path / "sunset.png"
+        Image.new("RGB", (64, 48), (230, 120, 40)).save(end)
+        page.locator("#i2v-end-image input[type=file]").set_input_files(str(end))
+        page.wait_for_selector("#i2v-end-image img", timeout=20_000)
+        page.fill("#i2v-prompt textarea", "the light turns to sunset")
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "i2v-end-frame.png"), full_page=True)
+        page.click("#i2v-generate")
+        deadline = time.monotonic() + 120
+        while not list(running.output_dir.glob("*turns-to-sunset*.json")):
+            assert time.monotonic() < deadline, page.inner_text("#i2v-status")
+            time.sleep(0.2)
+        sidecar = json.loads(next(running.output_dir.glob("*turns-to-sunset*.json")).read_text())
+        assert sidecar["settings"]["end_frame"] is True and (running.output_dir / sidecar["end_image"]).is_file()
+    finally:
+        pick_model(page, "Tiny Wan2.2 TI2V layout [TEST MODEL, random weights]")
+
+
 def test_nothing_left_the_machine(page, running, outbound_log):
     """Every flow above ran with the server online; neither it nor the page reached beyond this machine."""
     assert not outbound_log.exists(), outbound_log.read_text()

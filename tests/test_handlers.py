@@ -112,7 +112,7 @@ def test_reuse_gives_the_clips_settings_by_control_name(studio):
     assert values["prompt"] == "a blue dog" and values["seed"] == 42 and values["frames"] == 13
     assert values["size"] == "96x64" and values["steps"] == 2
     assert set(values) == {"prompt", "negative_prompt", "size", "frames", "steps", "guidance_scale", "seed", "fast",
-                           "loras", "cache", "match_colour"}  # fmt: skip
+                           "loras", "cache", "match_colour", "end_image"}  # fmt: skip
     assert values["fast"] is False and values["loras"] == [] and values["cache"]["kind"] == "off"
 
 

@@ -36,27 +36,29 @@ async def text_to_video(
 async def image_to_video(
     studio: Studio, image: Any, prompt: str, negative_prompt: str = "", size: str = AUTO_SIZE, frames: float = 0,
     steps: float = 0, guidance_scale: float = -1, seed: float = -1, loras: str = "[]", fast: bool = False,
+    match_colour: bool = True, end_image: Any = None,
 ) -> AsyncIterator[Update]:  # fmt: skip
-    """The API's image-to-video, like `text_to_video`."""
-    async for update in watch(
-        studio,
-        studio.submit(
-            image_request(
-                studio, image, prompt, negative_prompt, size, frames, steps, guidance_scale, seed, loras, fast
-            )
-        ),
-    ):
-        yield update  # fmt: skip
+    """The API's image-to-video, like `text_to_video`; `match_colour` keeps the picture's colours, `end_image`
+    (where the model takes one) is the frame the clip ends on."""
+    request = image_request(studio, image, prompt, negative_prompt, size, frames, steps, guidance_scale, seed, loras,
+                            fast, match_colour, end_image)  # fmt: skip
+    async for update in watch(studio, studio.submit(request)):
+        yield update
 
 
 def image_request(
     studio: Studio, image: Any, prompt: Any, negative_prompt: Any, size: Any, frames: Any, steps: Any,
-    guidance_scale: Any, seed: Any, loras: Any, fast: Any,
+    guidance_scale: Any, seed: Any, loras: Any = "[]", fast: Any = False, match_colour: Any = True,
+    end_image: Any = None,
 ) -> GenerationRequest:  # fmt: skip
     if image is None:
         raise RequestError({"image": "Image-to-video needs a picture: upload one or pick a clip's last frame."})
+    if not isinstance(match_colour, bool):
+        raise RequestError({"match_colour": f"match_colour must be true or false; got {str(match_colour)[:20]!r}."})
     request = form_request(studio.settings.model, IMAGE_TO_VIDEO, prompt, negative_prompt, size, frames, steps,
                            guidance_scale, seed, image=image)  # fmt: skip
+    request.match_colour = match_colour
+    request.end_image = end_image or None
     return with_extras(studio, request, loras, fast)
 
 

@@ -35,7 +35,10 @@ def reuse(studio: Studio, name: str | None) -> tuple[str, dict[str, Any], str | 
     for lora in clip.settings.get("loras") or []:
         studio.loras.check_unchanged(lora.get("file", ""), lora.get("sha256", ""))
     picture = clip.input_image if task == IMAGE_TO_VIDEO and clip.input_image and clip.input_image.is_file() else None
-    return task, reuse_values(clip.settings), str(picture) if picture else None
+    values = reuse_values(clip.settings)
+    end = clip.end_image
+    values["end_image"] = str(end) if end is not None and end.is_file() else None
+    return task, values, str(picture) if picture else None
 
 
 def reuse_values(settings: dict) -> dict[str, Any]:

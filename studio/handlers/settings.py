@@ -75,6 +75,7 @@ def form_for_model(studio: Studio, model: str) -> dict[str, Any] | None:
         "t2v_sizes": size_choices(spec.id, TEXT_TO_VIDEO), "i2v_sizes": size_choices(spec.id, IMAGE_TO_VIDEO),
         "min_frames": spec.min_frames, "max_frames": spec.max_frames, "frames": spec.frames, "fps": spec.fps,
         "fast": spec.fast is not None, "fast_label": fast_label(spec), "two_experts": spec.two_experts,
+        "end_frame": spec.end_frame,
     }  # fmt: skip
 
 
