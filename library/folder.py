@@ -13,8 +13,17 @@ from PIL import Image
 from library import film
 from library.clips import Clip, ClipFiles, ClipOptions, find_clip, list_clips, move_to_trash, save_clip
 from library.files import LibraryError, check_writable, clean_temporaries, disk_error, publish, temporary
-from library.layout import AUDIO_DIR, FILMS_DIR, JOBS_DIR, STORYBOARD_FILE, TRASH_DIR, plain_name
-from library.media import last_frame
+from library.layout import (
+    AUDIO_DIR,
+    FILMS_DIR,
+    JOBS_DIR,
+    POSTER_WIDTH,
+    POSTERS_DIR,
+    STORYBOARD_FILE,
+    TRASH_DIR,
+    plain_name,
+)
+from library.media import last_frame, middle_frame
 from library.storyboard import Storyboard, StoryboardStore
 from pipelines.manager import GenerationResult
 
@@ -81,6 +90,26 @@ class Library:
 
     def last_frame(self, name: str) -> Image.Image:
         return last_frame(self.clip(name).video)
+
+    def poster(self, clip: Clip) -> Path | None:
+        """The clip's poster frame for the library grid, made (atomically) the first time it is asked for;
+        None when the clip cannot be read, so one bad file never empties the grid."""
+        poster = self.root / POSTERS_DIR / f"{clip.video.stem}.png"
+        try:
+            if poster.is_file() and poster.stat().st_mtime >= clip.video.stat().st_mtime:
+                return poster
+            picture = middle_frame(clip.video)
+            picture.thumbnail((POSTER_WIDTH, POSTER_WIDTH * 2))
+            poster.parent.mkdir(exist_ok=True)
+            tmp = temporary(poster.parent, ".png")
+            try:
+                picture.save(tmp, format="PNG")
+                tmp.replace(poster)
+            finally:
+                tmp.unlink(missing_ok=True)
+            return poster
+        except (OSError, ValueError, RuntimeError):
+            return None
 
     # ---- audio for the storyboard ---------------------------------------------------------------
     def keep_audio(self, upload: Path) -> str:

@@ -4,6 +4,8 @@
     <output>/<same stem>.json                   its sidecar       (settings, seed, model, timings, provenance)
     <output>/<same stem>.input.png              its fitted input picture, image-to-video only (served)
     <output>/<same stem>.end.png                its fitted end frame, when it was given one (served)
+    <output>/posters/<clip stem>.png            a clip's poster frame for the library grid, made when first shown
+                                                (served; made again if missing or older than its clip)
     <output>/films/<stamp>_<title>.<fmt>        a film, with <film>.json beside it (served)
     <output>/audio/<name>                       audio kept for the storyboard
     <output>/storyboard.json                    the storyboard
@@ -22,6 +24,8 @@ JOBS_DIR = ".jobs"
 FILMS_DIR = "films"
 AUDIO_DIR = "audio"
 TRASH_DIR = "trash"
+POSTERS_DIR = "posters"
+POSTER_WIDTH = 320  # px: a grid cell on a desktop
 STORYBOARD_FILE = "storyboard.json"
 TMP_PREFIX = ".partial-"
 SIDECAR_SUFFIX = ".json"

@@ -72,6 +72,24 @@ def last_frame(video: Path) -> Image.Image:
     return Image.fromarray(np.frombuffer(frame, np.uint8).reshape(height, width, 3).copy())
 
 
+def middle_frame(video: Path) -> Image.Image:
+    """The frame in the middle of a clip: its poster (the first frame of an image-to-video clip is only
+    its input picture)."""
+    reader = imageio_ffmpeg.read_frames(str(video))
+    meta = next(reader)
+    width, height = meta["size"]
+    wanted = max(0, round(meta.get("duration", 0) * meta.get("fps", 0) / 2))
+    frame = None
+    for n, buffer in enumerate(reader):
+        frame = buffer
+        if n >= wanted:
+            break
+    reader.close()
+    if frame is None:
+        raise ValueError(f"{video.name} has no frames")
+    return Image.fromarray(np.frombuffer(frame, np.uint8).reshape(height, width, 3).copy())
+
+
 def estimate_mp4_mb(frames: int, width: int, height: int) -> float:
     """A generous size of a clip as the studio encodes it (CRF 18 on generated video stays well under a
     quarter of a bit per pixel); twice over while the signed copy is written beside it."""

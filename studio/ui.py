@@ -88,18 +88,32 @@ def build_ui(studio: Studio) -> gr.Blocks:
 
             # ---- Library ------------------------------------------------------------------------
             with gr.Tab("Library", id="library"):
-                with gr.Row():
-                    lib_pick = gr.Dropdown(
-                        [], label="Clips in the output folder (newest first)", scale=4, elem_id="library-pick"
-                    )
-                    lib_refresh = gr.Button("Refresh", scale=1)
+                with gr.Row(equal_height=True):
+                    lib_search = gr.Textbox(placeholder="Search the prompts", show_label=False, scale=3,
+                                            elem_id="library-search", submit_btn=False)  # fmt: skip
+                    lib_model = gr.Dropdown([("All models", lib.ALL)], value=lib.ALL, show_label=False, scale=2,
+                                            elem_id="library-model")  # fmt: skip
+                    lib_task = gr.Dropdown(
+                        [("Both kinds", lib.ALL), ("Text to video", TEXT_TO_VIDEO), ("Image to video", IMAGE_TO_VIDEO)],
+                        value=lib.ALL, show_label=False, scale=2, elem_id="library-task",
+                    )  # fmt: skip
+                    lib_refresh = gr.Button("Refresh", scale=1, min_width=100)
+                lib_grid = gr.Gallery(
+                    label="Clips, newest first", columns=5, height="auto", object_fit="cover", allow_preview=False,
+                    buttons=[], interactive=False, elem_id="library-grid",
+                )  # fmt: skip
+                lib_names = gr.State([])  # the clip name of each grid cell, in order
+                lib_pick = gr.Textbox(visible=False, elem_id="library-pick")  # the clip picked in the grid
                 with gr.Row():
                     lib_video = gr.Video(label="Clip", interactive=False, elem_id="library-video")
-                    lib_info = gr.JSON(label="Settings and details")
-                with gr.Row():
-                    lib_reuse = gr.Button("Reuse settings")
-                    lib_continue = gr.Button("Continue from its last frame")
-                    lib_delete = gr.Button("Move to trash", variant="stop", elem_id="library-delete")
+                    with gr.Column():
+                        lib_details = gr.Markdown("Pick a clip in the grid.", elem_id="library-details")
+                        with gr.Row():
+                            lib_reuse = gr.Button("Reuse settings", elem_id="library-reuse")
+                            lib_continue = gr.Button("Continue from its last frame", elem_id="library-continue")
+                            lib_delete = gr.Button("Move to trash", variant="stop", elem_id="library-delete")
+                        with gr.Accordion("All settings and details (JSON)", open=False):
+                            lib_info = gr.JSON(show_label=False)
 
             # ---- Storyboard ---------------------------------------------------------------------
             with gr.Tab("Storyboard", id="storyboard"):
@@ -283,12 +297,23 @@ def build_ui(studio: Studio) -> gr.Blocks:
                       concurrency_limit=None, **PRIVATE)  # fmt: skip
         q_cancel.click(bind(gen.cancel, studio), q_pick, q_note, concurrency_limit=None, **PRIVATE)
 
-        library_lists = [lib_pick, i_from_clip, board_tab.pick]
+        library_lists = [i_from_clip, board_tab.pick]  # the clip pickers outside the Library tab
+        grid_inputs = [lib_search, lib_model, lib_task, lib_pick]
+        grid_outputs = [lib_grid, lib_names, lib_model, lib_pick]
 
         def refresh_library():
             names = lib.clip_choices(studio)
             first = names[0][1] if names else None
             return tuple(gr.update(choices=names, value=first) for _ in library_lists)
+
+        def refresh_grid(query: str, model: str, task: str, picked: str | None):
+            cells, names = lib.grid(studio, query, model, task)
+            keep = picked if picked in names else (names[0] if names else "")
+            return (gr.update(value=cells, selected_index=names.index(keep) if keep else None), names,
+                    gr.update(choices=lib.filters(studio)), keep)  # fmt: skip
+
+        def pick_cell(names: list[str], event: gr.SelectData):
+            return names[event.index] if 0 <= event.index < len(names) else gr.skip()
 
         def reuse(name: str | None):
             task, values, picture = lib.reuse(studio, name)
@@ -322,7 +347,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
 
         def trash(name: str | None):
             gr.Info(lib.trash(studio, name))
-            return refresh_library()
+            return ""
 
         def use_last_frame(name: str | None):
             return lib.last_frame(studio, name), gr.Tabs(selected="i2v")
@@ -330,18 +355,26 @@ def build_ui(studio: Studio) -> gr.Blocks:
         demo.load(bind(board.reload, studio), None, [*board_tab.inputs, board_tab.base], **PRIVATE).then(
             bind(board.summarise, studio), board_tab.inputs, board_tab.summary, **PRIVATE
         )
-        refresh_library = shown_in_page(refresh_library)
-        lib_refresh.click(refresh_library, None, library_lists, **PRIVATE)
-        demo.load(refresh_library, None, library_lists, **PRIVATE)
-        lib_pick.change(bind(lib.show_clip, studio), lib_pick, [lib_video, lib_info], **PRIVATE)
+        refresh_library, refresh_grid = shown_in_page(refresh_library), shown_in_page(refresh_grid)
+        for trigger in (lib_refresh.click, demo.load):
+            trigger(refresh_library, None, library_lists, **PRIVATE)
+            trigger(refresh_grid, grid_inputs, grid_outputs, show_progress="hidden", **PRIVATE)
+        for trigger in (lib_search.change, lib_model.input, lib_task.input):
+            trigger(refresh_grid, grid_inputs, grid_outputs, show_progress="hidden", **PRIVATE)
+        lib_grid.select(pick_cell, lib_names, lib_pick, **PRIVATE)
+        lib_pick.change(bind(lib.show_clip, studio), lib_pick, [lib_video, lib_details, lib_info],
+                        show_progress="hidden", **PRIVATE)  # fmt: skip
         for form in (t2v, i2v):
             form.video.change(refresh_library, None, library_lists, **PRIVATE)
+            form.video.change(refresh_grid, grid_inputs, grid_outputs, show_progress="hidden", **PRIVATE)
         all_form_controls = [*t2v.by_name.values(), *i2v.by_name.values(), *t2v.lora_inputs, *i2v.lora_inputs,
                              s_cache, s_cache_threshold, i_image, i_match, i_end,
                              tabs]  # fmt: skip
         lib_reuse.click(shown_in_page(reuse), lib_pick, all_form_controls, **PRIVATE)
         lib_continue.click(shown_in_page(use_last_frame), lib_pick, [i_image, tabs], **PRIVATE)
-        lib_delete.click(shown_in_page(trash), lib_pick, library_lists, **PRIVATE)
+        lib_delete.click(shown_in_page(trash), lib_pick, lib_pick, **PRIVATE).success(
+            refresh_grid, grid_inputs, grid_outputs, show_progress="hidden", **PRIVATE
+        ).then(refresh_library, None, library_lists, **PRIVATE)
         i_use_frame.click(shown_in_page(use_last_frame), i_from_clip, [i_image, tabs], **PRIVATE)
 
         settings_inputs = [

@@ -98,8 +98,24 @@ def test_the_library_lists_the_clip_after_a_reload(page):
     page.reload()
     page.get_by_role("tab", name="Library").click()
     page.wait_for_selector("#library-video video", timeout=30_000)
-    assert "paper boat" in page.inner_text("body")
+    page.wait_for_selector("#library-grid img", timeout=30_000)  # a poster frame per clip
+    details = page.inner_text("#library-details")
+    assert "paper boat" in details and "Seed:" in details and "Steps, guidance: 40" in details
+    assert "Content Credentials: signed by this studio" in details and '"format"' not in details
     page.screenshot(path=str(SCREENSHOTS / "studio-library.png"), full_page=True)
+    page.fill("#library-search textarea", "no such words")  # search by prompt: nothing matches
+    page.wait_for_function("() => !document.querySelector('#library-grid img')", timeout=10_000)
+    page.fill("#library-search textarea", "BOAT")
+    page.wait_for_selector("#library-grid img", timeout=10_000)
+    page.locator("#library-task input").click()
+    page.get_by_role("option", name="Image to video").click()  # the only clip is text to video
+    page.wait_for_function("() => !document.querySelector('#library-grid img')", timeout=10_000)
+    page.locator("#library-task input").click()
+    page.get_by_role("option", name="Both kinds").click()
+    page.fill("#library-search textarea", "")
+    page.wait_for_selector("#library-grid img", timeout=10_000)
+    page.locator("#library-grid img").first.click()
+    assert "paper boat" in page.inner_text("#library-details")
 
     page.get_by_role("tab", name="Text to video").click()
     page.locator("#t2v-fast input").check()  # Fast mode on in the form, then a clip made without it is reused
@@ -186,22 +202,22 @@ def test_image_to_video_from_a_library_clips_last_frame(page):
 def test_a_clip_moved_to_trash_leaves_the_library_and_stays_on_disk(page, running):
     running_output = running.output_dir
     page.get_by_role("tab", name="Library").click()
-    newest = page.locator("#library-pick input").input_value()
-    assert "the boat turns towards the camera" in newest  # the image-to-video clip, in no storyboard shot
-    page.locator("#library-delete").click()
-    page.wait_for_function(
-        "(before) => document.querySelector('#library-pick input').value !== before", arg=newest, timeout=30_000
-    )
+    details = "() => document.querySelector('#library-details').innerText"
+    page.wait_for_selector("#library-grid img", timeout=30_000)
+    page.locator("#library-grid img").first.click()  # the newest clip
+    page.wait_for_function(f"() => ({details})().includes('the boat turns towards the camera')", timeout=30_000)
+    page.locator("#library-delete").click()  # the newest: the image-to-video clip, in no storyboard shot
+    page.wait_for_function(f"() => !({details})().includes('the boat turns towards the camera')", timeout=30_000)
     assert "Move the files back to restore the clip" in page.inner_text("body")
     trashed = list((running_output / "trash").glob("*/*.mp4"))
     assert len(trashed) == 1 and trashed[0].with_suffix(".json").is_file()
     assert not (running_output / trashed[0].name).exists()
     # a clip the storyboard uses is refused, with the reason
-    in_use = page.locator("#library-pick input").input_value()
-    assert "the boat drifts on" in in_use
+    page.wait_for_function(f"() => ({details})().includes('the boat drifts on')", timeout=30_000)  # the newest
+    assert "the boat turns towards" not in page.inner_text("#library-grid")
     page.locator("#library-delete").click()
     page.wait_for_function("() => document.body.innerText.includes('of the storyboard: remove it there first')")
-    assert page.locator("#library-pick input").input_value() == in_use
+    assert "the boat drifts on" in page.evaluate(details)
     assert len(list((running_output / "trash").glob("*/*.mp4"))) == 1
 
 

@@ -328,3 +328,31 @@ def test_without_a_gpu_the_page_says_so_and_offers_the_test_model(tmp_path, monk
     assert "you are using the test model" in notice and "Tiny" in note and real.settings.model == TINY
     updates = collect(generate.text_to_video_in_page(real, "a cat", "", "", 5, 2, 5, 7, "[]", False))
     assert updates[-1][1].startswith("**Done**")
+
+
+def test_the_library_grid_searches_filters_and_reads_like_settings(studio):
+    from PIL import Image
+
+    fox = make_clip(studio, "A red FOX in snow", seed=42)
+    picture = Image.new("RGB", (96, 64), (200, 100, 50))
+    boat = make_clip(studio, "a paper boat", image=picture, task="i2v")
+    cells, names = library.grid(studio)
+    assert names == [boat, fox]  # newest first
+    poster = Path(cells[1][0])
+    assert poster.parent == studio.output_dir / "posters" and Image.open(poster).size[0] <= 320
+    assert cells[1][1] == "A red FOX in snow"
+    assert library.grid(studio, "fox snow")[1] == [fox]  # every word, any case
+    assert library.grid(studio, "fox boat")[1] == []
+    assert library.grid(studio, task="i2v")[1] == [boat]
+    assert library.grid(studio, model="test-tiny")[1] == [boat, fox]
+    assert library.grid(studio, model="Wan-AI/Wan2.2-TI2V-5B-Diffusers")[1] == []
+    assert library.filters(studio)[1] == ("Tiny Wan2.2 TI2V layout [TEST MODEL, random weights]", "test-tiny")
+    poster.unlink()
+    assert Path(library.grid(studio)[0][1][0]).is_file()  # made again when missing
+
+    video, text, raw = library.show_clip(studio, fox)
+    assert video.endswith(fox) and raw["settings"]["seed"] == 42
+    assert text.startswith("**A red FOX in snow**") and "- Seed: 42" in text and "96×64" in text
+    assert "Content Credentials: signed by this studio" in text
+    library.trash(studio, boat)
+    assert library.grid(studio)[1] == [fox]

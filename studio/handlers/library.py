@@ -14,17 +14,85 @@ if TYPE_CHECKING:
     from studio.server import Studio
 
 
+ALL = "all"
+
+
 def clip_choices(studio: Studio) -> list[tuple[str, str]]:
     """(title, file name) of every clip, newest first."""
     return [(c.title, c.name) for c in studio.library.clips()]
 
 
-def show_clip(studio: Studio, name: str | None) -> tuple[str | None, dict | None]:
-    """The clip's video and its sidecar, or nothing when no clip is picked."""
+def grid(studio: Studio, query: Any = "", model: Any = ALL, task: Any = ALL) -> tuple[list[tuple[str, str]], list[str]]:
+    """The library grid, newest first: ([(poster path, caption)], [clip name of each cell]), narrowed to the
+    clips whose prompt holds every word of `query` (any case), made by `model` and of `task`."""
+    words = str(query or "").lower().split()
+    cells, names = [], []
+    for clip in studio.library.clips():
+        prompt = str(clip.settings.get("prompt", ""))
+        if words and not all(word in prompt.lower() for word in words):
+            continue
+        if model not in (None, "", ALL) and clip.sidecar.get("model") != model:
+            continue
+        if task not in (None, "", ALL) and clip.sidecar.get("task") != task:
+            continue
+        poster = studio.library.poster(clip)
+        if poster is None:
+            continue
+        caption = prompt if len(prompt) <= 48 else prompt[:45] + "..."
+        cells.append((str(poster), caption))
+        names.append(clip.name)
+    return cells, names
+
+
+def filters(studio: Studio) -> list[tuple[str, str]]:
+    """The model filter's choices: every model the library's clips were made with."""
+    models = {c.sidecar.get("model"): c.sidecar.get("model_name") or c.sidecar.get("model") for c in
+              studio.library.clips() if c.sidecar.get("model")}  # fmt: skip
+    return [("All models", ALL), *sorted(((label, model) for model, label in models.items()), key=lambda c: c[0])]
+
+
+def details(clip_sidecar: dict) -> str:
+    """A clip's settings as a person reads them (the raw JSON stays one click away)."""
+    from html import escape
+
+    side = clip_sidecar
+    s = side.get("settings", {})
+    lines = [f"**{escape(str(s.get('prompt', '')))}**", ""]
+    rows = [
+        ("Seed", s.get("seed")),
+        ("Size", f"{s.get('width')}×{s.get('height')}, {s.get('frames')} frames at {s.get('fps')} fps"
+                 f" ({side.get('duration_s', 0):.1f} s)"),
+        ("Steps, guidance", f"{s.get('steps')}, {s.get('guidance_scale')}"
+                            + (f" / {s['guidance_scale_2']}" if s.get("guidance_scale_2") is not None else "")),
+        ("Model", side.get("model_name") or side.get("model")),
+        ("Made", str(side.get("created_at", "")).replace("T", " ")[:16]),
+        ("Took", f"{side.get('timings', {}).get('total_s', 0):.1f} s on {side.get('device', '?')}"),
+    ]  # fmt: skip
+    if side.get("fast_preset"):
+        rows.append(("Fast mode", side["fast_preset"]))
+    for lora in s.get("loras") or []:
+        rows.append(("LoRA", f"{lora.get('file')} × {lora.get('strength')} ({lora.get('experts')})"))
+    cache = s.get("cache") or {}
+    if cache.get("kind", "off") != "off":
+        rows.append(("Step cache", f"{cache['kind']} {cache.get('threshold')}"))
+    if s.get("match_colour"):
+        rows.append(("Colours", "kept on the start picture's"))
+    signed = side.get("provenance", {})
+    rows.append(("Content Credentials", "signed by this studio" if signed.get("signed") else
+                 f"not signed ({signed.get('signing_error', 'signing was off')})"))  # fmt: skip
+    lines += [f"- {name}: {escape(str(value))}" for name, value in rows]
+    negative = str(s.get("negative_prompt", ""))
+    if negative:
+        lines += ["", f"Negative prompt: {escape(negative[:300])}"]
+    return "\n".join(lines)
+
+
+def show_clip(studio: Studio, name: str | None) -> tuple[str | None, str, dict | None]:
+    """The clip's video, its readable details and its sidecar, or nothing when no clip is picked."""
     if not name:
-        return None, None
+        return None, "Pick a clip in the grid.", None
     clip = studio.library.clip(name)
-    return str(clip.video), clip.sidecar
+    return str(clip.video), details(clip.sidecar), clip.sidecar
 
 
 def reuse(studio: Studio, name: str | None) -> tuple[str, dict[str, Any], str | None]:
