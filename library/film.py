@@ -103,6 +103,11 @@ def audio_path(output_dir: Path, name: str) -> Path:
     return Path(output_dir) / AUDIO_DIR / Path(name).name
 
 
+def clip_seconds(clip: Clip) -> float:
+    """A clip's length in seconds: how far a shot of it can be trimmed."""
+    return _length(clip)
+
+
 def _length(clip: Clip) -> float:
     """Seconds, from the sidecar when it says (every studio clip's does), else counted from the file."""
     if clip.duration_s:
@@ -286,8 +291,10 @@ def export_film(
     on_progress: Callable[[float, str], None] | None = None,
     sign: bool = True,
     cancel: threading.Event | None = None,
+    into: str = FILMS_DIR,
 ) -> Path:
-    """Render the storyboard to `<output>/films/<time>_<title>.<format>`; StoryboardError on bad input,
+    """Render the storyboard to `<output>/<into>/<time>_<title>.<format>` (`into`: films/, or previews/ for a
+    quick look); StoryboardError on bad input,
     ExportCancelled once `cancel` is set, LibraryError when the disk cannot take it.
 
     Stages: compose the shots (moviepy, frames streamed from the clip files); when the frame rate changes
@@ -298,7 +305,7 @@ def export_film(
     """
     output_dir = Path(output_dir)
     checked = _check(board, output_dir)
-    films_dir = output_dir / FILMS_DIR
+    films_dir = output_dir / into
     try:
         films_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from PIL import Image
@@ -19,11 +20,12 @@ from library.layout import (
     JOBS_DIR,
     POSTER_WIDTH,
     POSTERS_DIR,
+    PREVIEWS_DIR,
     STORYBOARD_FILE,
     TRASH_DIR,
     plain_name,
 )
-from library.media import last_frame, middle_frame
+from library.media import frame_at, last_frame, middle_frame
 from library.storyboard import Storyboard, StoryboardStore
 from pipelines.manager import GenerationResult
 
@@ -91,6 +93,12 @@ class Library:
     def last_frame(self, name: str) -> Image.Image:
         return last_frame(self.clip(name).video)
 
+    def frame_at(self, name: str, seconds: float) -> Image.Image:
+        return frame_at(self.clip(name).video, seconds)
+
+    def clip_seconds(self, name: str) -> float:
+        return film.clip_seconds(self.clip(name))
+
     def poster(self, clip: Clip) -> Path | None:
         """The clip's poster frame for the library grid, made (atomically) the first time it is asked for;
         None when the clip cannot be read, so one bad file never empties the grid."""
@@ -153,3 +161,22 @@ class Library:
         cancel: threading.Event | None = None,
     ) -> Path:  # fmt: skip
         return film.export_film(board, self.root, on_progress=on_progress, sign=sign, cancel=cancel)
+
+    def preview_film(self, board: Storyboard) -> Path:
+        """A quick look at the film before the export: the same cut at most 320 px wide, at the clips' own
+        frame rate, unsigned MP4, in `<output>/previews/` (the one before it is removed)."""
+        film.film_duration(board, self.root)  # StoryboardError before any work
+        if board.size:
+            width, height = board.size
+        else:
+            first = self.clip(board.shots[0].clip).settings
+            width, height = int(first.get("width") or 320), int(first.get("height") or 180)
+        scale = min(1.0, 320 / width)
+        small = (max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2))
+        quick = replace(board, size=small, fps=None, slow_motion=False, format="mp4")
+        folder = self.root / PREVIEWS_DIR
+        old = list(folder.glob("*.mp4*")) if folder.is_dir() else []
+        made = film.export_film(quick, self.root, sign=False, into=PREVIEWS_DIR)
+        for path in old:
+            path.unlink(missing_ok=True)
+        return made

@@ -7,6 +7,7 @@
     <output>/posters/<clip stem>.png            a clip's poster frame for the library grid, made when first shown
                                                 (served; made again if missing or older than its clip)
     <output>/films/<stamp>_<title>.<fmt>        a film, with <film>.json beside it (served)
+    <output>/previews/<stamp>_<title>.mp4       the latest quick preview of the storyboard (served; replaced)
     <output>/audio/<name>                       audio kept for the storyboard
     <output>/storyboard.json                    the storyboard
     <output>/trash/<clip stem>/                 clips moved out of the library (restorable)
@@ -25,6 +26,7 @@ FILMS_DIR = "films"
 AUDIO_DIR = "audio"
 TRASH_DIR = "trash"
 POSTERS_DIR = "posters"
+PREVIEWS_DIR = "previews"  # the latest quick film preview of the storyboard (low resolution, unsigned)
 POSTER_WIDTH = 320  # px: a grid cell on a desktop
 STORYBOARD_FILE = "storyboard.json"
 TMP_PREFIX = ".partial-"

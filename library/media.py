@@ -72,6 +72,23 @@ def last_frame(video: Path) -> Image.Image:
     return Image.fromarray(np.frombuffer(frame, np.uint8).reshape(height, width, 3).copy())
 
 
+def frame_at(video: Path, seconds: float) -> Image.Image:
+    """The frame shown at `seconds` into a clip (the last one past its end): a trim point's picture."""
+    reader = imageio_ffmpeg.read_frames(str(video))
+    meta = next(reader)
+    width, height = meta["size"]
+    wanted = max(0, int(seconds * meta.get("fps", 0) + 1e-6))
+    frame = None
+    for n, buffer in enumerate(reader):
+        frame = buffer
+        if n >= wanted:
+            break
+    reader.close()
+    if frame is None:
+        raise ValueError(f"{video.name} has no frames")
+    return Image.fromarray(np.frombuffer(frame, np.uint8).reshape(height, width, 3).copy())
+
+
 def middle_frame(video: Path) -> Image.Image:
     """The frame in the middle of a clip: its poster (the first frame of an image-to-video clip is only
     its input picture)."""

@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     from starlette.middleware import Middleware
 
     from studio.guard import Guard
-    from studio.ui import build_ui
+    from studio.ui import PAGE_CSS, build_ui
 
     try:
         studio = Studio(settings, offline=args.offline, include_test_models=args.show_test_models,
@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         allowed_paths=[str(studio.output_dir), str(ASSETS)],
         blocked_paths=[str(studio.library.jobs_dir), str(config_dir())],
         theme=theme,
+        css=PAGE_CSS,
         footer_links=["api"],
         max_file_size=MAX_UPLOAD,
         app_kwargs={"middleware": [Middleware(Guard, output_dir=studio.output_dir, login=auth is not None)]},

@@ -1,5 +1,7 @@
-"""The Storyboard tab's layout: shots with trims and transitions, a title card, audio, export options,
-"extend the last shot", and the `/assemble` API endpoint. The handlers live in studio/handlers/storyboard.py."""
+"""The Storyboard tab's layout: a strip of shots (poster frames) with an editor for the picked one (trim
+with the frames at the in and out points, transition, move, remove), a title card, audio, export options,
+a quick preview, "extend the last shot", and the `/assemble` API endpoint. The handlers live in
+studio/handlers/storyboard.py."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
+from studio.errors import shown_in_page
 from studio.handlers import bind
 from studio.handlers import storyboard as h
 
@@ -27,22 +30,36 @@ def build_storyboard_tab(studio: Studio) -> StoryboardTab:
     saved = h.values_of(studio, studio.library.storyboard.load())
 
     gr.Markdown(
-        "Pick clips from the library, trim them (seconds), and choose how each shot joins the next "
-        "(`cut` or `crossfade`). The storyboard is saved in the output folder and reopens after a restart."
+        "Build a film from library clips: add shots, pick one in the strip to trim it or choose how it joins the "
+        "next, move it left or right. The storyboard is saved in the output folder and reopens after a restart."
     )
-    with gr.Row():
-        pick = gr.Dropdown([], label="Library clip", scale=3)
+    with gr.Row(equal_height=True):
+        pick = gr.Dropdown([], label="Library clip", scale=3, elem_id="storyboard-pick")
         add = gr.Button("Add shot", scale=1, elem_id="storyboard-add")
-    table = gr.Dataframe(
-        value=saved[0], headers=h.SHOT_HEADERS, datatype=["str", "number", "number", "str", "number"],
-        column_count=5, interactive=True, show_row_numbers=True, label="Shots (end_s empty: to the clip's end)",
-        elem_id="storyboard-table",
+    table = gr.State(saved[0])  # the shots as rows: clip, start_s, end_s, transition, crossfade_s
+    picked = gr.State(None)  # the index of the shot in the editor
+    shots = gr.Gallery(
+        h.strip(studio, saved[0]), label="Shots, in order", columns=6, height=240, fit_columns=False,
+        object_fit="cover", allow_preview=False, buttons=[], interactive=False, elem_id="storyboard-strip",
     )  # fmt: skip
-    with gr.Row():
-        row = gr.Number(value=1, precision=0, label="Row", min_width=80)
-        up = gr.Button("Move up")
-        down = gr.Button("Move down")
-        remove = gr.Button("Remove")
+    with gr.Group(visible=False, elem_id="storyboard-editor") as editor:
+        shot_title = gr.Markdown(elem_id="storyboard-shot-title")
+        with gr.Row():
+            in_frame = gr.Image(label="In point", interactive=False, height=160, format="png", buttons=[],
+                                elem_id="storyboard-in-frame")  # fmt: skip
+            out_frame = gr.Image(label="Out point", interactive=False, height=160, format="png", buttons=[],
+                                 elem_id="storyboard-out-frame")  # fmt: skip
+        with gr.Row():
+            start = gr.Slider(0, 1, value=0, step=0.05, label="In (s)", elem_id="storyboard-in")
+            end = gr.Slider(0, 1, value=1, step=0.05, label="Out (s)", elem_id="storyboard-out")
+        with gr.Row(equal_height=True):
+            transition = gr.Dropdown([("Cut", "cut"), ("Crossfade", "crossfade")], value="cut",
+                                     label="Into the next shot", elem_id="storyboard-transition")  # fmt: skip
+            crossfade = gr.Slider(0.1, 3, value=0.5, step=0.1, label="Crossfade (s)", elem_id="storyboard-crossfade")
+        with gr.Row():
+            left = gr.Button("◀ Move left", elem_id="storyboard-left")
+            right = gr.Button("Move right ▶", elem_id="storyboard-right")
+            remove = gr.Button("Remove shot", variant="stop", elem_id="storyboard-remove")
     with gr.Row():
         title = gr.Textbox(value=saved[1], label="Title card (empty: none)", max_length=120)
         title_colour = gr.ColorPicker(value=saved[2], label="Card colour")
@@ -60,8 +77,11 @@ def build_storyboard_tab(studio: Studio) -> StoryboardTab:
         size = gr.Textbox(value=saved[9], label="Size WxH (empty: first shot's)")
     summary = gr.Markdown(elem_id="storyboard-summary")
     with gr.Row():
-        save = gr.Button("Save storyboard")
+        save = gr.Button("Save storyboard", elem_id="storyboard-save")
+        quick = gr.Button("Preview (quick, low resolution)", elem_id="storyboard-preview")
         export = gr.Button("Export film", variant="primary", elem_id="storyboard-export")
+    quick_film = gr.Video(label="Preview", interactive=False, height=240, visible=False,
+                          elem_id="storyboard-preview-video")  # fmt: skip
     film_status = gr.Markdown(elem_id="storyboard-film-status")
     film_video = gr.Video(label="Film", interactive=False, elem_id="storyboard-film", height=360)
     film_file = gr.File(label="Download", interactive=False)
@@ -80,12 +100,51 @@ def build_storyboard_tab(studio: Studio) -> StoryboardTab:
     api_film = gr.File(visible=False)
     base = gr.State("")
 
-    inputs = [table, title, title_colour, title_s, audio, fade, fmt, fps, slow, size]
+    inputs = [table, title, title_colour, title_s, audio, fade, fmt, fps, slow, size]  # handlers' VALUES order
     private = dict(api_visibility="private")
-    add.click(bind(h.add_shot, studio), [pick, table], table, **private)
-    up.click(bind(h.move_up, studio), [table, row], [table, row], **private)
-    down.click(bind(h.move_down, studio), [table, row], [table, row], **private)
-    remove.click(bind(h.remove_row, studio), [table, row], [table, row], **private)
+    quiet = dict(show_progress="hidden", **private)
+
+    def show_shot(rows, index):
+        if index is None or not rows:
+            return gr.update(visible=False), *([gr.skip()] * 7)
+        view = h.shot_view(studio, rows, index)
+        return (
+            gr.update(visible=True),
+            f"**{view['title']}**",
+            view["in_frame"],
+            view["out_frame"],
+            gr.update(maximum=round(view["length"], 2), value=round(view["start"], 2)),
+            gr.update(maximum=round(view["length"], 2), value=round(view["end"], 2)),
+            gr.update(value=view["transition"], interactive=not view["last"]),
+            gr.update(value=view["crossfade"], visible=view["transition"] == "crossfade" and not view["last"]),
+        )
+
+    def pick_shot(event: gr.SelectData):
+        return event.index
+
+    view_outputs = [editor, shot_title, in_frame, out_frame, start, end, transition, crossfade]
+    show = shown_in_page(show_shot)
+    add.click(bind(h.add_shot, studio), [pick, table], [table, picked], **private)
+    shots.select(pick_shot, None, picked, **quiet)
+    picked.change(show, [table, picked], view_outputs, **quiet)
+
+    def redraw_strip(rows, index):
+        return gr.update(value=h.strip(studio, rows), selected_index=index)
+
+    table.change(shown_in_page(redraw_strip), [table, picked], shots, **quiet).then(
+        show, [table, picked], view_outputs, **quiet
+    )
+    # .input: the user's own changes (dragging or typing), coalesced to the latest while one is handled
+    latest = dict(trigger_mode="always_last", **quiet)
+    for slider in (start, end):
+        slider.input(bind(h.trim, studio), [table, picked, start, end], table, **latest)
+    transition.input(bind(h.join, studio), [table, picked, transition, crossfade], table, **quiet)
+    crossfade.input(bind(h.join, studio), [table, picked, transition, crossfade], table, **latest)
+    for button, handler in ((left, h.move_left), (right, h.move_right), (remove, h.remove)):
+        button.click(bind(handler, studio), [table, picked], [table, picked], **quiet)
+    quick.click(lambda: gr.update(visible=True), None, quick_film, **quiet).then(
+        bind(h.preview, studio), inputs, quick_film, **private
+    )
     for component in inputs:
         component.change(bind(h.summarise, studio), inputs, summary, show_progress="hidden", **private)
     save.click(bind(h.save, studio), [base, *inputs], [summary, table, base], **private)

@@ -76,7 +76,8 @@ def test_sidecar_round_trips_every_setting(manager, out_dir):
     assert {"load_s", "denoise_s", "decode_s", "total_s", "preview_s_per_step"} <= set(sidecar["timings"])
     # the stored settings rebuild the same request
     settings = dict(sidecar["settings"])
-    settings.pop("fps")
+    settings.pop("fps")  # the model's
+    assert settings.pop("end_frame") is False  # whether an end picture was given (stored beside the clip)
     rebuilt = validate_request(GenerationRequest(**settings), default_model=TINY)
     assert rebuilt.settings() == request.settings()
 

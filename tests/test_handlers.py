@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from library import LibraryError, Shot, Storyboard, StoryboardConflict, StoryboardError
@@ -242,7 +243,7 @@ def test_storyboard_save_keeps_an_extensions_shot_and_refuses_a_conflict(studio)
     studio.library.storyboard.append(Shot(second))  # the GPU worker finished an extension meanwhile
     page[1] = "A title"  # the page, unaware, edits and saves again
     summary, rows, new_base = storyboard.save(studio, base, *page)
-    assert list(rows["clip"]) == [first, second] and "2 shots" in summary
+    assert [row[0] for row in rows] == [first, second] and "2 shots" in summary
     assert studio.library.storyboard.load().title == "A title"
     elsewhere = controls(studio, Storyboard(shots=[Shot(second)]))
     storyboard.save(studio, new_base, *elsewhere)  # another page changes the order
@@ -356,3 +357,48 @@ def test_the_library_grid_searches_filters_and_reads_like_settings(studio):
     assert "Content Credentials: signed by this studio" in text
     library.trash(studio, boat)
     assert library.grid(studio)[1] == [fox]
+
+
+def test_the_storyboard_strip_and_the_shot_editor(studio):
+    first, second = make_clip(studio, "first", frames=9), make_clip(studio, "second", frames=9)  # 1.125 s at 8 fps
+    rows, picked = storyboard.add_shot(studio, first, [])
+    rows, picked = storyboard.add_shot(studio, second, rows)
+    assert picked == 1 and [r[0] for r in rows] == [first, second]
+    cells = storyboard.strip(studio, rows)
+    assert [caption for _, caption in cells] == ["1 · 0.0–end s", "2 · 0.0–end s"]
+    assert Path(cells[0][0]).parent.name == "posters"
+
+    view = storyboard.shot_view(studio, rows, 0)
+    assert view["length"] == pytest.approx(1.125) and (view["start"], view["end"]) == (0.0, pytest.approx(1.125))
+    assert view["title"].startswith("Shot 1 of 2 — first") and not view["last"]
+    rows = storyboard.trim(studio, rows, 0, 0.25, 0.75)
+    assert rows[0][1:3] == [0.25, 0.75]
+    view = storyboard.shot_view(studio, rows, 0)
+    assert view["in_frame"].size == (96, 64) and view["out_frame"].size == (96, 64)
+    first_frame = studio.library.frame_at(first, 0.0)
+    assert np.asarray(view["in_frame"]).tolist() != np.asarray(first_frame).tolist()  # the frame at 0.25 s
+    assert storyboard.trim(studio, rows, 0, 0.0, 9.0)[0][2] is None  # out at the clip's end: to its end
+    with pytest.raises(StoryboardError, match="the in point .* must come before the out point"):
+        storyboard.trim(studio, rows, 0, 0.8, 0.5)
+    rows = storyboard.join(studio, rows, 0, "crossfade", 0.4)
+    assert storyboard.strip(studio, rows)[0][1] == "1 · 0.2–0.8 s · crossfade 0.4 s"
+    with pytest.raises(StoryboardError, match="a cut or a crossfade"):
+        storyboard.join(studio, rows, 0, "wipe", 0.4)
+
+    rows, picked = storyboard.move_right(studio, rows, 0)
+    assert [r[0] for r in rows] == [second, first] and picked == 1
+    rows, picked = storyboard.move_right(studio, rows, 1)  # already last: stays
+    assert picked == 1
+    rows, picked = storyboard.remove(studio, rows, 1)
+    assert [r[0] for r in rows] == [second] and picked == 0
+    with pytest.raises(StoryboardError, match="Pick a shot in the strip first"):
+        storyboard.shot_view(studio, rows, 5)
+
+    preview = Path(asyncio.run(storyboard.preview(studio, *controls(studio, Storyboard([Shot(first), Shot(second)])))))
+    assert preview.parent == studio.output_dir / "previews" and preview.suffix == ".mp4"
+    from tests.media import decode_video
+
+    frames, _ = decode_video(preview)
+    assert frames.shape[2] <= 320 and len(frames) == 18
+    again = Path(asyncio.run(storyboard.preview(studio, *controls(studio, Storyboard([Shot(first)])))))
+    assert not preview.exists() and again.exists()  # only the latest preview is kept

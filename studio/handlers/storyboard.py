@@ -15,9 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
-from library import Shot, Storyboard, StoryboardError
+from library import LibraryError, Shot, Storyboard, StoryboardError
 from pipelines.catalogue import IMAGE_TO_VIDEO, image_to_video_model_for
 from pipelines.request import GenerationRequest
 from studio.jobs import CANCELLED, DONE
@@ -31,9 +29,9 @@ FPS_CHOICES = ["source", "16", "24", "30"]
 MAX_JSON_CHARS = 256_000  # an /assemble storyboard; 200 shots take about 30 000
 
 
-def board_to_rows(board: Storyboard) -> pd.DataFrame:
-    rows = [[s.clip, s.start_s, s.end_s, s.transition, s.crossfade_s] for s in board.shots]
-    return pd.DataFrame(rows, columns=SHOT_HEADERS)
+def board_to_rows(board: Storyboard) -> list[list]:
+    """The shots as plain rows (the page keeps them in a State): clip, start_s, end_s, transition, crossfade_s."""
+    return [[s.clip, s.start_s, s.end_s, s.transition, s.crossfade_s] for s in board.shots]
 
 
 def rows_to_shots(rows: Any) -> list[Shot]:
@@ -125,40 +123,113 @@ def describe(studio: Studio, board: Storyboard) -> str:
     return f"**Film: {count} shot{'' if count == 1 else 's'}, {seconds:.1f} s**"
 
 
-def add_shot(studio: Studio, name: str | None, rows: Any) -> pd.DataFrame:
+def add_shot(studio: Studio, name: str | None, rows: Any) -> tuple[list[list], int]:
+    """The rows with the picked library clip as a new last shot, and that shot's index (it is selected)."""
     if not name:
         raise StoryboardError("Pick a clip from the library first.")
     clip = studio.library.clip(name)
-    return board_to_rows(Storyboard(shots=[*rows_to_shots(rows), Shot(clip=clip.name)]))
+    shots = [*rows_to_shots(rows), Shot(clip=clip.name)]
+    return board_to_rows(Storyboard(shots=shots)), len(shots) - 1
 
 
-def move(studio: Studio, rows: Any, index: Any, delta: int) -> tuple[pd.DataFrame, int]:
-    """Move row `index` (1-based) up (-1) or down (+1), or remove it (0)."""
+def strip(studio: Studio, rows: Any) -> list[tuple[Any, str]]:
+    """The shots in order as poster frames, each captioned with its number, trim and transition."""
+    from PIL import Image
+
+    cells = []
+    for n, shot in enumerate(rows_to_shots(rows), start=1):
+        try:
+            poster = studio.library.poster(studio.library.clip(shot.clip))
+        except LibraryError:
+            poster = None
+        end = f"{shot.end_s:.1f}" if shot.end_s is not None else "end"
+        joint = f" · {shot.transition} {shot.crossfade_s:g} s" if shot.transition == "crossfade" else ""
+        cells.append((str(poster) if poster else Image.new("RGB", (160, 90), (60, 60, 60)),
+                      f"{n} · {shot.start_s:.1f}–{end} s{joint}"))  # fmt: skip
+    return cells
+
+
+def _shot(rows: Any, index: Any) -> tuple[list[Shot], int]:
     shots = rows_to_shots(rows)
+    if not shots:
+        raise StoryboardError("The storyboard has no shots yet: add one from the library.")
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(shots):
+        raise StoryboardError("Pick a shot in the strip first.")
+    return shots, index
+
+
+def shot_view(studio: Studio, rows: Any, index: Any) -> dict[str, Any]:
+    """What the shot editor shows for the picked shot: its frames at the in and out points, its trim (with
+    the clip's length as the limit) and how it joins the next shot."""
+    shots, i = _shot(rows, index)
+    shot = shots[i]
+    length = studio.library.clip_seconds(shot.clip)
+    end = length if shot.end_s is None else min(shot.end_s, length)
+    return {
+        "title": f"Shot {i + 1} of {len(shots)} — {studio.library.clip(shot.clip).title}",
+        "length": length, "start": shot.start_s, "end": end,
+        "in_frame": studio.library.frame_at(shot.clip, shot.start_s),
+        "out_frame": studio.library.frame_at(shot.clip, max(0.0, end - 1e-3)),
+        "transition": shot.transition, "crossfade": shot.crossfade_s, "last": i == len(shots) - 1,
+    }  # fmt: skip
+
+
+def trim(studio: Studio, rows: Any, index: Any, start: Any, end: Any) -> list[list]:
+    """The rows with the picked shot trimmed to [start, end] seconds of its clip (end at the clip's end:
+    to the end, whatever its length)."""
+    shots, i = _shot(rows, index)
+    length = studio.library.clip_seconds(shots[i].clip)
     try:
-        i = int(index or 0) - 1
+        start, end = float(start), float(end)
     except (TypeError, ValueError):
-        i = -1
-    if not 0 <= i < len(shots):
-        raise StoryboardError(f"Row must be from 1 to {len(shots)}." if shots else "The storyboard has no shots.")
+        raise StoryboardError("The in and out points are seconds.") from None
+    if not 0 <= start < end:
+        raise StoryboardError(f"Shot {i + 1}: the in point ({start:.2f} s) must come before the out point "
+                              f"({end:.2f} s).")  # fmt: skip
+    shots[i] = Shot(shots[i].clip, start, None if end >= length - 1e-3 else end, shots[i].transition,
+                    shots[i].crossfade_s)  # fmt: skip
+    return board_to_rows(Storyboard(shots=shots))
+
+
+def join(studio: Studio, rows: Any, index: Any, transition: Any, crossfade: Any) -> list[list]:
+    """The rows with the picked shot's transition into the next one set."""
+    shots, i = _shot(rows, index)
+    if transition not in ("cut", "crossfade"):
+        raise StoryboardError("The transition is a cut or a crossfade.")
+    shot = shots[i]
+    shots[i] = Shot(shot.clip, shot.start_s, shot.end_s, transition, float(crossfade or shot.crossfade_s))
+    return board_to_rows(Storyboard(shots=shots))
+
+
+def move(studio: Studio, rows: Any, index: Any, delta: int) -> tuple[list[list], int | None]:
+    """Move the picked shot left (-1) or right (+1), or remove it (0); the rows and the shot now picked."""
+    shots, i = _shot(rows, index)
     if delta == 0:
         shots.pop(i)
-        return board_to_rows(Storyboard(shots=shots)), max(1, i)
+        return board_to_rows(Storyboard(shots=shots)), (min(i, len(shots) - 1) if shots else None)
     j = min(max(i + delta, 0), len(shots) - 1)
     shots[i], shots[j] = shots[j], shots[i]
-    return board_to_rows(Storyboard(shots=shots)), j + 1
+    return board_to_rows(Storyboard(shots=shots)), j
 
 
-def move_up(studio: Studio, rows: Any, index: Any) -> tuple[pd.DataFrame, int]:
+def move_left(studio: Studio, rows: Any, index: Any) -> tuple[list[list], int | None]:
     return move(studio, rows, index, -1)
 
 
-def move_down(studio: Studio, rows: Any, index: Any) -> tuple[pd.DataFrame, int]:
+def move_right(studio: Studio, rows: Any, index: Any) -> tuple[list[list], int | None]:
     return move(studio, rows, index, 1)
 
 
-def remove_row(studio: Studio, rows: Any, index: Any) -> tuple[pd.DataFrame, int]:
+def remove(studio: Studio, rows: Any, index: Any) -> tuple[list[list], int | None]:
     return move(studio, rows, index, 0)
+
+
+async def preview(studio: Studio, *values: Any) -> str:
+    """A quick low-resolution film of the storyboard as the page has it (not saved, not signed)."""
+    board = board_from(studio, *values)
+    if not board.shots:
+        raise StoryboardError("Add a shot first.")
+    return str(await asyncio.to_thread(studio.library.preview_film, board))
 
 
 def save(studio: Studio, base: str, *values: Any) -> tuple:
