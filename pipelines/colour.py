@@ -36,7 +36,9 @@ def match_colours(frames: torch.Tensor, reference: torch.Tensor | np.ndarray, ch
     """`frames` (F, H, W, 3) uint8, with each frame's colour statistics moved to `reference`'s (H', W', 3)
     uint8; a new uint8 tensor on `frames`' device."""
     device = frames.device
-    ref = torch.as_tensor(np.asarray(reference)).to(device=device, dtype=torch.float32)[None]
+    if not isinstance(reference, torch.Tensor):
+        reference = torch.from_numpy(np.array(reference, dtype=np.uint8))  # a copy: a picture's array is read-only
+    ref = reference.to(device=device, dtype=torch.float32)[None]
     ref_mean, ref_std = _stats(ref)
     to_ycc, from_ycc = _TO_YCC.to(device), _FROM_YCC.to(device)
     out = torch.empty_like(frames)

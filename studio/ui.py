@@ -31,6 +31,14 @@ if TYPE_CHECKING:
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 PRIVATE = dict(api_visibility="private")
+# Phone width: posters two (library) or three (storyboard) to a row instead of tiny cells. Gradio sets the
+# column count inline; a stylesheet rule marked important wins over it.
+PAGE_CSS = """
+@media (max-width: 640px) {
+  #library-grid .grid-container { --grid-cols: 2 !important; }
+  #storyboard-strip .grid-container { --grid-cols: 3 !important; }
+}
+"""
 
 
 def _shown(value: float | None) -> str:
@@ -99,7 +107,8 @@ def build_ui(studio: Studio) -> gr.Blocks:
                     )  # fmt: skip
                     lib_refresh = gr.Button("Refresh", scale=1, min_width=100)
                 lib_grid = gr.Gallery(
-                    label="Clips, newest first", columns=5, height="auto", object_fit="cover", allow_preview=False,
+                    label="Clips, newest first", columns=5, height="auto", fit_columns=False, object_fit="cover",
+                    allow_preview=False,
                     buttons=[], interactive=False, elem_id="library-grid",
                 )  # fmt: skip
                 lib_names = gr.State([])  # the clip name of each grid cell, in order
@@ -112,6 +121,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
                             lib_reuse = gr.Button("Reuse settings", elem_id="library-reuse")
                             lib_continue = gr.Button("Continue from its last frame", elem_id="library-continue")
                             lib_delete = gr.Button("Move to trash", variant="stop", elem_id="library-delete")
+                        lib_status = gr.Markdown("", elem_id="library-status")  # where a trashed clip went
                         with gr.Accordion("All settings and details (JSON)", open=False):
                             lib_info = gr.JSON(show_label=False)
 
@@ -308,9 +318,11 @@ def build_ui(studio: Studio) -> gr.Blocks:
 
         def refresh_grid(query: str, model: str, task: str, picked: str | None):
             cells, names = lib.grid(studio, query, model, task)
+            # the pick is only changed when it left the grid: a refresh started before the user picked another
+            # clip must not take that pick back
             keep = picked if picked in names else (names[0] if names else "")
             return (gr.update(value=cells, selected_index=names.index(keep) if keep else None), names,
-                    gr.update(choices=lib.filters(studio)), keep)  # fmt: skip
+                    gr.update(choices=lib.filters(studio)), gr.skip() if keep == picked else keep)  # fmt: skip
 
         def pick_cell(names: list[str], event: gr.SelectData):
             return names[event.index] if 0 <= event.index < len(names) else gr.skip()
@@ -346,8 +358,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
             return updates
 
         def trash(name: str | None):
-            gr.Info(lib.trash(studio, name))
-            return ""
+            return "", lib.trash(studio, name)  # the sentence stays: it says where the files went
 
         def use_last_frame(name: str | None):
             return lib.last_frame(studio, name), gr.Tabs(selected="i2v")
@@ -362,6 +373,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
         for trigger in (lib_search.change, lib_model.input, lib_task.input):
             trigger(refresh_grid, grid_inputs, grid_outputs, show_progress="hidden", **PRIVATE)
         lib_grid.select(pick_cell, lib_names, lib_pick, **PRIVATE)
+        lib_grid.select(lambda: "", None, lib_status, show_progress="hidden", **PRIVATE)
         lib_pick.change(bind(lib.show_clip, studio), lib_pick, [lib_video, lib_details, lib_info],
                         show_progress="hidden", **PRIVATE)  # fmt: skip
         for form in (t2v, i2v):
@@ -372,7 +384,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
                              tabs]  # fmt: skip
         lib_reuse.click(shown_in_page(reuse), lib_pick, all_form_controls, **PRIVATE)
         lib_continue.click(shown_in_page(use_last_frame), lib_pick, [i_image, tabs], **PRIVATE)
-        lib_delete.click(shown_in_page(trash), lib_pick, lib_pick, **PRIVATE).success(
+        lib_delete.click(shown_in_page(trash), lib_pick, [lib_pick, lib_status], **PRIVATE).success(
             refresh_grid, grid_inputs, grid_outputs, show_progress="hidden", **PRIVATE
         ).then(refresh_library, None, library_lists, **PRIVATE)
         i_use_frame.click(shown_in_page(use_last_frame), i_from_clip, [i_image, tabs], **PRIVATE)

@@ -131,14 +131,46 @@ def test_the_library_lists_the_clip_after_a_reload(page):
     assert page.locator("#t2v-prompt textarea").is_visible()  # the form's tab is the one shown
 
 
-def test_the_page_fits_a_phone(page):
+TABS = ["Text to video", "Image to video", "Library", "Storyboard", "Settings", "Verify"]
+
+
+def open_tab(page, name: str) -> None:
+    """A tab by its name, from the tab bar or, on a narrow screen, from its "More tabs" menu."""
+    tab = page.get_by_role("tab", name=name)
+    if tab.count() and tab.is_visible():
+        tab.click()
+    else:
+        page.click("button[aria-label='More tabs']")
+        page.locator(".overflow-dropdown button", has_text=name).click()
+    page.wait_for_function(
+        "(name) => [...document.querySelectorAll('[role=tab][aria-selected=true]')].some(t => t.innerText === name)",
+        arg=name,
+    )
+
+
+def test_every_tab_at_desktop_and_phone_width(page):
+    """Every tab reachable at 390 px (the bar's "More tabs" menu), nothing scrolling sideways, the queue
+    readable (two columns) and the library grid two posters wide; a screenshot of each for review."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    for width, height, label in ((1280, 1000, "desktop"), (390, 844, "phone")):
+        page.set_viewport_size({"width": width, "height": height})
+        page.reload()
+        page.wait_for_selector("#t2v-prompt textarea", timeout=60_000)
+        for name in TABS:
+            open_tab(page, name)
+            page.wait_for_timeout(300)
+            overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 1, f"{name} scrolls sideways by {overflow}px at {width}px"
+            slug = name.lower().replace(" ", "-")
+            page.screenshot(path=str(SCREENSHOTS / f"{label}-{slug}.png"), full_page=True)
+        assert page.locator("#queue-table th").count() == 2  # what, status
     page.set_viewport_size({"width": 390, "height": 844})
-    page.get_by_role("tab", name="Text to video").click()
-    page.wait_for_selector("#t2v-generate")
-    overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
-    assert overflow <= 1, f"the page scrolls sideways by {overflow}px on a phone"
-    assert page.locator("#t2v-generate").is_visible()
-    page.screenshot(path=str(SCREENSHOTS / "studio-phone.png"), full_page=False)
+    open_tab(page, "Library")
+    page.wait_for_selector("#library-grid img", timeout=30_000)
+    cell = page.locator("#library-grid img").first.bounding_box()
+    assert cell["width"] > 120, cell  # two posters to a row, not five slivers
+    page.set_viewport_size({"width": 1280, "height": 1000})
+    open_tab(page, "Text to video")
 
 
 def test_storyboard_extend_a_shot_then_export_a_film(page):
@@ -164,13 +196,50 @@ def test_storyboard_extend_a_shot_then_export_a_film(page):
     page.screenshot(path=str(SCREENSHOTS / "studio-storyboard.png"), full_page=True)
 
 
-def test_a_reopened_page_shows_the_saved_storyboard(page):
+def test_a_reopened_storyboard_shows_its_strip_and_each_shot_is_edited_there(page, running):
     page.reload()
     page.get_by_role("tab", name="Storyboard").click()
     page.wait_for_function(
         "() => document.querySelector('#storyboard-summary').innerText.includes('2 shots')", timeout=30_000
     )
-    assert "the-boat-drifts-on" in page.inner_text("#storyboard-table")
+    strip = page.locator("#storyboard-strip")
+    page.wait_for_function("() => document.querySelectorAll('#storyboard-strip img').length === 2")
+    text = page.inner_text("#storyboard-strip")
+    assert "1 · 0.0–end s" in text and "2 · 0.1–end s" in text  # an extension skips the frame it shares
+    assert ".mp4" not in page.inner_text("body").split("Queue and activity")[0]  # no file names on the tab
+    assert "CSV" not in page.inner_text("body")
+
+    strip.locator("img").nth(1).click()  # the extension
+    page.wait_for_function("() => document.querySelector('#storyboard-shot-title')?.innerText.includes('Shot 2 of 2')")
+    assert "the boat drifts on" in page.inner_text("#storyboard-shot-title")
+    page.wait_for_selector("#storyboard-in-frame img", timeout=30_000)
+    page.wait_for_selector("#storyboard-out-frame img", timeout=30_000)
+    page.click("#storyboard-left")
+    page.wait_for_function("() => document.querySelector('#storyboard-shot-title')?.innerText.includes('Shot 1 of 2')")
+
+    page.locator("#storyboard-transition input").click()
+    page.get_by_role("option", name="Crossfade").click()
+    page.wait_for_function("() => document.querySelector('#storyboard-strip').innerText.includes('crossfade')")
+    trim_in = page.locator("#storyboard-in input[type=number]")
+    trim_in.fill("0.25")
+    trim_in.blur()
+    page.wait_for_function("() => document.querySelector('#storyboard-strip').innerText.includes('1 · 0.2')")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "studio-storyboard-editor.png"), full_page=True)
+
+    page.click("#storyboard-preview")
+    page.wait_for_function(
+        "() => { const v = document.querySelector('#storyboard-preview-video video'); return v && v.readyState >= 1; }",
+        timeout=120_000,
+    )
+    assert list((running.output_dir / "previews").glob("*.mp4"))
+    page.click("#storyboard-save")
+    page.wait_for_function("() => document.querySelector('#storyboard-summary').innerText.includes('Saved')")
+    import json
+
+    saved = json.loads((running.output_dir / "storyboard.json").read_text())
+    first = saved["shots"][0]
+    assert "the-boat-drifts-on" in first["clip"] and first["start_s"] == 0.25 and first["transition"] == "crossfade"
 
 
 def test_image_to_video_from_a_library_clips_last_frame(page):
@@ -208,7 +277,7 @@ def test_a_clip_moved_to_trash_leaves_the_library_and_stays_on_disk(page, runnin
     page.wait_for_function(f"() => ({details})().includes('the boat turns towards the camera')", timeout=30_000)
     page.locator("#library-delete").click()  # the newest: the image-to-video clip, in no storyboard shot
     page.wait_for_function(f"() => !({details})().includes('the boat turns towards the camera')", timeout=30_000)
-    assert "Move the files back to restore the clip" in page.inner_text("body")
+    page.wait_for_function("() => document.querySelector('#library-status')?.innerText.includes('Move the files back')")
     trashed = list((running_output / "trash").glob("*/*.mp4"))
     assert len(trashed) == 1 and trashed[0].with_suffix(".json").is_file()
     assert not (running_output / trashed[0].name).exists()

@@ -28,9 +28,10 @@ def table(studio: Studio) -> tuple[str, Any]:
     jobs = studio.jobs.jobs()[:SHOWN]
     if not jobs:
         return "No jobs yet.", None
-    lines = ["| Job | Status | What |", "|---|---|---|"]
+    # two columns, what first: readable at phone width (the picker below names jobs by id for cancelling)
+    lines = ["| What | Status |", "|---|---|"]
     for job in jobs:
         what = job.label[:50].replace("|", "/")
-        lines.append(f"| `{job.id}` | {status_text(job, studio.jobs.position(job.id))} | {what} |")
+        lines.append(f"| {what} | {status_text(job, studio.jobs.position(job.id))} |")
     running = next((j for j in jobs if j.status == RUNNING and j.preview is not None), None)
     return "\n".join(lines), running.preview if running is not None else None
