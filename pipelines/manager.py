@@ -106,6 +106,12 @@ def _pipeline_class(task: str):
     return WanImageToVideoPipeline if task == IMAGE_TO_VIDEO else WanPipeline
 
 
+# One load at a time in the process, whichever manager (one per GPU) asks: diffusers' lazy imports are not
+# thread-safe (two first loads at once fail with "cannot import name"), and two loads at once would double
+# the host-memory peak of reading weights.
+_LOADING = threading.Lock()
+
+
 class PipelineManager:
     def __init__(
         self,
@@ -452,9 +458,10 @@ class PipelineManager:
         label = f"{spec.label}, fast" if variant == "fast" else spec.label
         report(Progress("load", 0.0, f"Loading {label} ({profile.label})"))
         transformers_from = fast.transformer if variant == "fast" else None
-        pipe = self._from_pretrained(spec, task, weights.path, profile, reuse, report, transformers_from)
-        report(Progress("load", 0.9, "Fitting the live-preview colours"))
-        previews = load_or_fit(pipe.vae, self.cache_dir / "previews", f"{spec.id}@{weights.revision}")
+        with _LOADING:
+            pipe = self._from_pretrained(spec, task, weights.path, profile, reuse, report, transformers_from)
+            report(Progress("load", 0.9, "Fitting the live-preview colours"))
+            previews = load_or_fit(pipe.vae, self.cache_dir / "previews", f"{spec.id}@{weights.revision}")
         _rest(pipe)  # under model offload the fit's encode left the VAE on the GPU
         report(Progress("load", 1.0, f"{spec.label} is ready"))
         prompts = prompts or PromptEncoder(pipe.tokenizer, pipe.text_encoder)

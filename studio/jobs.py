@@ -17,7 +17,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,9 +29,11 @@ from library import ClipOptions, Library, Shot, Storyboard
 from library.files import read_json, set_aside, temporary, write_json
 from library.film import ExportCancelled
 from pipelines.errors import UserError
-from pipelines.manager import GenerationCancelled, GenerationResult, PipelineManager, Progress
+from pipelines.manager import GenerationCancelled, PipelineManager, Progress
 from pipelines.request import ValidRequest
 from studio.errors import internal_error
+from studio.workers import GenerateFn, GpuWorker, LocalWorker, WorkerLost
+from studio.workers import default_generate as default_generate  # where callers have always found it
 
 log = logging.getLogger("wan_studio")
 
@@ -63,6 +65,10 @@ class Job:
     version: int = 0  # bumped on every change, so watchers know when to redraw
     preview_version: int = 0  # bumped when a new preview arrives
     preview: np.ndarray | None = field(default=None, repr=False)  # the latest preview strip, memory only
+    worker: str = ""  # the worker that runs or ran it ("GPU 1"); empty while queued
+    retried: bool = False  # ran again once after its worker was lost
+    started: float | None = None
+    ended: float | None = None
 
     @property
     def finished(self) -> bool:
@@ -92,7 +98,8 @@ class Job:
             "storyboard": self.storyboard.to_json() if self.storyboard is not None else None,
             "append_to_storyboard": self.append_to_storyboard, "status": self.status, "created": self.created,
             "message": self.message, "step": self.step, "total_steps": self.total_steps, "result": self.result,
-            "error": self.error,
+            "error": self.error, "worker": self.worker, "retried": self.retried, "started": self.started,
+            "ended": self.ended,
         }  # fmt: skip
 
     @classmethod
@@ -111,40 +118,47 @@ class Job:
             append_to_storyboard=bool(data.get("append_to_storyboard")), status=data["status"],
             created=float(data["created"]), message=str(data.get("message", "")), step=int(data.get("step", 0)),
             total_steps=int(data.get("total_steps", 0)), result=data.get("result"), error=data.get("error"),
+            worker=str(data.get("worker") or ""), retried=bool(data.get("retried")), started=data.get("started"),
+            ended=data.get("ended"),
         )  # fmt: skip
 
 
-GenerateFn = Callable[[PipelineManager, ValidRequest, Callable[[Progress], None], threading.Event], GenerationResult]
-
-
-def default_generate(
-    manager: PipelineManager, request: ValidRequest, report: Callable[[Progress], None], cancel: threading.Event
-) -> GenerationResult:
-    return manager.generate(request, on_progress=report, cancel=cancel)
-
-
 class JobQueue:
+    """The one source of truth for jobs. Clip jobs wait in `_pending` (submit order) until a free GPU
+    worker claims one, preferring a job whose model it already holds; films go to one film worker."""
+
     def __init__(
         self,
-        manager: PipelineManager,
+        workers: PipelineManager | Sequence[GpuWorker],
         library: Library,
         generate: GenerateFn = default_generate,
         clip_options: ClipOptions = ClipOptions(),  # noqa: B008
     ):
-        self.manager = manager
+        if isinstance(workers, PipelineManager):  # one device: the studio as it always was
+            workers = [LocalWorker(workers, generate)]
+        self.workers: list[GpuWorker] = list(workers)
         self.library = library
         self.jobs_dir = library.jobs_dir
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
-        self._generate = generate
         self.clip_options = clip_options  # signing and watermark; the studio updates it from Settings
         self.warnings: list[str] = []  # records that could not be read at start-up, set aside
         self._jobs: dict[str, Job] = {}
         self._cancels: dict[str, threading.Event] = {}
-        self._queues: dict[str, queue.Queue[str]] = {CLIP: queue.Queue(), FILM: queue.Queue()}
+        self._films: queue.Queue[str] = queue.Queue()
+        self._pending: list[str] = []  # queued clip jobs, oldest first
+        self._busy: set[int] = set()  # indexes of the workers running a job
         self._lock = threading.Lock()
-        self._restore()
-        for kind, name in ((CLIP, "wan-studio-gpu-worker"), (FILM, "wan-studio-film-worker")):
-            threading.Thread(target=self._run_forever, args=(kind,), name=name, daemon=True).start()
+        self._wake = threading.Condition(self._lock)  # a job was queued or a worker came free
+        with self._lock:
+            self._restore()
+        for n in range(len(self.workers)):
+            threading.Thread(target=self._serve, args=(n,), name=f"wan-studio-worker-{n}", daemon=True).start()
+        threading.Thread(target=self._export_forever, name="wan-studio-film-worker", daemon=True).start()
+
+    @property
+    def manager(self) -> PipelineManager | None:
+        """The first local worker's manager (the benchmarks and tests that drive one device)."""
+        return next((w.manager for w in self.workers if isinstance(w, LocalWorker)), None)
 
     # ---- submitting and watching ----------------------------------------------------------------
     def submit(self, request: ValidRequest, append_to_storyboard: bool = False) -> Job:
@@ -178,8 +192,16 @@ class JobQueue:
         with self._lock:
             self._jobs[job.id] = job
             self._cancels[job.id] = threading.Event()
-        self._queues[job.kind].put(job.id)
+            self._queue(job)
         return job
+
+    def _queue(self, job: Job, first: bool = False) -> None:
+        """Call with the lock held."""
+        if job.kind == FILM:
+            self._films.put(job.id)
+            return
+        self._pending.insert(0, job.id) if first else self._pending.append(job.id)
+        self._wake.notify_all()
 
     def get(self, job_id: str) -> Job | None:
         return self._jobs.get(job_id)
@@ -218,29 +240,65 @@ class JobQueue:
         return True
 
     # ---- the workers ----------------------------------------------------------------------------
-    def _run_forever(self, kind: str) -> None:
+    def _serve(self, n: int) -> None:
+        """GPU worker `n`'s thread: claim a job, run it, repeat. Outlives any one job's failure."""
+        worker = self.workers[n]
         while True:
-            job_id = self._queues[kind].get()
-            job = self._jobs.get(job_id)
+            with self._wake:
+                job = self._claim(n)
+                while job is None:
+                    self._wake.wait()
+                    job = self._claim(n)
+            try:
+                self._guarded(job, self._run_clip, job, worker)
+            finally:
+                with self._wake:
+                    self._busy.discard(n)
+                    self._wake.notify_all()  # a job skipped for this worker's model may be this one's now
+
+    def _claim(self, n: int) -> Job | None:
+        """The job for free worker `n`: the oldest whose model it holds (no reload), else the oldest whose
+        model no other free worker holds (that one takes it). Call with the lock held."""
+        self._pending = [i for i in self._pending if self._jobs[i].status == QUEUED]
+        if n in self._busy or not self._pending:
+            return None
+        holds = self.workers[n].holds()
+        free_holders = {self.workers[m].holds() for m in range(len(self.workers)) if m != n and m not in self._busy}
+        model = {i: self._jobs[i].request.spec.id for i in self._pending}
+        job_id = next((i for i in self._pending if model[i] == holds), None) or next(
+            (i for i in self._pending if model[i] not in free_holders), None
+        )
+        if job_id is None:
+            return None
+        self._pending.remove(job_id)
+        self._busy.add(n)
+        job = self._jobs[job_id]
+        job.status, job.message, job.worker, job.started = RUNNING, "Starting", self.workers[n].label, time.time()
+        self._touch(job, save=True)
+        return job
+
+    def _export_forever(self) -> None:
+        while True:
+            job = self._jobs.get(self._films.get())
             if job is None or job.status != QUEUED:
                 continue
-            try:
-                self._run_clip(job) if kind == CLIP else self._run_film(job)
-            except Exception as err:  # the worker must outlive any one job, its bookkeeping included
-                message = internal_error(err)
-                with self._lock:
-                    self._finish(job, FAILED, message, error=message)
+            with self._lock:
+                job.status, job.message, job.started = RUNNING, "Starting", time.time()
+                self._touch(job, save=True)
+            self._guarded(job, self._run_film, job)
 
-    def _start(self, job: Job) -> threading.Event:
-        with self._lock:
-            job.status, job.message = RUNNING, "Starting"
-            self._touch(job, save=True)
-        return self._cancels[job.id]
-
-    def _run_clip(self, job: Job) -> None:
-        cancel = self._start(job)
+    def _guarded(self, job: Job, run: Callable[..., None], *args: Any) -> None:
         try:
-            result = self._generate(self.manager, job.request, lambda p: self._on_progress(job, p), cancel)
+            run(*args)
+        except Exception as err:  # the worker must outlive any one job, its bookkeeping included
+            message = internal_error(err)
+            with self._lock:
+                self._finish(job, FAILED, message, error=message)
+
+    def _run_clip(self, job: Job, worker: GpuWorker) -> None:
+        cancel = self._cancels[job.id]
+        try:
+            result = worker.generate(job.request, lambda p: self._on_progress(job, p), cancel)
             with self._lock:
                 job.message = "Writing the clip"
                 self._touch(job)
@@ -252,6 +310,10 @@ class JobQueue:
         except UserError as err:
             with self._lock:
                 self._finish(job, FAILED, str(err), error=str(err))
+            return
+        except WorkerLost as err:
+            with self._lock:
+                self._lost(job, worker, err)
             return
         with self._lock:
             job.result = str(files.video)
@@ -268,8 +330,22 @@ class JobQueue:
         with self._lock:
             self._finish(job, DONE, f"Done in {result.timings['total_s']:.1f} s (seed {job.seed}).{unsigned}{note}")
 
+    def _lost(self, job: Job, worker: GpuWorker, err: WorkerLost) -> None:
+        """The worker died under the job: it runs again once, on whichever worker is free first; a second
+        loss ends it as interrupted. Nothing was published, so nothing finished is lost. Lock held."""
+        log.warning("worker %s was lost under job %s: %s", worker.label, job.id, err)
+        if job.retried or self._cancels[job.id].is_set():
+            self._finish(job, INTERRUPTED, f"Interrupted: {worker.label} stopped while it ran this job ({err}).")
+            return
+        job.retried, job.status, job.worker = True, QUEUED, ""
+        job.step = job.total_steps = 0
+        job.preview = None
+        job.message = f"{worker.label} stopped while it ran this job; it runs again on another worker"
+        self._touch(job, save=True)
+        self._queue(job, first=True)
+
     def _run_film(self, job: Job) -> None:
-        cancel = self._start(job)
+        cancel = self._cancels[job.id]
 
         def progress(fraction: float, message: str) -> None:
             with self._lock:
@@ -310,7 +386,7 @@ class JobQueue:
     def _finish(self, job: Job, status: str, message: str, error: str | None = None) -> None:
         """Call with the lock held."""
         job.status, job.message, job.error = status, message, error
-        job.eta_s = None
+        job.eta_s, job.ended = None, time.time()
         self._touch(job, save=True)
 
     def _touch(self, job: Job, save: bool = False) -> None:
@@ -343,7 +419,7 @@ class JobQueue:
                 self._touch(job, save=True)
             elif job.status == QUEUED:
                 job.message = "Resumed after a restart; waiting in the queue"
-                self._queues[job.kind].put(job.id)
+                self._queue(job)
 
 
 def tile(frames: np.ndarray, gap: int = 4) -> np.ndarray:

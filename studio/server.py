@@ -17,6 +17,7 @@ from pipelines.manager import GenerationResult, PipelineManager
 from pipelines.request import GenerationRequest, validate_request
 from studio.jobs import Job, JobQueue, default_generate
 from studio.settings import Settings, config_dir, load_settings, save_settings
+from studio.workers import GpuWorker, LocalWorker, parse_devices, worker_labels
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 AUTH_ENV = "WAN_STUDIO_AUTH"
@@ -28,20 +29,31 @@ class Studio:
     job queue in front of them."""
 
     def __init__(self, settings: Settings, offline: bool = False, include_test_models: bool = False,
-                 settings_warning: str | None = None, flags: dict | None = None):  # fmt: skip
-        """`settings` are the saved settings with the start-up `flags` (--model, --output-dir) applied."""
+                 settings_warning: str | None = None, flags: dict | None = None, devices: list[str] | None = None,
+                 workers: list[GpuWorker] | None = None):  # fmt: skip
+        """`settings` are the saved settings with the start-up `flags` (--model, --output-dir) applied;
+        `devices` one local worker each (default: every visible GPU); `workers` remote ones instead (Ray)."""
         self.settings = settings
         self.flags = dict(flags or {})
         self.saved = settings if not self.flags else replace(settings, **{
             name: getattr(load_settings()[0], name) for name in self.flags})  # fmt: skip
-        self.manager = PipelineManager(profile=settings.profile_choice, offline=offline, speed=settings.speed)
+        generate = gpu_generate_fn()
+        devices = devices or parse_devices(None)
+        if generate is not default_generate:  # ZeroGPU: one GPU, lent per call
+            devices = devices[:1]
+        self.managers = [PipelineManager(profile=settings.profile_choice, offline=offline, speed=settings.speed,
+                                         device=device) for device in devices]  # fmt: skip
+        self.manager = self.managers[0]  # the first device: memory estimates and backend checks
         # without a GPU the real models cannot run: the test model is offered beside them
-        self.has_gpu = self.manager.device.type == "cuda"
+        self.has_gpu = self.manager.device.type == "cuda" or bool(workers)
         self.include_test_models = include_test_models or get_spec(settings.model).is_test or not self.has_gpu
         self.library = Library.open(Path(settings.output_dir))  # LibraryError when it cannot be written
         self.output_dir = self.library.root
         self.loras = LoraFolder(settings.lora_dir or None)
-        self.jobs = JobQueue(self.manager, self.library, generate=gpu_generate_fn(), clip_options=settings.clip_options)
+        if not workers:
+            labels = worker_labels([m.device for m in self.managers])
+            workers = [LocalWorker(m, generate, label) for m, label in zip(self.managers, labels, strict=True)]
+        self.jobs = JobQueue(workers, self.library, clip_options=settings.clip_options)
         self.warnings = [w for w in (settings_warning, *self.library.warnings, *self.jobs.warnings) if w]
 
     def submit(self, request: GenerationRequest, append_to_storyboard: bool = False) -> Job:
@@ -62,8 +74,8 @@ class Studio:
     def apply_settings(self, settings: Settings) -> None:
         """Model, profile, speed and form defaults apply to the next job; the output folder after a restart."""
         self.settings = settings
-        self.manager.requested_profile = settings.profile_choice
-        self.manager.speed = settings.speed
+        for worker in self.jobs.workers:
+            worker.configure(settings.profile_choice, settings.speed)
         self.loras = LoraFolder(settings.lora_dir or None)
         self.jobs.clip_options = settings.clip_options
 
@@ -122,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auth", default=os.environ.get(AUTH_ENV), help=f"USER:PASSWORD (or set {AUTH_ENV})")
     p.add_argument("--offline", action="store_true", help="never contact the Hugging Face Hub")
     p.add_argument("--show-test-models", action="store_true", help="list the tiny random-weight models too")
+    p.add_argument("--gpus", default=None, help="GPUs to use, one worker each, like 0,1 (default: all visible)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="run the GPU workers as Ray actors on this cluster (see docs/SCALING.md)")  # fmt: skip
     return p
 
 
@@ -148,8 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     from studio.ui import PAGE_CSS, build_ui
 
     try:
+        devices = parse_devices(args.gpus)
+        workers = None
+        if args.ray:
+            from studio.ray_workers import ray_pool
+
+            workers = ray_pool(args.ray, settings.profile_choice, settings.speed, offline=args.offline)
         studio = Studio(settings, offline=args.offline, include_test_models=args.show_test_models,
-                        settings_warning=warning, flags=overrides)  # fmt: skip
+                        settings_warning=warning, flags=overrides, devices=devices, workers=workers)  # fmt: skip
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

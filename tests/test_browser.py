@@ -115,7 +115,7 @@ def test_the_library_lists_the_clip_after_a_reload(page):
     page.fill("#library-search textarea", "")
     page.wait_for_selector("#library-grid img", timeout=10_000)
     page.locator("#library-grid img").first.click()
-    assert "paper boat" in page.inner_text("#library-details")
+    page.wait_for_function("() => document.querySelector('#library-details')?.innerText.includes('paper boat')")
 
     page.get_by_role("tab", name="Text to video").click()
     page.locator("#t2v-fast input").check()  # Fast mode on in the form, then a clip made without it is reused

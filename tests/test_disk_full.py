@@ -81,7 +81,7 @@ def test_a_full_disk_mid_job_fails_the_job_plainly_and_the_worker_goes_on(manage
         fill(small_disk, leave_mb=left_mb)  # the disk fills while the job runs
         return default_generate(manager_, request_, report, cancel)
 
-    jobs._generate = fill_then_generate
+    jobs.workers[0].generate_fn = fill_then_generate
     job = jobs.submit(request(seed=1, frames=33, width=256, height=256, steps=2))
     wait_until(lambda: jobs.get(job.id).finished)
     failed = jobs.get(job.id)
@@ -90,7 +90,7 @@ def test_a_full_disk_mid_job_fails_the_job_plainly_and_the_worker_goes_on(manage
 
     (small_disk / "filler.bin").unlink()
     monkeypatch.undo()
-    jobs._generate = default_generate
+    jobs.workers[0].generate_fn = default_generate
     again = jobs.submit(request(seed=2))
     wait_until(lambda: jobs.get(again.id).finished)
     assert jobs.get(again.id).status == DONE and len(list_clips(library.root)) == 1

@@ -30,8 +30,10 @@ def table(studio: Studio) -> tuple[str, Any]:
         return "No jobs yet.", None
     # two columns, what first: readable at phone width (the picker below names jobs by id for cancelling)
     lines = ["| What | Status |", "|---|---|"]
+    several = len(studio.jobs.workers) > 1
     for job in jobs:
         what = job.label[:50].replace("|", "/")
-        lines.append(f"| {what} | {status_text(job, studio.jobs.position(job.id))} |")
+        where = f" · on {job.worker}" if several and job.worker else ""  # which GPU runs (or ran) it
+        lines.append(f"| {what} | {status_text(job, studio.jobs.position(job.id))}{where} |")
     running = next((j for j in jobs if j.status == RUNNING and j.preview is not None), None)
     return "\n".join(lines), running.preview if running is not None else None

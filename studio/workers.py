@@ -1,0 +1,107 @@
+"""GPU workers: where clip jobs run. The job queue owns the order and the state; a worker only runs one
+job at a time and says which model it holds, so the queue can send a job where no reload is needed.
+
+- `LocalWorker`: a `PipelineManager` bound to one device of this machine (`--gpus 0,1`: one each).
+- `studio.ray_workers.RayWorker`: a Ray actor on a cluster (`--ray ADDRESS`), same contract.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+
+from pipelines.errors import UserError
+from pipelines.manager import GenerationResult, PipelineManager, Progress
+from pipelines.request import ValidRequest
+from pipelines.speed import SpeedOptions
+
+Report = Callable[[Progress], None]
+GenerateFn = Callable[[PipelineManager, ValidRequest, Report, threading.Event], GenerationResult]
+
+
+class WorkerLost(Exception):
+    """The worker died under a job (a cluster node went away): the job may run again on another worker."""
+
+
+class GpuWorker(Protocol):
+    label: str  # what the queue panel says runs a job: "GPU 1", "CPU", "ray: node 10.0.0.5 GPU 0"
+
+    def holds(self) -> str | None:
+        """The model id the worker has loaded (None: nothing), without waiting for a running job."""
+
+    def generate(self, request: ValidRequest, report: Report, cancel: threading.Event) -> GenerationResult:
+        """Run one job: GenerationCancelled, a UserError, or WorkerLost when the worker died under it."""
+
+    def configure(self, profile: str, speed: SpeedOptions) -> None:
+        """The memory profile and speed options from Settings, for the next job."""
+
+
+def default_generate(
+    manager: PipelineManager, request: ValidRequest, report: Report, cancel: threading.Event
+) -> GenerationResult:
+    return manager.generate(request, on_progress=report, cancel=cancel)
+
+
+class LocalWorker:
+    """A pipeline manager on one device of this machine."""
+
+    def __init__(self, manager: PipelineManager, generate: GenerateFn = default_generate, label: str | None = None):
+        self.manager = manager
+        self.generate_fn = generate  # ZeroGPU wraps it so the GPU is taken only for the run
+        self.label = label or device_label(manager.device)
+
+    def holds(self) -> str | None:
+        loaded = self.manager.loaded
+        return loaded[0] if loaded else None
+
+    def generate(self, request: ValidRequest, report: Report, cancel: threading.Event) -> GenerationResult:
+        return self.generate_fn(self.manager, request, report, cancel)
+
+    def configure(self, profile: str, speed: SpeedOptions) -> None:
+        self.manager.requested_profile, self.manager.speed = profile, speed
+
+
+def device_label(device: torch.device | str) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"GPU {device.index or 0}"
+    return device.type.upper()
+
+
+def worker_labels(devices: list[torch.device]) -> list[str]:
+    """ "GPU 0", "GPU 1"; several CPU workers are told apart by number ("CPU 1", "CPU 2")."""
+    labels = [device_label(d) for d in devices]
+    for label in set(labels):
+        if labels.count(label) > 1:
+            numbers = iter(range(1, len(labels) + 1))
+            labels = [f"{name} {next(numbers)}" if name == label else name for name in labels]
+    return labels
+
+
+class DevicesError(UserError, ValueError):
+    pass
+
+
+def parse_devices(value: str | None, cuda_count: int | None = None) -> list[str]:
+    """`--gpus`: "0,1,3" → one worker per listed CUDA device; empty → every visible GPU (one CPU worker
+    without a GPU). "cpu" entries give CPU workers (several for trying the multi-worker queue without a GPU)."""
+    count = torch.cuda.device_count() if cuda_count is None else cuda_count
+    if not value or not value.strip():
+        return [f"cuda:{i}" for i in range(count)] or ["cpu"]
+    devices = []
+    for part in (p.strip().lower() for p in value.split(",")):
+        if part == "cpu":
+            devices.append("cpu")
+        elif part.isdigit() and int(part) < count:
+            devices.append(f"cuda:{int(part)}")
+        elif part.isdigit():
+            seen = f"GPUs 0–{count - 1}" if count else "no CUDA GPU"
+            raise DevicesError(f"--gpus names GPU {part}, but this machine has {seen}.")
+        else:
+            raise DevicesError(f"--gpus takes GPU numbers and 'cpu', separated by commas (like 0,1); got '{part}'.")
+    if len(set(d for d in devices if d != "cpu")) != len([d for d in devices if d != "cpu"]):
+        raise DevicesError("--gpus names a GPU twice; each GPU has one worker.")
+    return devices

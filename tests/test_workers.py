@@ -1,0 +1,71 @@
+"""Several GPU workers behind one queue (`--gpus`): jobs run side by side, and go where their model is."""
+
+from __future__ import annotations
+
+import pytest
+
+from library import Library
+from library.clips import list_clips
+from pipelines.manager import PipelineManager
+from studio.jobs import DONE, JobQueue
+from studio.workers import DevicesError, LocalWorker, parse_devices, worker_labels
+from tests.test_jobs import TINY, request, wait_until
+
+WAN21 = "test-tiny-wan21"
+
+
+def test_gpus_flag_names_devices_and_refuses_what_the_machine_lacks():
+    assert parse_devices(None, cuda_count=4) == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]  # default: all visible
+    assert parse_devices("", cuda_count=0) == ["cpu"]  # no GPU: one CPU worker, the studio as it always was
+    assert parse_devices("0, 2", cuda_count=4) == ["cuda:0", "cuda:2"]
+    assert parse_devices("cpu,cpu", cuda_count=0) == ["cpu", "cpu"]
+    with pytest.raises(DevicesError, match="names GPU 4, but this machine has GPUs 0–3"):
+        parse_devices("0,4", cuda_count=4)
+    with pytest.raises(DevicesError, match="no CUDA GPU"):
+        parse_devices("0", cuda_count=0)
+    with pytest.raises(DevicesError, match="twice"):
+        parse_devices("1,1", cuda_count=2)
+    with pytest.raises(DevicesError, match="like 0,1"):
+        parse_devices("gpu0", cuda_count=2)
+    assert worker_labels(["cuda:0", "cuda:1"]) == ["GPU 0", "GPU 1"]
+    assert worker_labels(["cpu", "cpu"]) == ["CPU 1", "CPU 2"]
+
+
+@pytest.fixture(scope="module")
+def two_workers():
+    managers = [PipelineManager(offline=True, device="cpu") for _ in range(2)]
+    return [LocalWorker(m, label=label) for m, label in zip(managers, ("CPU 1", "CPU 2"), strict=True)]
+
+
+def test_two_workers_run_two_jobs_at_once_and_a_job_goes_to_the_worker_holding_its_model(two_workers, out_dir):
+    jobs = JobQueue(two_workers, Library.open(out_dir))
+    first = [jobs.submit(request(model=model, seed=1, steps=6, frames=17)) for model in (TINY, WAN21)]
+    wait_until(lambda: all(jobs.get(j.id).finished for j in first), timeout=120)
+    a, b = (jobs.get(j.id) for j in first)
+    assert a.status == b.status == DONE
+    assert {a.worker, b.worker} == {"CPU 1", "CPU 2"}
+    assert a.started < b.ended and b.started < a.ended  # their run intervals overlap
+    holder = {w.holds(): w for w in two_workers}
+    assert set(holder) == {TINY, WAN21}
+    loads = [w.manager.loads for w in two_workers]
+
+    # both free: each job goes to the worker that holds its model, whichever is submitted first
+    for pair in ((WAN21, TINY), (TINY, WAN21)):
+        again = [jobs.submit(request(model=model, seed=2, steps=2)) for model in pair]
+        wait_until(lambda: all(jobs.get(j.id).finished for j in again), timeout=120)  # noqa: B023
+        for job in (jobs.get(j.id) for j in again):
+            assert job.status == DONE and job.worker == holder[job.request.spec.id].label
+    assert [w.manager.loads for w in two_workers] == loads  # no reload anywhere
+    assert len(list_clips(out_dir)) == 6
+
+
+def test_the_queue_panel_says_which_worker_runs_each_job(two_workers, tmp_path):
+    from studio.handlers.queue import table
+
+    class Studio:  # the part of the studio the panel reads
+        jobs = JobQueue(two_workers, Library.open(tmp_path / "outputs"))
+
+    job = Studio.jobs.submit(request(model=TINY, seed=3, steps=2))
+    wait_until(lambda: Studio.jobs.get(job.id).finished)
+    text, _ = table(Studio)
+    assert f"on {Studio.jobs.get(job.id).worker}" in text and "Done" in text
