@@ -111,6 +111,7 @@ def sidecar_for(result: GenerationResult) -> dict:
         "timings": {k: round(v, 4) for k, v in result.timings.items()},
         "loras_applied": result.loras,  # the request's and a fast preset's, as they ran
         "fast_preset": result.fast,
+        "context_parallel": result.context_parallel,
         "versions": {
             "torch": torch.__version__,
             "diffusers": diffusers.__version__,

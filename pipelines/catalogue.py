@@ -119,6 +119,7 @@ class ModelSpec:
     # Image-to-video with an end frame too: diffusers' WanImageToVideoPipeline takes `last_image` for the A14B
     # layout (it is VAE-encoded into the last latent frame), and ignores it with expand_timesteps (TI2V-5B).
     end_frame: bool = False
+    attention_heads: int = 0  # of each transformer block: a context-parallel degree must divide it (0: unknown)
 
     @property
     def default_size(self) -> tuple[int, int]:
@@ -161,6 +162,7 @@ _TI2V_5B = ModelSpec(
     description="One 5B model for both tasks; 720P on a 24 GB card. The default.",
     shared_components="wan22-5b",
     transformer_width=3072,
+    attention_heads=24,
     family="Wan2.2 TI2V-5B",
     fast=FastPreset(
         label="FastWan2.2-TI2V-5B (3 steps, DMD)",
@@ -193,6 +195,7 @@ _T2V_A14B = ModelSpec(
     description="High-noise and low-noise 14B experts. Needs fp8 and offload on a 24 GB card.",
     shared_components="wan21-vae-umt5",
     transformer_width=5120,
+    attention_heads=40,
     family="Wan2.2 A14B / Wan2.1 14B",
     fast=FastPreset(
         label="Wan2.2-Lightning (4 steps, LoRA pair)",
@@ -267,6 +270,7 @@ _T2V_1_3B = ModelSpec(
     description="The light model for 8-12 GB cards.",
     shared_components="wan21-vae-umt5",
     transformer_width=1536,
+    attention_heads=12,
     family="Wan2.1 1.3B",
     # No Fast mode: FastWan2.1-T2V-1.3B was distilled together with Video Sparse Attention (FastVideo's
     # "sparse distillation", VSA sparsity 0.8; its docs say "First install VSA"), which diffusers' Wan
@@ -302,6 +306,7 @@ _TEST_TI2V = ModelSpec(
     negative_prompt="blurry, static",
     is_test=True,
     transformer_width=24,
+    attention_heads=2,
     family="the tiny TI2V test layout",
     fast=FastPreset(
         label="test distilled checkpoint (3 steps, DMD)",
@@ -322,6 +327,7 @@ _TEST_WAN21 = replace(
     size_multiple=16,
     description="Random weights built on this machine (16-channel VAE, Wan2.1 layout). Output is noise.",
     transformer_width=24,
+    attention_heads=2,
     family="the tiny Wan2.1 test layout",
     fast=FastPreset(
         label="test distillation LoRA (4 steps)",
@@ -341,6 +347,7 @@ _TEST_A14B = replace(
     weights=replace(_TEST_WEIGHTS, experts=2),
     description="Random weights built on this machine: high-noise and low-noise experts, 16-channel VAE.",
     transformer_width=20,
+    attention_heads=2,
     family="the tiny A14B test layout",
     fast=FastPreset(
         label="test Lightning-like LoRA pair (4 steps)",
@@ -427,15 +434,17 @@ def spec_for_local_folder(path: Path) -> ModelSpec:
     width = base.transformer_width
     try:
         transformer = json.loads((path / "transformer" / "config.json").read_text())
-        width = int(transformer["num_attention_heads"]) * int(transformer["attention_head_dim"])
+        heads = int(transformer["num_attention_heads"])
+        width = heads * int(transformer["attention_head_dim"])
     except (OSError, ValueError, KeyError, TypeError):
-        pass
+        heads = base.attention_heads
     return replace(
         base,
         id=str(path),
         repo=None,
         local_path=str(path),
         transformer_width=width,
+        attention_heads=heads,
         fast=None,  # published distilled weights fit the published models, not a folder of unknown weights
         name=f"Local model: {path.name}",
         description=f"A diffusers folder on this machine, read with {base.name}'s defaults.",

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines import attention, caching
+from pipelines import attention, caching, parallel
 from pipelines.catalogue import IMAGE_TO_VIDEO, TASK_NAMES, ModelSpec
 from pipelines.colour import match_colours
 from pipelines.decode import decode_latents, to_host, video_to_uint8
@@ -69,6 +69,7 @@ class GenerationResult:
     model_revision: str
     loras: list[dict] = field(default_factory=list)  # every LoRA that ran: the request's and a fast preset's
     fast: str | None = None  # the fast preset that ran, by name
+    context_parallel: int = 1  # processes (GPUs) each step's attention was split over
 
 
 class GenerationCancelled(Exception):
@@ -121,8 +122,11 @@ class PipelineManager:
         cache_dir: Path | None = None,
         device: str | None = None,
         speed: SpeedOptions | None = None,
+        context_parallel: int = 1,
     ):
         self.requested_profile = profile
+        # >1: this process is one rank of a group that splits each clip's attention (pipelines/parallel.py)
+        self.context_parallel = context_parallel
         self.speed = speed or SpeedOptions()  # applied before each run; changing it never reloads weights
         # where the model computes: the GPU when there is one (a worker per GPU names its own, "cuda:1")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -220,6 +224,7 @@ class PipelineManager:
         # 1. A memory profile that fits, or a refusal before any work
         profile = self.profile_for(request)
         self.speed.check(self.device)
+        parallel.check_request(request, self.context_parallel)
         # 2. The model, loaded or switched, with the speed options, LoRAs and step cache applied
         fast = fetch_fast(request.spec, self.offline, lambda f, m: report(Progress("download", f, m))) \
             if request.fast else None  # fmt: skip
@@ -265,6 +270,7 @@ class PipelineManager:
         return GenerationResult(
             request, frames, timings, loaded.profile.name, self._device_name(loaded), loaded.revision,
             loras=[lora.record() for lora in applied], fast=request.spec.fast.label if request.fast else None,
+            context_parallel=parallel.degree_of(loaded.pipe),
         )  # fmt: skip
 
     def _run(
@@ -369,7 +375,7 @@ class PipelineManager:
         """Bring the loaded modules in line with self.speed (already checked); only what changed is redone."""
         backend = attention.resolve(self.speed.attention, self.device)
         transformers = _transformers(loaded.pipe)
-        if loaded.attention != backend.name:
+        if loaded.attention != backend.name and self.context_parallel == 1:  # a split clip keeps "native"
             attention.apply(transformers, backend)
             loaded.attention = backend.name
         if loaded.compiled != self.speed.compile:
@@ -460,6 +466,8 @@ class PipelineManager:
         transformers_from = fast.transformer if variant == "fast" else None
         with _LOADING:
             pipe = self._from_pretrained(spec, task, weights.path, profile, reuse, report, transformers_from)
+            if self.context_parallel > 1:
+                parallel.enable(pipe, self.context_parallel)
             report(Progress("load", 0.9, "Fitting the live-preview colours"))
             previews = load_or_fit(pipe.vae, self.cache_dir / "previews", f"{spec.id}@{weights.revision}")
         _rest(pipe)  # under model offload the fit's encode left the VAE on the GPU

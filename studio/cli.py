@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"step cache, one of {', '.join(caching.KINDS)} (default: off), e.g. first-block:0.05",
     )  # fmt: skip
     p.add_argument("--offline", action="store_true", help="never contact the Hugging Face Hub")
+    p.add_argument("--gpus", default=None, help="GPU(s) to use, like 0 or 0,1 (default: the first GPU)")
+    p.add_argument(
+        "--context-parallel", action="store_true",
+        help="one clip over all --gpus (2 or more): each step's attention split between them; started with "
+        "torch.distributed.run",
+    )  # fmt: skip
     p.add_argument("--watermark", action="store_true", help="embed the invisible watermark")
     p.add_argument("--include-prompt", action="store_true", help="put the prompt in the signed Content Credentials")
     return p
@@ -139,6 +145,7 @@ class _Bars:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[2:] if argv is None else argv
     args = build_parser().parse_args(argv)
     if args.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
@@ -146,9 +153,18 @@ def main(argv: list[str] | None = None) -> int:
     from library import ClipOptions, Library
     from library.files import check_room
     from library.media import estimate_mp4_mb
+    from pipelines import parallel
     from pipelines.manager import GenerationCancelled, PipelineManager
+    from studio.workers import parse_devices
 
+    rank = parallel.launched_rank() if args.context_parallel else None
+    leader = rank is None or rank.leader
     try:
+        devices = parse_devices(args.gpus)
+        degree = len(devices) if args.context_parallel else 1
+        if args.context_parallel and degree < 2:
+            raise parallel.ParallelError("--context-parallel splits one clip over two or more GPUs: name them "
+                                         "with --gpus, like --gpus 0,1.")  # fmt: skip
         width, height = parse_size(args.size)
         cache, threshold = parse_cache(args.cache)
         request = validate_request(
@@ -161,33 +177,48 @@ def main(argv: list[str] | None = None) -> int:
             ),
             default_model=DEFAULT_MODEL,
         )  # fmt: skip
+        parallel.check_request(request, degree)
         speed = SpeedOptions(attention=args.attention, compile=args.compile, vae_precision=args.vae_precision)
-        manager = PipelineManager(profile=args.profile, offline=args.offline, speed=speed)
-        speed.check(manager.device)
+        device = devices[rank.local_rank if rank else 0]
+        speed.check(torch_device(device))
         # the output folder is checked before minutes of generation, not after
         library = Library.open(args.out_dir)
         check_room(library.root, estimate_mp4_mb(request.frames, request.width, request.height), "the clip")
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if degree > 1 and rank is None:  # checked here, run by one process per GPU, all with this seed
+        return launch_ranks(argv, degree, request.seed)
 
-    print(describe(request), file=sys.stderr)
-    if args.compile:
+    if leader:
+        print(describe(request), file=sys.stderr)
+    if args.compile and leader:
         print("Compiling the transformer blocks: the first step takes about a minute longer.", file=sys.stderr)
-    bars = _Bars()
+    bars = _Bars() if leader else (lambda progress: None)
     try:
+        if rank is not None:
+            parallel.init_group(rank, torch_device(device))
+        manager = PipelineManager(profile=args.profile, offline=args.offline, speed=speed, device=device,
+                                  context_parallel=degree)  # fmt: skip
         result = manager.generate(request, on_progress=bars)
-        bars.close()
+        if leader:
+            bars.close()
+        if not leader:  # every rank holds the same frames; the first publishes them
+            return 0
         options = ClipOptions(sign=True, include_prompt=args.include_prompt, watermark=args.watermark)
         files = library.save_clip(result, options)
     except UserError as err:
-        bars.close()
-        print(f"error: {err}", file=sys.stderr)
+        if leader:
+            bars.close()
+            print(f"error: {err}", file=sys.stderr)
         return 1
     except (KeyboardInterrupt, GenerationCancelled):
-        bars.close()
-        print("interrupted: nothing was written", file=sys.stderr)
+        if leader:
+            bars.close()
+            print("interrupted: nothing was written", file=sys.stderr)
         return 130
+    finally:
+        parallel.close_group()
     t = result.timings
     print(
         f"seed {request.seed}; {t['total_s']:.1f} s (load {t['load_s']:.1f}, prompts {t['encode_s']:.1f}, "
@@ -200,6 +231,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: the clip is not signed: {signing.get('signing_error')}", file=sys.stderr)
     print(files.video)
     return 0
+
+
+def torch_device(name: str):
+    import torch
+
+    return torch.device(name)
+
+
+def launch_ranks(argv: list[str], degree: int, seed: int) -> int:
+    """The same command once per GPU under torch's own launcher (one machine, a local rendezvous)."""
+    import subprocess
+
+    app = Path(__file__).resolve().parents[1] / "app.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={degree}",
+               str(app), "generate", *argv, "--seed", str(seed)]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    try:
+        return subprocess.run(command, env=env).returncode
+    except KeyboardInterrupt:  # the launcher passes Ctrl-C on to every rank
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
 
 
 def describe(request: ValidRequest) -> str:
