@@ -14,6 +14,7 @@ from library.lora_folder import LoraFolder
 from pipelines.catalogue import get_spec
 from pipelines.errors import UserError
 from pipelines.manager import GenerationResult, PipelineManager
+from pipelines.parallel import check_request
 from pipelines.request import GenerationRequest, validate_request
 from studio.jobs import Job, JobQueue, default_generate
 from studio.settings import Settings, config_dir, load_settings, save_settings
@@ -59,6 +60,8 @@ class Studio:
     def submit(self, request: GenerationRequest, append_to_storyboard: bool = False) -> Job:
         """Validate now (bad input is answered at once, the seed is drawn once) and queue."""
         valid = validate_request(request, self.settings.model)
+        for worker in self.jobs.workers:  # a clip split over GPUs has its own limits: refused now, not later
+            check_request(valid, getattr(worker, "degree", 1))
         return self.jobs.submit(valid, append_to_storyboard=append_to_storyboard)
 
     def keep_settings(self, settings: Settings) -> Path:
@@ -135,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offline", action="store_true", help="never contact the Hugging Face Hub")
     p.add_argument("--show-test-models", action="store_true", help="list the tiny random-weight models too")
     p.add_argument("--gpus", default=None, help="GPUs to use, one worker each, like 0,1 (default: all visible)")
+    p.add_argument("--context-parallel", type=int, default=1, metavar="N",
+                   help="split each clip over N GPUs: --gpus in groups of N, one worker per group")  # fmt: skip
     p.add_argument("--ray", default=None, metavar="ADDRESS",
                    help="run the GPU workers as Ray actors on this cluster (see docs/SCALING.md)")  # fmt: skip
     return p
@@ -169,6 +174,11 @@ def main(argv: list[str] | None = None) -> int:
             from studio.ray_workers import ray_pool
 
             workers = ray_pool(args.ray, settings.profile_choice, settings.speed, offline=args.offline)
+        elif args.context_parallel > 1:
+            from studio.split_worker import split_workers
+
+            workers = split_workers(devices, args.context_parallel, settings.profile_choice, settings.speed,
+                                    offline=args.offline)  # fmt: skip
         studio = Studio(settings, offline=args.offline, include_test_models=args.show_test_models,
                         settings_warning=warning, flags=overrides, devices=devices, workers=workers)  # fmt: skip
     except UserError as err:

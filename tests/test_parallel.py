@@ -62,3 +62,42 @@ def test_two_ranks_over_gloo_give_the_single_process_frames(tmp_path):
     diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
     # the split changes float summation order only (latents within ~4e-6); after uint8 and H.264 at most a level
     assert diff.mean() < 0.05 and diff.max() <= 2, (diff.mean(), diff.max())
+
+
+@pytest.fixture(scope="module")
+def split_worker():
+    from pipelines.speed import SpeedOptions
+    from studio.split_worker import SplitWorker
+
+    worker = SplitWorker(["cpu", "cpu"], "auto", SpeedOptions(), offline=True)
+    yield worker
+    worker.close()
+
+
+def test_a_studio_worker_spanning_two_ranks_runs_jobs_with_previews_and_stops_on_cancel(split_worker, out_dir):
+    from library import Library, provenance
+    from library.clips import list_clips
+    from studio.jobs import CANCELLED, DONE, JobQueue
+    from tests.test_jobs import request, wait_until
+
+    jobs = JobQueue([split_worker], Library.open(out_dir))
+    seen = []
+    job = jobs.submit(request(seed=11, steps=4, frames=9))
+    wait_until(lambda: seen.append(jobs.get(job.id).preview_version) or jobs.get(job.id).finished, timeout=240)
+    done = jobs.get(job.id)
+    assert done.status == DONE, done.message
+    assert max(seen) >= 1 and done.worker == "CPU 1 + CPU 2 (one clip split)"
+    clip = list_clips(out_dir)[0]
+    assert clip.sidecar["context_parallel"] == 2 and provenance.verify_file(clip.video).valid
+    pid = split_worker._process.pid
+
+    # the group stays up between jobs (weights loaded); cancel stops every rank at the same step
+    slow = jobs.submit(request(seed=12, steps=60, frames=17))
+    wait_until(lambda: jobs.get(slow.id).step >= 2, timeout=120)
+    assert split_worker._process.pid == pid
+    assert jobs.cancel(slow.id)
+    wait_until(lambda: jobs.get(slow.id).finished, timeout=60)
+    assert jobs.get(slow.id).status == CANCELLED and jobs.get(slow.id).step < 60
+    after = jobs.submit(request(seed=13, steps=2, frames=9))  # no rank was left waiting in a collective
+    wait_until(lambda: jobs.get(after.id).finished, timeout=120)
+    assert jobs.get(after.id).status == DONE and split_worker._process.pid == pid
