@@ -14,6 +14,15 @@ import sys
 # No telemetry, whichever command runs: set before Gradio or huggingface_hub is imported.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# A Hugging Face Space with persistent storage: models, settings, the signing key and the clips live under
+# /data, so a restart neither downloads again nor loses anything. Set before huggingface_hub reads HF_HOME.
+SPACE_DATA = os.environ.get("WAN_STUDIO_SPACE_DATA", "/data")
+if os.environ.get("SPACE_ID") and os.path.isdir(SPACE_DATA) and os.access(SPACE_DATA, os.W_OK):
+    os.environ.setdefault("HF_HOME", os.path.join(SPACE_DATA, ".huggingface"))
+    os.environ.setdefault("WAN_STUDIO_HOME", os.path.join(SPACE_DATA, "wan-studio"))
+    os.environ.setdefault("WAN_STUDIO_OUTPUT_DIR", os.path.join(SPACE_DATA, "outputs"))
+if os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true"):
+    import spaces  # noqa: F401  ZeroGPU patches torch on import: before anything initialises CUDA
 
 
 def main(argv: list[str] | None = None) -> int:

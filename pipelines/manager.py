@@ -91,7 +91,7 @@ class _Loaded:
     pipe: object  # a diffusers WanPipeline or WanImageToVideoPipeline
     profile: Profile
     revision: str
-    previews: LatentToRGB
+    previews: LatentToRGB | None  # None until the first run when preloaded (ZeroGPU)
     prompts: PromptEncoder
     attention: str | None = None  # the backend the transformers use now
     compiled: bool = False
@@ -178,6 +178,15 @@ class PipelineManager:
         """Drop the resident model and give its GPU memory back."""
         with self._lock:
             self._unload_locked()
+
+    def preload(self, spec: ModelSpec, task: str, profile: str, report: ProgressCallback | None = None) -> None:
+        """Load a model now, before any request, and place it by `profile`. For ZeroGPU: weights are read and
+        moved to "cuda" in the main process at start-up (the package packs them for its GPU workers), so a
+        run's metered GPU time goes to denoising. Nothing runs on the device here: the preview colour fit
+        waits for the first run."""
+        with self._lock:
+            self.requested_profile = profile
+            self._ensure_loaded(spec, task, PROFILES[profile], report or (lambda p: None), fit_previews=False)
 
     def _unload_locked(self) -> None:
         if self._loaded is not None:
@@ -291,6 +300,9 @@ class PipelineManager:
 
         # 4. Denoise
         first_frame = np.asarray(request.image) if request.image is not None else None
+        if loaded.previews is None:  # preloaded: the fit needs the device, which only a run has (ZeroGPU)
+            key = f"{loaded.spec.id}@{loaded.revision.split('+fast:')[0]}"
+            loaded.previews = load_or_fit(pipe.vae, self.cache_dir / "previews", key)
         previewer = StepPreviewer(loaded.previews, first_frame=first_frame)
         step_times: list[float] = []
         preview_cost = [0.0]
@@ -429,7 +441,7 @@ class PipelineManager:
 
     def _ensure_loaded(
         self, spec: ModelSpec, task: str, profile: Profile, report: ProgressCallback,
-        fast: FastWeights | None = None,
+        fast: FastWeights | None = None, fit_previews: bool = True,
     ) -> _Loaded:  # fmt: skip
         """The model for this run: what is loaded if it fits (switching task in place), else loaded from disk,
         keeping the text encoder and VAE when the new model shares them. A fast preset's distilled checkpoint
@@ -468,8 +480,10 @@ class PipelineManager:
             pipe = self._from_pretrained(spec, task, weights.path, profile, reuse, report, transformers_from)
             if self.context_parallel > 1:
                 parallel.enable(pipe, self.context_parallel)
-            report(Progress("load", 0.9, "Fitting the live-preview colours"))
-            previews = load_or_fit(pipe.vae, self.cache_dir / "previews", f"{spec.id}@{weights.revision}")
+            previews = None
+            if fit_previews:
+                report(Progress("load", 0.9, "Fitting the live-preview colours"))
+                previews = load_or_fit(pipe.vae, self.cache_dir / "previews", f"{spec.id}@{weights.revision}")
         _rest(pipe)  # under model offload the fit's encode left the VAE on the GPU
         report(Progress("load", 1.0, f"{spec.label} is ready"))
         prompts = prompts or PromptEncoder(pipe.tokenizer, pipe.text_encoder)

@@ -11,14 +11,15 @@ from pathlib import Path
 
 from library import Library
 from library.lora_folder import LoraFolder
-from pipelines.catalogue import get_spec
+from pipelines.catalogue import TEXT_TO_VIDEO, get_spec
 from pipelines.errors import UserError
-from pipelines.manager import GenerationResult, PipelineManager
+from pipelines.manager import PipelineManager
 from pipelines.parallel import check_request
 from pipelines.request import GenerationRequest, validate_request
-from studio.jobs import Job, JobQueue, default_generate
+from studio.jobs import Job, JobQueue
 from studio.settings import Settings, config_dir, load_settings, save_settings
 from studio.workers import GpuWorker, LocalWorker, parse_devices, worker_labels
+from studio.zerogpu import ZEROGPU_PROFILE, ZeroGpuWorker, on_zerogpu, preload
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 AUTH_ENV = "WAN_STUDIO_AUTH"
@@ -38,12 +39,11 @@ class Studio:
         self.flags = dict(flags or {})
         self.saved = settings if not self.flags else replace(settings, **{
             name: getattr(load_settings()[0], name) for name in self.flags})  # fmt: skip
-        generate = gpu_generate_fn()
-        devices = devices or parse_devices(None)
-        if generate is not default_generate:  # ZeroGPU: one GPU, lent per call
-            devices = devices[:1]
-        self.managers = [PipelineManager(profile=settings.profile_choice, offline=offline, speed=settings.speed,
-                                         device=device) for device in devices]  # fmt: skip
+        zero = on_zerogpu()
+        devices = ["cuda"] if zero else devices or parse_devices(None)  # ZeroGPU: one GPU, lent per call
+        self.managers = [PipelineManager(profile=ZEROGPU_PROFILE if zero else settings.profile_choice,
+                                         offline=offline, speed=settings.speed, device=device)
+                         for device in devices]  # fmt: skip
         self.manager = self.managers[0]  # the first device: memory estimates and backend checks
         # without a GPU the real models cannot run: the test model is offered beside them
         self.has_gpu = self.manager.device.type == "cuda" or bool(workers)
@@ -51,9 +51,11 @@ class Studio:
         self.library = Library.open(Path(settings.output_dir))  # LibraryError when it cannot be written
         self.output_dir = self.library.root
         self.loras = LoraFolder(settings.lora_dir or None)
-        if not workers:
+        if zero:
+            workers = [ZeroGpuWorker(self.manager)]
+        elif not workers:
             labels = worker_labels([m.device for m in self.managers])
-            workers = [LocalWorker(m, generate, label) for m, label in zip(self.managers, labels, strict=True)]
+            workers = [LocalWorker(m, label=label) for m, label in zip(self.managers, labels, strict=True)]
         self.jobs = JobQueue(workers, self.library, clip_options=settings.clip_options)
         self.warnings = [w for w in (settings_warning, *self.library.warnings, *self.jobs.warnings) if w]
 
@@ -83,30 +85,6 @@ class Studio:
         self.jobs.clip_options = settings.clip_options
 
 
-def gpu_generate_fn():
-    """On a ZeroGPU Space the GPU exists only inside functions decorated with spaces.GPU; elsewhere
-    (no `spaces` package) generation runs as it is."""
-    try:
-        import spaces
-    except ImportError:
-        return default_generate
-
-    def duration(manager, request, report, cancel) -> int:
-        spec = request.spec
-        scale = request.width * request.height * request.frames / (1280 * 704 * 121)
-        return int(min(600, 60 + request.steps * 6 * scale * spec.weights.transformer_gb / 10))
-
-    on_gpu = spaces.GPU(duration=duration)(default_generate)
-
-    def generate(manager, request, report, cancel) -> GenerationResult:
-        # A first download takes many minutes and needs no GPU: it happens before the GPU is taken, so the
-        # GPU time (and its limit) goes to the model.
-        manager.download(request.spec, report)
-        return on_gpu(manager, request, report, cancel)
-
-    return generate
-
-
 def parse_auth(value: str | None) -> tuple[str, str] | None:
     if not value:
         return None
@@ -132,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     p.add_argument("--model", default=None, help="default model (catalogue id or local folder)")
-    p.add_argument("--output-dir", default=None, help="where clips and the history live (default: outputs)")
+    p.add_argument("--output-dir", default=os.environ.get("WAN_STUDIO_OUTPUT_DIR"),
+                   help="where clips and the history live (default: outputs; /data/outputs on a Space with "
+                   "persistent storage)")  # fmt: skip
     p.add_argument("--share", action="store_true", help="a Gradio public link; turns authentication on")
     p.add_argument("--auth", default=os.environ.get(AUTH_ENV), help=f"USER:PASSWORD (or set {AUTH_ENV})")
     p.add_argument("--offline", action="store_true", help="never contact the Hugging Face Hub")
@@ -186,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for line in studio.warnings:
         print(f"warning: {line}", file=sys.stderr, flush=True)
+    if on_zerogpu():  # weights onto "cuda" in this process, before the page opens (see studio/zerogpu.py)
+        try:
+            preload(studio.manager, settings.model, TEXT_TO_VIDEO, say=lambda line: print(line, flush=True))
+        except UserError as err:
+            print(f"warning: the model was not preloaded: {err}", file=sys.stderr, flush=True)
     demo = build_ui(studio)
     demo.queue(default_concurrency_limit=4)
     theme = gr.themes.Soft(

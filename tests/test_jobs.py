@@ -199,37 +199,3 @@ def test_an_extension_joins_the_storyboard_and_a_failing_append_never_loses_the_
     assert jobs.get(job.id).status == DONE and "could not be added to the storyboard" in jobs.get(job.id).message
     assert sorted(c.settings["seed"] for c in list_clips(out_dir)) == [3, 4]
     assert read_json(out_dir / ".jobs" / f"{job.id}.json")["append_to_storyboard"] is True
-
-
-def test_zerogpu_fetches_the_weights_before_taking_the_gpu(manager, monkeypatch):
-    import sys
-    import types
-
-    from studio.server import gpu_generate_fn
-
-    monkeypatch.setitem(sys.modules, "spaces", None)  # no `spaces` package: generation runs as it is
-    assert gpu_generate_fn() is default_generate
-
-    calls = []
-    fake = types.ModuleType("spaces")
-
-    def gpu(duration):  # like spaces.GPU: the GPU exists only while the decorated function runs
-        def decorate(fn):
-            def on_gpu(*args):
-                calls.append(("gpu", duration(*args)))
-                return fn(*args)
-
-            return on_gpu
-
-        return decorate
-
-    fake.GPU = gpu
-    monkeypatch.setitem(sys.modules, "spaces", fake)
-    real_download = manager.download
-    monkeypatch.setattr(
-        manager, "download", lambda spec, report: calls.append(("download",)) or real_download(spec, report)
-    )
-    valid = request(seed=5)
-    result = gpu_generate_fn()(manager, valid, lambda p: None, threading.Event())
-    assert result.frames.shape[0] == valid.frames
-    assert [c[0] for c in calls] == ["download", "gpu"] and 60 <= calls[1][1] <= 600

@@ -18,6 +18,20 @@ DAMAGED_STORYBOARDS = ['["a list, not a storyboard"]', '{"shots": [], "fps": "fa
 
 
 @pytest.mark.parametrize("storyboard", DAMAGED_STORYBOARDS, ids=["list", "fps-fast", "not-json", "shots-7"])
+def test_each_kind_of_damaged_storyboard_is_set_aside_and_kept(tmp_path, storyboard):
+    from library import Library
+
+    out = tmp_path / "outputs"
+    out.mkdir()
+    (out / "storyboard.json").write_text(storyboard)
+    library = Library.open(out)
+    assert any("The saved storyboard could not be used" in w and "set aside" in w for w in library.warnings)
+    assert library.storyboard.load().shots == []
+    kept = list(out.glob("storyboard.json.corrupt-*"))
+    assert len(kept) == 1 and kept[0].read_text() == storyboard
+
+
+@pytest.mark.parametrize("storyboard", DAMAGED_STORYBOARDS[1:2], ids=["fps-fast"])  # each kind: the test above
 def test_damaged_saved_state_is_set_aside_and_the_studio_starts(tmp_path, storyboard):
     out, home = tmp_path / "outputs", tmp_path / "home"
     (out / ".jobs").mkdir(parents=True)

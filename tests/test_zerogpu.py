@@ -1,0 +1,136 @@
+"""ZeroGPU: the GPU function crosses a process boundary. Its arguments and yields must pickle, previews
+must stream back, cancel must stop it within a step, and off ZeroGPU the real `spaces` package changes
+nothing."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from library import Library, provenance
+from library.clips import list_clips
+from pipelines.catalogue import IMAGE_TO_VIDEO
+from pipelines.manager import PipelineManager, Progress
+from pipelines.request import GenerationRequest
+from studio import zerogpu
+from studio.jobs import CANCELLED, DONE, JobQueue
+from tests import zerogpu_harness
+from tests.test_jobs import picture, request, wait_until
+
+
+def requests():
+    end = Image.fromarray(np.full((64, 96, 3), 30, np.uint8))
+    return {
+        "text": request(seed=5, steps=2, frames=9),
+        "image": request(seed=6, steps=2, frames=9, image=picture(), model="test-tiny-i2v-a14b", end_image=end),
+    }
+
+
+@pytest.mark.parametrize("kind", ["text", "image"])
+def test_the_gpu_functions_arguments_and_every_yield_survive_pickle(kind, manager):
+    valid = requests()[kind]
+    data = zerogpu.request_to_data(valid)
+    again = zerogpu.request_from_data(pickle.loads(pickle.dumps(data)))
+    assert again.to_record() == valid.to_record()
+    if kind == "image":
+        assert again.task == IMAGE_TO_VIDEO and np.array_equal(np.asarray(again.image), np.asarray(valid.image))
+        assert np.array_equal(np.asarray(again.end_image), np.asarray(valid.end_image))
+    zerogpu._MANAGER = manager
+    yields = list(zerogpu.run_on_gpu(data))
+    assert [k for k, _ in yields[:-1]] == ["progress"] * (len(yields) - 1) and yields[-1][0] == "done"
+    assert any(isinstance(p, Progress) and p.preview is not None for _, p in yields[:-1])
+    for value in yields:
+        copy = pickle.loads(pickle.dumps(value))
+        assert copy[0] == value[0]
+    frames = pickle.loads(pickle.dumps(yields[-1]))[1]["frames"]
+    assert frames.dtype == np.uint8 and frames.shape == (valid.frames, valid.height, valid.width, 3)
+    assert 60 <= zerogpu.duration(data) <= zerogpu.MAX_DURATION_S
+
+
+@pytest.fixture(scope="module")
+def forked_worker():
+    """A worker whose GPU function runs in a forked process, the way ZeroGPU runs it; the model is loaded
+    in this (the main) process first, as the studio does at start-up on ZeroGPU."""
+    manager = PipelineManager(offline=True, device="cpu")
+    zerogpu.preload(manager, "test-tiny", "t2v", say=lambda line: None)
+    assert manager.loads == 1
+    return zerogpu.ZeroGpuWorker(manager, gpu=zerogpu_harness.GPU)
+
+
+def test_a_forked_gpu_worker_streams_previews_in_order_and_the_clip_lands_signed(forked_worker, out_dir):
+    jobs = JobQueue([forked_worker], Library.open(out_dir))
+    steps: list[int] = []
+
+    def watch() -> bool:
+        job = jobs.get(job_id)
+        if job.step and (not steps or steps[-1] != job.step):
+            steps.append(job.step)
+        return job.finished
+
+    job_id = jobs.submit(request(seed=21, steps=6, frames=9)).id
+    wait_until(watch, timeout=120)
+    done = jobs.get(job_id)
+    assert done.status == DONE, done.message
+    assert steps == sorted(steps) and steps[-1] == 6 and len(steps) >= 2  # previews arrived, in order
+    assert done.preview_version >= 1
+    clip = list_clips(out_dir)[0]
+    assert clip.settings["seed"] == 21 and provenance.verify_file(clip.video).valid
+    assert forked_worker.manager.loads == 1  # the worker used the weights loaded before the fork
+    assert zerogpu_harness.durations[-1] >= 60
+
+
+def test_cancel_on_zerogpu_stops_the_forked_run_within_a_step_and_the_gpu_is_free_again(forked_worker, out_dir):
+    jobs = JobQueue([forked_worker], Library.open(out_dir))
+    job = jobs.submit(request(seed=22, steps=100, frames=17))
+    wait_until(lambda: jobs.get(job.id).step >= 2, timeout=120)
+    assert jobs.cancel(job.id)
+    wait_until(lambda: jobs.get(job.id).finished, timeout=60)
+    stopped = jobs.get(job.id)
+    assert stopped.status == CANCELLED and stopped.step < 100, stopped.message
+    assert list_clips(out_dir) == []
+    after = jobs.submit(request(seed=23, steps=2, frames=9))  # the same forked worker takes the next call
+    wait_until(lambda: jobs.get(after.id).finished, timeout=120)
+    assert jobs.get(after.id).status == DONE
+    assert forked_worker._on_gpu.worker[0].process.is_alive()
+
+
+def test_with_the_real_spaces_package_and_no_zerogpu_the_studio_is_unchanged(tmp_path, monkeypatch):
+    spaces = pytest.importorskip("spaces")  # the real package (requirements-dev), not a stand-in
+    from studio.server import Studio
+    from studio.settings import Settings
+    from studio.workers import LocalWorker
+
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    assert spaces.__file__ and not zerogpu.on_zerogpu()
+    assert spaces.GPU(duration=zerogpu.duration)(zerogpu.run_on_gpu) is zerogpu.run_on_gpu  # a no-op here
+    studio = Studio(Settings(model="test-tiny", output_dir=str(tmp_path / "out")).validate(), offline=True)
+    assert [type(w) for w in studio.jobs.workers] == [LocalWorker]
+    job = studio.submit(GenerationRequest(prompt="a red cat", steps=2, frames=9, seed=3))
+    wait_until(lambda: studio.jobs.get(job.id).finished, timeout=120)
+    assert studio.jobs.get(job.id).status == DONE
+
+
+def test_on_a_space_with_persistent_storage_models_settings_and_clips_live_under_data(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    probe = ("import app, os; from studio.server import build_parser; "
+             "print(os.environ.get('HF_HOME')); print(os.environ.get('WAN_STUDIO_HOME')); "
+             "print(build_parser().parse_args([]).output_dir)")  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HOME", "WAN_STUDIO_HOME", "WAN_STUDIO_OUTPUT_DIR")}
+
+    def run(**extra) -> list[str]:
+        done = subprocess.run([sys.executable, "-c", probe], cwd=root, env={**env, **extra}, capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    on_space = run(SPACE_ID="someone/wan-studio", WAN_STUDIO_SPACE_DATA=str(tmp_path))
+    assert on_space == [str(tmp_path / ".huggingface"), str(tmp_path / "wan-studio"), str(tmp_path / "outputs")]
+    assert run(WAN_STUDIO_SPACE_DATA=str(tmp_path)) == ["None", "None", "None"]  # not a Space: nothing moves
