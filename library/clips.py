@@ -234,6 +234,31 @@ def write_clip(
             tmp.unlink(missing_ok=True)
 
 
+def remove_half_published(output_dir: Path, older_than_s: float = 3600) -> list[str]:
+    """A clip is published sidecar first, then its pictures, then the video (`write_clip`), so a process
+    killed in between leaves a sidecar without its video. Such leftovers (old enough not to be a write in
+    progress) are removed with the pictures they name, so a clip and its sidecar exist together or not at
+    all. The names removed."""
+    removed = []
+    now = time.time()
+    for sidecar in Path(output_dir).glob(f"*{SIDECAR_SUFFIX}"):
+        try:
+            if sidecar.with_suffix(".mp4").exists() or now - sidecar.stat().st_mtime <= older_than_s:
+                continue
+            data = read_json(sidecar)
+        except (OSError, ValueError):
+            continue
+        if not isinstance(data, dict) or data.get("app") != APP_NAME:
+            continue  # not ours: left alone
+        for key in ("input_image", "end_image"):
+            name = data.get(key)
+            if isinstance(name, str) and plain_name(name) == name:
+                (sidecar.parent / name).unlink(missing_ok=True)
+        sidecar.unlink(missing_ok=True)
+        removed.append(sidecar.name)
+    return removed
+
+
 def _write_text(path: Path, data: dict) -> None:
     import json
 

@@ -12,7 +12,16 @@ from pathlib import Path
 from PIL import Image
 
 from library import film
-from library.clips import Clip, ClipFiles, ClipOptions, find_clip, list_clips, move_to_trash, save_clip
+from library.clips import (
+    Clip,
+    ClipFiles,
+    ClipOptions,
+    find_clip,
+    list_clips,
+    move_to_trash,
+    remove_half_published,
+    save_clip,
+)
 from library.files import LibraryError, check_writable, clean_temporaries, disk_error, publish, temporary
 from library.layout import (
     AUDIO_DIR,
@@ -45,6 +54,7 @@ class Library:
         check_writable(Path(root).expanduser())
         library = cls(root)
         clean_temporaries(library.root)
+        remove_half_published(library.root)
         library.storyboard.load()
         return library
 

@@ -238,7 +238,7 @@ class PipelineManager:
         fast = fetch_fast(request.spec, self.offline, lambda f, m: report(Progress("download", f, m))) \
             if request.fast else None  # fmt: skip
         try:
-            loaded = self._ensure_loaded(request.spec, request.task, profile, report, fast)
+            loaded = self._ensure_loaded(request.spec, request.task, profile, report, fast, cancel=cancel)
             self._apply_speed(loaded)
             applied = self._apply_loras(loaded, request, fast, report)
             self._apply_cache(loaded, request)
@@ -441,7 +441,7 @@ class PipelineManager:
 
     def _ensure_loaded(
         self, spec: ModelSpec, task: str, profile: Profile, report: ProgressCallback,
-        fast: FastWeights | None = None, fit_previews: bool = True,
+        fast: FastWeights | None = None, fit_previews: bool = True, cancel: threading.Event | None = None,
     ) -> _Loaded:  # fmt: skip
         """The model for this run: what is loaded if it fits (switching task in place), else loaded from disk,
         keeping the text encoder and VAE when the new model shares them. A fast preset's distilled checkpoint
@@ -473,6 +473,8 @@ class PipelineManager:
         _free_memory()
 
         weights = self.download(spec, report)
+        if cancel is not None and cancel.is_set():  # asked during the download: no load follows
+            raise GenerationCancelled()
         label = f"{spec.label}, fast" if variant == "fast" else spec.label
         report(Progress("load", 0.0, f"Loading {label} ({profile.label})"))
         transformers_from = fast.transformer if variant == "fast" else None

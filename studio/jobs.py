@@ -42,6 +42,7 @@ QUEUED, RUNNING, DONE, FAILED, CANCELLED, INTERRUPTED = (
 )  # fmt: skip
 FINISHED = (DONE, FAILED, CANCELLED, INTERRUPTED)
 CLIP, FILM = "clip", "film"
+WRITING = "write"  # a clip job's last stage: encoding, signing, publishing (not cancellable)
 RECORD_FORMAT = 2
 
 
@@ -203,6 +204,10 @@ class JobQueue:
         self._pending.insert(0, job.id) if first else self._pending.append(job.id)
         self._wake.notify_all()
 
+    @staticmethod
+    def too_late_to_cancel(job: Job) -> bool:
+        return job.status == RUNNING and job.stage == WRITING
+
     def get(self, job_id: str) -> Job | None:
         return self._jobs.get(job_id)
 
@@ -229,10 +234,12 @@ class JobQueue:
         return next((i + 1 for i, j in enumerate(queued) if j.id == job_id), 0)
 
     def cancel(self, job_id: str) -> bool:
-        """Stop a queued job at once, a running one within a denoising step (or a film frame)."""
+        """Stop a queued job at once, a running one within a denoising step (or a film frame), a download
+        before the model loads, a decode before anything is published. False when there is nothing to stop,
+        or the clip is already being written (then it is kept: `too_late_to_cancel`)."""
         with self._lock:
             job = self._jobs.get(job_id)
-            if job is None or job.finished:
+            if job is None or job.finished or self.too_late_to_cancel(job):
                 return False
             self._cancels[job_id].set()
             if job.status == QUEUED:
@@ -300,12 +307,16 @@ class JobQueue:
         try:
             result = worker.generate(job.request, lambda p: self._on_progress(job, p), cancel)
             with self._lock:
-                job.message = "Writing the clip"
+                if cancel.is_set():  # asked during the decode: honoured, nothing is published
+                    self._finish(job, CANCELLED, "Cancelled while decoding; nothing was published")
+                    return
+                job.stage, job.message = WRITING, "Writing the clip"  # from here on, cancel is refused
                 self._touch(job)
             files = self.library.save_clip(result, self.clip_options)
         except GenerationCancelled:
             with self._lock:
-                self._finish(job, CANCELLED, f"Cancelled at step {job.step}/{job.total_steps}")
+                where = f"at step {job.step}/{job.total_steps}" if job.step else "before denoising began"
+                self._finish(job, CANCELLED, f"Cancelled {where}; nothing was published")
             return
         except UserError as err:
             with self._lock:

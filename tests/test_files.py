@@ -21,8 +21,9 @@ def frames(n: int = 5, value: int = 100) -> np.ndarray:
 
 
 def test_same_name_twice_gives_two_files_and_keeps_the_first(out_dir):
-    first = write_clip(frames(value=50), 8, out_dir, "same", {"n": 1})
-    second = write_clip(frames(value=200), 8, out_dir, "same", {"n": 2})
+    # one stamp for both: the name's clock is fixed, so two writes straddling a second still share a stem
+    first = write_clip(frames(value=50), 8, out_dir, "same", {"n": 1}, stamp="20261126-120000")
+    second = write_clip(frames(value=200), 8, out_dir, "same", {"n": 2}, stamp="20261126-120000")
     assert first.video != second.video and second.video.name.endswith("-2.mp4")
     assert read_sidecar(first.video)["n"] == 1 and read_sidecar(second.video)["n"] == 2
     assert abs(decode_video(first.video)[0].mean() - 50) < 3
@@ -50,6 +51,40 @@ def test_a_crash_after_encoding_never_publishes_a_clip_without_sidecar(out_dir, 
         write_clip(frames(), 8, out_dir, "crash", {})
     # the sidecar is published first, so its failure publishes nothing at all, and no temporary remains
     assert list(out_dir.iterdir()) == []
+
+
+def test_a_process_killed_between_sidecar_and_video_leaves_nothing_after_the_next_start(out_dir, monkeypatch):
+    from library import Library
+    from library.clips import list_clips, save_clip
+    from library.files import link_no_overwrite
+    from tests.test_engine import valid
+
+    class Killed(BaseException):  # like SIGKILL: no except clause runs, no clean-up happens
+        pass
+
+    def killed_before_the_video(tmp, final):
+        if final.suffix == ".mp4":
+            raise Killed()
+        return link_no_overwrite(tmp, final)
+
+    kept = save_clip(fake_result(valid(prompt="kept")), out_dir)  # a complete clip, untouched throughout
+    monkeypatch.setattr(clips, "link_no_overwrite", killed_before_the_video)
+    with pytest.raises(Killed):
+        save_clip(fake_result(valid(prompt="half")), out_dir)
+    monkeypatch.undo()
+    half = [p for p in out_dir.glob("*half*")]
+    assert [p.suffix for p in half] == [".json"]  # the sidecar was published, the video never was
+    assert [c.video for c in list_clips(out_dir)] == [kept.video]  # the library never shows it
+    old = time.time() - 7200
+    os.utime(half[0], (old, old))
+    Library.open(out_dir)  # the next start
+    assert not list(out_dir.glob("*half*")) and kept.video.exists() and kept.sidecar.exists()
+
+
+def fake_result(request):
+    from pipelines.manager import GenerationResult
+
+    return GenerationResult(request, frames(), {"total_s": 1.0}, "cpu", "cpu", "test")
 
 
 def test_old_temporaries_are_cleaned_anywhere_in_the_folder(out_dir):

@@ -111,7 +111,7 @@ def test_cancel_a_queued_job_and_a_running_one(manager, out_dir):
     wait_until(lambda: jobs.get(running.id).finished)
     assert jobs.get(running.id).status == CANCELLED
     # the step under way when Cancel came was the last: no later step was reported
-    assert jobs.get(running.id).message == "Cancelled at step 1/6"
+    assert jobs.get(running.id).message == "Cancelled at step 1/6; nothing was published"
     assert list_clips(out_dir) == []
 
 
@@ -199,3 +199,77 @@ def test_an_extension_joins_the_storyboard_and_a_failing_append_never_loses_the_
     assert jobs.get(job.id).status == DONE and "could not be added to the storyboard" in jobs.get(job.id).message
     assert sorted(c.settings["seed"] for c in list_clips(out_dir)) == [3, 4]
     assert read_json(out_dir / ".jobs" / f"{job.id}.json")["append_to_storyboard"] is True
+
+
+def test_cancel_during_the_decode_is_honoured_and_nothing_is_published(manager, out_dir):
+    """The page said "Cancelling…" while the VAE decoded: the job must end cancelled, not done."""
+    from pipelines.manager import Progress
+
+    decoding, gate = threading.Event(), threading.Event()
+
+    def slow_decode(manager_, request_, report, cancel):
+        result = default_generate(manager_, request_, report, cancel)
+        report(Progress("decode", 0.5, "Decoding the frames with the VAE"))
+        decoding.set()
+        gate.wait(30)  # the decode is still running when the user cancels
+        return result
+
+    jobs = JobQueue(manager, Library.open(out_dir), generate=slow_decode)
+    job = jobs.submit(request(seed=31))
+    assert decoding.wait(60)
+    assert jobs.cancel(job.id)
+    gate.set()
+    wait_until(lambda: jobs.get(job.id).finished)
+    assert jobs.get(job.id).status == CANCELLED and "nothing was published" in jobs.get(job.id).message
+    assert list_clips(out_dir) == []
+
+
+def test_cancel_while_the_clip_is_written_is_refused_and_says_so(manager, out_dir, monkeypatch):
+    from studio.handlers.generate import cancel
+
+    library = Library.open(out_dir)
+    writing, gate = threading.Event(), threading.Event()
+    save = library.save_clip
+
+    def slow_save(*args, **kwargs):
+        writing.set()
+        gate.wait(30)
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(library, "save_clip", slow_save)
+    jobs = JobQueue(manager, library)
+
+    class Studio:
+        pass
+
+    Studio.jobs = jobs
+    job = jobs.submit(request(seed=32))
+    assert writing.wait(60)
+    assert not jobs.cancel(job.id)
+    assert cancel(Studio, job.id).startswith("Too late to cancel: the clip is being written")
+    gate.set()
+    wait_until(lambda: jobs.get(job.id).finished)
+    assert jobs.get(job.id).status == DONE and len(list_clips(out_dir)) == 1  # what the page said: kept
+
+
+def test_cancel_during_the_download_stops_before_the_model_loads(out_dir, monkeypatch):
+    from pipelines.manager import PipelineManager
+
+    fresh = PipelineManager(offline=True)  # nothing loaded yet
+    downloading, gate = threading.Event(), threading.Event()
+    download = fresh.download
+
+    def slow_download(spec, report=None):
+        downloading.set()
+        gate.wait(30)
+        return download(spec, report)
+
+    monkeypatch.setattr(fresh, "download", slow_download)
+    jobs = JobQueue(fresh, Library.open(out_dir))
+    job = jobs.submit(request(seed=33))
+    assert downloading.wait(60)
+    assert jobs.cancel(job.id)
+    gate.set()
+    wait_until(lambda: jobs.get(job.id).finished)
+    assert jobs.get(job.id).status == CANCELLED and "before denoising began" in jobs.get(job.id).message
+    assert fresh.loads == 0 and fresh.loaded is None  # the load never started

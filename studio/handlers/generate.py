@@ -155,8 +155,13 @@ def parse_loras(studio: Studio, text: Any) -> list[LoraChoice]:
 
 
 def cancel(studio: Studio, job_id: str) -> str:
-    if isinstance(job_id, str) and job_id and studio.jobs.cancel(job_id):
+    if not isinstance(job_id, str) or not job_id:
+        return "Nothing to cancel."
+    if studio.jobs.cancel(job_id):
         return "Cancelling…"
+    job = studio.jobs.get(job_id)
+    if job is not None and studio.jobs.too_late_to_cancel(job):
+        return "Too late to cancel: the clip is being written, and it will be kept in the library."
     return "Nothing to cancel."
 
 
