@@ -23,6 +23,7 @@ class RunningStudio:
     output_dir: Path
     home: Path
     log: Path
+    pid: int = 0  # the studio's process
 
 
 def free_port() -> int:
@@ -76,7 +77,7 @@ def studio(
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the studio did not start:\n{log.read_text()[-3000:]}") from None
                 time.sleep(0.3)
-        yield RunningStudio(url, output_dir, home, log)
+        yield RunningStudio(url, output_dir, home, log, proc.pid)
     finally:
         proc.terminate()
         try:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -57,11 +60,14 @@ def page(running):
 def test_generate_in_the_browser_shows_changing_previews_and_a_playable_video(page):
     # Record every preview image the page shows, from before the click on.
     page.evaluate(
-        """() => {
+        r"""() => {
             window.__previews = [];
+            window.__steps = [];
             const seen = () => {
                 const img = document.querySelector('#t2v-preview img');
                 if (img && img.src && window.__previews.at(-1) !== img.src) window.__previews.push(img.src);
+                const step = (document.querySelector('#t2v-status')?.innerText || '').match(/Step (\d+)\/40/);
+                if (step && window.__steps.at(-1) !== +step[1]) window.__steps.push(+step[1]);
             };
             new MutationObserver(seen).observe(document.body, {subtree: true, childList: true, attributes: true});
         }"""
@@ -87,7 +93,11 @@ def test_generate_in_the_browser_shows_changing_previews_and_a_playable_video(pa
     assert info["error"] is None
     assert (info["w"], info["h"]) == (96, 64)
     assert info["d"] == pytest.approx(9 / 8, abs=0.15)  # 9 frames at 8 fps
-    assert len(set(page.evaluate("() => window.__previews"))) >= 2, "the preview never changed"
+    # previews follow the steps: several distinct previews while the step count climbs, never more than
+    # one per step (the page redraws on change, at most every 0.1 s, so fast test steps are sampled)
+    previews, shown_steps = page.evaluate("() => window.__previews"), page.evaluate("() => window.__steps")
+    assert len(shown_steps) >= 3 and shown_steps == sorted(shown_steps), shown_steps
+    assert 3 <= len(set(previews)) <= 40 + 2, len(set(previews))  # + the empty start and the final frame
     assert "Done" in page.inner_text("#t2v-status")
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -554,6 +564,14 @@ def test_image_to_video_with_an_end_frame_where_the_model_takes_one(page, runnin
 def test_nothing_left_the_machine(page, running, outbound_log):
     """Every flow above ran with the server online; neither it nor the page reached beyond this machine."""
     assert not outbound_log.exists(), outbound_log.read_text()
+    # positive controls: the guard was loaded into the studio's process, and it does refuse and log
+    loaded = outbound_log.with_name(outbound_log.name + ".loaded").read_text().split()
+    assert str(running.pid) in loaded, (running.pid, loaded)
+    control_log = outbound_log.with_name("control.log")
+    probe = "import socket; socket.create_connection(('example.com', 80), timeout=5)"
+    guarded = dict(os.environ, PYTHONPATH=str(NETGUARD), WAN_STUDIO_NETLOG=str(control_log))
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=guarded)
+    assert "blocked by the test's network guard" in done.stderr and "example.com" in control_log.read_text()
     origin = running.url.rstrip("/")
     outside = [u for u in page.requested if not u.startswith((origin, "data:", "blob:"))]
     assert page.requested and not outside, outside[:5]

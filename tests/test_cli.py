@@ -135,3 +135,36 @@ def test_calibrate_cache_records_ratios_and_then_magcache_runs(tmp_path):
     assert "step cache magcache" in done.stderr
     done = run_cli("--model", "test-tiny-a14b", command="calibrate-cache", home=home)
     assert done.returncode == 2 and "single-transformer models" in done.stderr
+
+
+def test_exit_codes_1_for_a_failure_and_130_for_an_interrupt_and_nothing_is_written(tmp_path, capsys, monkeypatch):
+    from pipelines.manager import OutOfMemoryError, PipelineManager
+
+    def out_of_memory(self, request, **kwargs):
+        raise OutOfMemoryError("Out of GPU memory at 96x64 (test). Memory was freed: try fewer frames.")
+
+    monkeypatch.setattr(PipelineManager, "generate", out_of_memory)
+    code, stderr = cli_in_process(capsys, "--model", "test-tiny", "--prompt", "x", "--out-dir", str(tmp_path))
+    assert code == 1 and "error: Out of GPU memory" in stderr and "Traceback" not in stderr
+
+    def interrupted(self, request, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PipelineManager, "generate", interrupted)
+    code, stderr = cli_in_process(capsys, "--model", "test-tiny", "--prompt", "x", "--out-dir", str(tmp_path))
+    assert code == 130 and "interrupted: nothing was written" in stderr
+    assert not list(tmp_path.glob("*.mp4")) and not list(tmp_path.glob("*.json"))
+
+
+def test_watermark_profile_and_second_guidance_flags_reach_the_clip(tmp_path, capsys):
+    from library import watermark
+
+    code, stderr = cli_in_process(capsys, "--model", "test-tiny-a14b", "--prompt", "two experts", "--steps", "2",
+                                  "--guidance-2", "2.5", "--profile", "cpu", "--watermark", "--seed", "4",
+                                  "--out-dir", str(tmp_path), "--offline")  # fmt: skip
+    assert code == 0, stderr
+    (video,) = tmp_path.glob("*.mp4")
+    sidecar = json.loads(video.with_suffix(".json").read_text())
+    assert sidecar["settings"]["guidance_scale_2"] == 2.5 and sidecar["memory_profile"] == "cpu"
+    mark = sidecar["provenance"]["watermark"]
+    assert watermark.read_file(str(video)).payload == int(mark, 16)  # the mark is in the pixels, as recorded

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from library.clips import read_sidecar, save_clip
-from pipelines.manager import BusyError, GenerationCancelled, OutOfMemoryError, PipelineManager
+from pipelines.manager import BusyError, GenerationCancelled, PipelineManager
 from pipelines.memory import DoesNotFitError, MemoryBudget
 from pipelines.request import GenerationRequest, validate_request
 from tests.media import decode_video, moov_before_mdat, probe
@@ -135,25 +135,6 @@ def test_cancel_stops_within_one_step_and_the_next_run_works(manager):
     assert steps_seen == [1, 2]
     assert not manager.busy
     assert manager.generate(valid(steps=2)).frames.shape[0] == 9
-
-
-def test_out_of_memory_is_caught_freed_and_the_next_run_works(manager, monkeypatch):
-    manager.generate(valid())
-    transformer = manager.pipeline.transformer
-    real_forward = transformer.forward
-    calls = {"n": 0}
-
-    def failing_forward(*args, **kwargs):
-        calls["n"] += 1
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-
-    monkeypatch.setattr(transformer, "forward", failing_forward)
-    with pytest.raises(OutOfMemoryError) as info:
-        manager.generate(valid())
-    assert "Out of GPU memory at 96x64, 9 frames" in str(info.value)
-    assert "Traceback" not in str(info.value) and calls["n"] == 1
-    monkeypatch.setattr(transformer, "forward", real_forward)
-    assert manager.generate(valid()).frames.shape == (9, 64, 96, 3)
 
 
 def test_a_request_that_cannot_fit_fails_before_loading():

@@ -232,3 +232,24 @@ def test_a_long_film_runs_a_bounded_number_of_decoders(out_dir):
     for start, colour in zip(firsts, colours, strict=True):
         if start != 8:  # shot 3 starts inside the crossfade
             assert np.abs(frames[start + 1, 32, 48].astype(int) - colour).max() < 25, start
+
+
+def test_a_gif_is_at_most_480_pixels_wide(out_dir):
+    from PIL import Image
+
+    wide = np.zeros((8, 352, 640, 3), np.uint8)
+    wide[:, :, 320:] = 200
+    name = write_clip(wide, 8, out_dir, "wide", {"app": APP_NAME, "settings": {"prompt": "wide"}}).video.name
+    film = export_film(Storyboard(shots=[Shot(name)], format="gif"), out_dir)
+    with Image.open(film) as gif:
+        assert gif.size == (480, 264)  # 640×352 scaled to the cap, aspect kept
+
+
+def test_uploaded_audio_is_copied_into_the_output_folder(out_dir, tmp_path):
+    (tmp_path / "uploads").mkdir()
+    upload = sine_wav(tmp_path / "uploads" / "theme.wav", 1.0)
+    name = kept(out_dir, upload)
+    copy = out_dir / "audio" / name
+    assert copy.is_file() and copy.read_bytes() == upload.read_bytes()
+    upload.unlink()  # Gradio's upload cache is cleared: the storyboard's audio stays
+    assert copy.is_file() and kept(out_dir, copy) == name  # keeping a kept file again changes nothing

@@ -173,6 +173,24 @@ def test_restart_resumes_queued_jobs_and_marks_running_ones_interrupted(manager,
     assert not (jobs_dir / "damaged.json").exists() and list(jobs_dir.glob("damaged.json.corrupt-*"))
 
 
+def test_share_launches_the_studio_behind_a_login(tmp_path, monkeypatch, capsys):
+    """`python app.py --share`: what Gradio's launch receives, not only what resolve_auth returns."""
+    import gradio as gr
+
+    from studio.server import main
+
+    monkeypatch.setenv("WAN_STUDIO_HOME", str(tmp_path / "home"))
+    launched = {}
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: launched.update(kwargs))
+    assert main(["--share", "--model", "test-tiny", "--output-dir", str(tmp_path / "out"), "--offline"]) == 0
+    user, password = launched["auth"]
+    assert launched["share"] is True and user == "wan" and len(password) >= 20
+    assert password in capsys.readouterr().out  # shown once, to the person who started it
+    launched.clear()
+    assert main(["--model", "test-tiny", "--output-dir", str(tmp_path / "out"), "--offline"]) == 0
+    assert launched["share"] is False and launched["auth"] is None  # local only: no login asked
+
+
 def test_sharing_always_needs_a_login():
     from studio.server import resolve_auth
 

@@ -21,6 +21,8 @@ def _refuse(what: str):
 
 
 if _LOG:
+    with open(_LOG + ".loaded", "a") as loaded:  # the positive control: this process is guarded
+        loaded.write(f"{os.getpid()}\n")
     _getaddrinfo = socket.getaddrinfo
     _connect = socket.socket.connect
     _connect_ex = socket.socket.connect_ex
