@@ -186,18 +186,55 @@ def test_audio_fades_in_and_out(out_dir, two_clips, tmp_path):
     assert len(pcm) / 8000 == pytest.approx(2.0, abs=0.1)  # trimmed to the film
 
 
-def test_a_failed_export_leaves_no_file(out_dir, monkeypatch):
-    from library import film as film_module
-
-    clip = moving_clip(out_dir, "slide")
-
+def _fail_interpolation(monkeypatch, film_module):
     def broken(*args, **kwargs):
         raise RuntimeError("Frame interpolation failed: disk full")
 
     monkeypatch.setattr(film_module, "_interpolate", broken)
-    with pytest.raises(RuntimeError, match="disk full"):
-        export_film(Storyboard(shots=[Shot(clip)], fps=24), out_dir)
-    assert list((out_dir / "films").iterdir()) == []
+
+
+def _fail_final_encode(monkeypatch, film_module):
+    from moviepy.video.VideoClip import VideoClip
+
+    def half_written(self, filename, *args, **kwargs):
+        Path(filename).write_bytes(b"\0\0\0\x18ftypmp42 half a film")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(VideoClip, "write_videofile", half_written)
+
+
+def _fail_signing(monkeypatch, film_module):
+    def no_room(*args, **kwargs):
+        raise OSError(28, "No space left on device")  # not a signing refusal: the disk filled while signing
+
+    monkeypatch.setattr(film_module.provenance, "sign_file", no_room)
+
+
+def _fail_record_link(monkeypatch, film_module):
+    link = film_module.link_no_overwrite
+
+    def no_record(tmp, final):
+        if str(final).endswith(".json"):
+            raise OSError(28, "No space left on device")
+        return link(tmp, final)
+
+    monkeypatch.setattr(film_module, "link_no_overwrite", no_record)
+
+
+@pytest.mark.parametrize(
+    "fail, fps",
+    [(_fail_interpolation, 24), (_fail_final_encode, 16), (_fail_signing, 16), (_fail_record_link, 16)],
+    ids=["interpolation", "final-encode", "signing", "record-link"],
+)
+def test_a_failed_export_leaves_no_file(out_dir, monkeypatch, fail, fps):
+    from library import film as film_module
+
+    clip = moving_clip(out_dir, "slide")
+    fail(monkeypatch, film_module)
+    with pytest.raises(Exception) as info:
+        export_film(Storyboard(shots=[Shot(clip)], fps=fps), out_dir)
+    assert "disk full" in str(info.value) or "full" in str(info.value).lower(), info.value
+    assert list((out_dir / "films").iterdir()) == []  # no film, no record, no temporary
 
 
 def ffmpeg_children() -> int:

@@ -81,3 +81,41 @@ def test_leftovers_of_a_killed_export_are_cleaned_at_start(tmp_path):
     with studio(tmp_path):
         pass
     assert not stale.exists()
+
+
+def test_a_restart_resumes_the_queued_job_and_marks_the_running_one_interrupted(tmp_path):
+    import time
+
+    from library.clips import list_clips
+    from library.files import read_json
+
+    out = tmp_path / "outputs"
+
+    def records() -> dict[str, str]:
+        found = {}
+        for path in (out / ".jobs").glob("*.json"):
+            try:
+                data = read_json(path)
+                found[data["request"]["prompt"]] = data["status"]
+            except (ValueError, KeyError, TypeError):
+                continue
+        return found
+
+    def wait_for(predicate, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, records()
+            time.sleep(0.2)
+
+    with studio(tmp_path) as first:
+        c = Client(first.url, verbose=False)
+        c.submit(prompt="the long one", steps=100, frames=33, size="256x256", api_name="/text_to_video")
+        wait_for(lambda: records() == {"the long one": "running"})
+        c.submit(prompt="waits its turn", steps=2, frames=5, api_name="/text_to_video")
+        wait_for(lambda: records() == {"the long one": "running", "waits its turn": "queued"})
+    # the studio was stopped mid-job; the next start picks up where it left off
+    with studio(tmp_path) as second:
+        wait_for(lambda: records().get("waits its turn") == "done")
+        assert records()["the long one"] == "interrupted"
+        assert [clip.settings["prompt"] for clip in list_clips(out)] == ["waits its turn"]
+        assert "Traceback" not in second.log.read_text()
