@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 import threading
 import time
@@ -115,6 +117,48 @@ def _meter(repo: str, report: DownloadCallback, allow_patterns: list[str] | None
     return DownloadMeter(repo, size, cached, len(plan), report)
 
 
+_CLIENT_LOCK = threading.Lock()
+_client_set = False
+
+
+def _hub_client_with_timeouts() -> None:
+    """huggingface_hub's HTTP client waits forever for an answer (`timeout=None`): a hub, proxy or network that
+    accepts a connection and never answers would hang a download, and the studio's queue behind it. Its calls
+    time out instead after WAN_STUDIO_HUB_TIMEOUT_S quiet seconds (default 60), reported as no connection."""
+    global _client_set
+    with _CLIENT_LOCK:
+        if _client_set:
+            return
+        import httpx2
+        from huggingface_hub import set_client_factory
+        from huggingface_hub.utils._http import hf_request_event_hook
+
+        quiet_s = float(os.environ.get("WAN_STUDIO_HUB_TIMEOUT_S", "60"))
+
+        class Bounded(httpx2.HTTPTransport):
+            # Its API calls pass timeout=None per request, which beats a client default: bound them here.
+            def handle_request(self, request):
+                given = request.extensions.get("timeout") or {}
+                request.extensions["timeout"] = {
+                    key: quiet_s if given.get(key) is None else given[key]
+                    for key in ("connect", "read", "write", "pool")
+                }
+                return super().handle_request(request)
+
+        def client():  # huggingface_hub's default client, with the bounded transport
+            return httpx2.Client(event_hooks={"request": [hf_request_event_hook]}, follow_redirects=True,
+                                 timeout=quiet_s, transport=Bounded())  # fmt: skip
+
+        set_client_factory(client)
+        _client_set = True
+
+
+def _hub_cache() -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
 def _check_disk_space(what: str, missing_bytes: int) -> None:
     """Refuse before the first byte rather than fail half-way through tens of GB."""
     from huggingface_hub import constants
@@ -149,6 +193,8 @@ def download(
 
     report = on_progress or (lambda fraction, message: None)
     report(0.0, f"Looking for {repo} in the Hugging Face cache")
+    if not offline:
+        _hub_client_with_timeouts()
     try:
         meter = None if offline else _meter(repo, report, allow_patterns)
         if meter is not None:
@@ -170,8 +216,20 @@ def download(
             f"Check the network, or pick a model that is already downloaded."
         ) from err
     except HfHubHTTPError as err:
+        status = getattr(getattr(err, "response", None), "status_code", None)
+        if status is not None and (status == 429 or status >= 500):
+            raise ModelUnavailableError(
+                f"The Hugging Face Hub is busy or failing right now (HTTP {status}) while downloading {what}. "
+                "Try again in a minute: files already downloaded are kept."
+            ) from err
         raise ModelUnavailableError(f"Downloading {repo} failed: {err}") from err
     except OSError as err:  # disk full, permissions
+        if err.errno == errno.ENOSPC:
+            raise ModelUnavailableError(
+                f"The disk holding the Hugging Face cache ({_hub_cache()}) filled up while downloading {what}. "
+                "Free some space or set HF_HUB_CACHE to a bigger disk, then try again: the download goes on "
+                "from where it stopped."
+            ) from err
         raise ModelUnavailableError(f"Downloading {repo} failed: {err}") from err
     report(1.0, f"{repo} is ready")
     return ResolvedWeights(Path(path), Path(path).name)

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pipelines.testmodels import ensure_test_model
 from tests.fakehub import COMMIT, fake_hub
 
@@ -28,6 +30,9 @@ CATALOGUE["{REPO}"] = dataclasses.replace(
     CATALOGUE["test-tiny"], id="{REPO}", repo="{REPO}", is_test=False, name="Tiny Wan served by a local hub"
 )
 offline = sys.argv[1] == "offline"
+if "no-precheck" in sys.argv:  # the download starts whatever the free space: the disk fills on the way
+    import pipelines.weights
+    pipelines.weights._check_disk_space = lambda what, missing: None
 if "full-disk" in sys.argv:  # a disk with 100 kB free
     import shutil
     shutil.disk_usage = lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 10**5, 10**5)
@@ -47,9 +52,10 @@ print(json.dumps({{"events": events, "revision": result.model_revision, "frames"
 """
 
 
-def generate(endpoint: str, cache: Path, offline: bool, *flags: str) -> dict:
+def generate(endpoint: str, cache: Path, offline: bool, *flags: str, env: dict[str, str] | None = None) -> dict:
+    extra = env or {}
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
-    env.update(HF_ENDPOINT=endpoint, HF_HUB_CACHE=str(cache), HF_HUB_DISABLE_TELEMETRY="1")
+    env.update(HF_ENDPOINT=endpoint, HF_HUB_CACHE=str(cache), HF_HUB_DISABLE_TELEMETRY="1", **extra)
     if offline:
         env["HF_HUB_OFFLINE"] = "1"
     run = subprocess.run(
@@ -93,3 +99,71 @@ def test_a_download_that_cannot_fit_on_the_disk_is_refused_before_it_starts(tmp_
     assert "0.1 MB free" in run["error"] and "HF_HUB_CACHE" in run["error"]
     assert not any(m.startswith("Downloading") for _, _, m in run["events"])
     assert not list(cache.rglob("*.safetensors"))  # nothing was fetched
+
+
+def snapshot_of(cache: Path) -> Path:
+    return cache / f"models--{REPO.replace('/', '--')}" / "snapshots" / COMMIT
+
+
+def largest_file(folder: Path) -> Path:
+    return max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def test_a_dropped_connection_resumes_and_a_server_error_mid_file_resumes_on_the_next_try(tmp_path):
+    """Plain HTTP (the stand-in sends no Xet headers, so huggingface_hub never takes its Xet path). The repo
+    gets a 24 MB file: huggingface_hub writes in 10 MB chunks, so only a larger file is cut with bytes kept."""
+    import shutil
+
+    source = tmp_path / "repo"
+    shutil.copytree(ensure_test_model("test-tiny"), source)
+    (source / "extra").mkdir()
+    (source / "extra" / "weights.bin").write_bytes(os.urandom(24 * 2**20))
+    big = largest_file(source).relative_to(source).as_posix()
+    assert big == "extra/weights.bin"
+    cache, seen = tmp_path / "hf-cache", []
+    with fake_hub(REPO, source, chunk=2**20, delay_s=0, faults=("drop", "error"), requests=seen) as endpoint:
+        failed = generate(endpoint, cache, False)  # dropped halfway, resumed with a Range, then a 503
+    busy = "ModelUnavailableError: The Hugging Face Hub is busy or failing right now (HTTP 503)"
+    assert failed["error"].startswith(busy) and "files already downloaded are kept" in failed["error"]
+    ranges = [r for method, path, r in seen if method == "GET" and path.endswith(big) and r]
+    assert ranges and int(ranges[0].split("=")[1].split("-")[0]) > 0  # hf resumed after the drop, not from 0
+
+    seen.clear()
+    with fake_hub(REPO, source, chunk=2**20, delay_s=0, requests=seen) as endpoint:
+        done = generate(endpoint, cache, False)
+    assert "error" not in done, done.get("error")
+    fetched = {path.rsplit("/", 1)[-1] for method, path, _ in seen if method == "GET" and "/resolve/" in path}
+    assert "weights.bin" in fetched and "model_index.json" not in fetched  # finished files were not fetched again
+    # huggingface_hub 2.4 starts a file that failed with an HTTP error over (it resumes only within one try)
+    assert (snapshot_of(cache) / big).read_bytes() == (source / big).read_bytes()  # whole and exact
+
+
+def test_a_hub_that_never_answers_times_out_with_a_clear_message(tmp_path):
+    import time
+
+    started = time.monotonic()
+    with fake_hub(REPO, ensure_test_model("test-tiny"), faults=("hang",)) as endpoint:
+        quick = {"HF_HUB_ETAG_TIMEOUT": "2", "HF_HUB_DOWNLOAD_TIMEOUT": "2", "WAN_STUDIO_HUB_TIMEOUT_S": "3"}
+        run = generate(endpoint, tmp_path / "hf-cache", False, env=quick)
+    assert run["error"].startswith("ModelUnavailableError: "), run["error"]
+    assert "could not be downloaded from the Hugging Face Hub" in run["error"] and "Traceback" not in run["error"]
+    assert time.monotonic() - started < 60  # it hung forever before the studio bounded hub calls
+
+
+def test_a_disk_that_fills_during_the_download_says_so(tmp_path):
+    """A real ENOSPC: the cache on a 512 kB tmpfs, the free-space check before the download bypassed."""
+    import shutil
+
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("a tmpfs mount needs root")
+    cache = tmp_path / "small"
+    cache.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(cache)]).returncode != 0:
+        pytest.skip("tmpfs not available")
+    try:
+        with fake_hub(REPO, ensure_test_model("test-tiny")) as endpoint:
+            run = generate(endpoint, cache, False, "no-precheck")
+        assert run["error"].startswith("ModelUnavailableError: The disk holding the Hugging Face cache"), run
+        assert "filled up" in run["error"] and "HF_HUB_CACHE" in run["error"]
+    finally:
+        subprocess.run(["umount", str(cache)])
