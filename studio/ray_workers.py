@@ -15,17 +15,16 @@ Face cache or a shared one): see docs/SCALING.md.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import uuid
 from pathlib import Path
 from typing import Any
 
 from pipelines.errors import UserError
-from pipelines.manager import GenerationCancelled, GenerationResult, PipelineManager
+from pipelines.manager import GenerationResult, PipelineManager
 from pipelines.request import ValidRequest
 from pipelines.speed import SpeedOptions
-from studio.workers import Report, WorkerLost
+from studio.workers import Report, WorkerLost, run_as_messages, settle
 
 log = logging.getLogger("wan_studio")
 PROJECT = Path(__file__).resolve().parents[1]
@@ -65,33 +64,12 @@ class GenerationActor:
             self.cancels[key].set()
 
     def generate(self, key: str, request: ValidRequest, settings: dict[str, Any]):
-        """A generator: ("progress", Progress) per report, then one ("done", result fields without the
-        request) | ("cancelled", None) | ("failed", message)."""
+        """A generator of the run's messages (`run_as_messages`), streamed back to the studio."""
         self.manager.requested_profile = settings["profile"]
         self.manager.speed = settings["speed"]
         cancel = self.cancels[key] = threading.Event()
-        reports: queue.Queue = queue.Queue()
-
-        def run() -> None:
-            try:
-                result = self.manager.generate(request, on_progress=lambda p: reports.put(("progress", p)),
-                                               cancel=cancel)  # fmt: skip
-                reports.put(("done", {**vars(result), "request": None}))
-            except GenerationCancelled:
-                reports.put(("cancelled", None))
-            except UserError as err:
-                reports.put(("failed", str(err)))
-            except Exception as err:  # the studio shows it as an internal error, the actor lives on
-                log.exception("a job failed on a Ray worker")
-                reports.put(("crashed", f"{type(err).__name__}: {err}"))
-
-        threading.Thread(target=run, daemon=True).start()
         try:
-            while True:
-                kind, payload = reports.get()
-                yield kind, payload
-                if kind != "progress":
-                    return
+            yield from run_as_messages(self.manager, request, cancel)
         finally:
             self.cancels.pop(key, None)
 
@@ -133,23 +111,13 @@ class RayWorker:
                     report(payload)
                     continue
                 self._holds = request.spec.id
-                if kind == "done":
-                    return GenerationResult(**{**payload, "request": request})
-                if kind == "cancelled":
-                    raise GenerationCancelled()
-                if kind == "failed":
-                    raise _UserFailure(payload)
-                raise RuntimeError(f"on {self.label}: {payload}")
+                return settle(kind, payload, request, self.label)
             raise WorkerLost("the worker ended the job without a result")
         except RayActorError as err:
             self._holds = None
             raise WorkerLost(_first_line(err)) from None
         finally:
             finished.set()
-
-
-class _UserFailure(UserError, RuntimeError):
-    """A refusal raised on the actor (out of memory, a missing model), passed on as said there."""
 
 
 def connect(address: str) -> None:

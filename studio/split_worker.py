@@ -27,11 +27,10 @@ from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import UserError
-from pipelines.manager import GenerationCancelled, GenerationResult
+from pipelines.manager import GenerationResult
 from pipelines.request import ValidRequest
 from pipelines.speed import SpeedOptions
-from studio.workers import Report, WorkerLost, worker_labels
+from studio.workers import Report, WorkerLost, run_as_messages, settle, worker_labels
 
 log = logging.getLogger("wan_studio")
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,13 +78,7 @@ class SplitWorker:
                     report(payload)
                     continue
                 self._holds = request.spec.id
-                if kind == "done":
-                    return GenerationResult(**{**payload, "request": request})
-                if kind == "cancelled":
-                    raise GenerationCancelled()
-                if kind == "failed":
-                    raise _Refused(payload)
-                raise RuntimeError(f"on {self.label}: {payload}")
+                return settle(kind, payload, request, self.label)
         except (EOFError, OSError) as err:
             self.close()
             raise WorkerLost(str(err) or type(err).__name__) from None
@@ -135,10 +128,6 @@ class SplitWorker:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
-
-
-class _Refused(UserError, RuntimeError):
-    """A refusal raised in the group (out of memory, a missing model), passed on as said there."""
 
 
 # ---- inside the group: one process per GPU ------------------------------------------------------
@@ -216,21 +205,10 @@ class _Inbox:
 
 
 def _run(manager, request: ValidRequest, cancel: SharedCancel, conn: Connection | None) -> None:
-    def send(*message) -> None:
+    """Every rank runs the job; rank 0 (the one with `conn`) sends its messages to the studio."""
+    for message in run_as_messages(manager, request, cancel):
         if conn is not None:
             conn.send(message)
-
-    report = (lambda progress: send("progress", progress)) if conn is not None else (lambda progress: None)
-    try:
-        result = manager.generate(request, on_progress=report, cancel=cancel)
-        send("done", {**vars(result), "request": None})
-    except GenerationCancelled:
-        send("cancelled", None)
-    except UserError as err:
-        send("failed", str(err))
-    except Exception as err:  # the studio shows an internal error; the group lives on
-        log.exception("a job failed in a split group")
-        send("crashed", f"{type(err).__name__}: {err}")
 
 
 def split_workers(devices: list[str], degree: int, profile: str, speed: SpeedOptions,

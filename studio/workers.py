@@ -7,17 +7,20 @@ job at a time and says which model it holds, so the queue can send a job where n
 
 from __future__ import annotations
 
+import logging
+import queue
 import threading
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import torch
 
 from pipelines.errors import UserError
-from pipelines.manager import GenerationResult, PipelineManager, Progress
+from pipelines.manager import GenerationCancelled, GenerationResult, PipelineManager, Progress
 from pipelines.request import ValidRequest
 from pipelines.speed import SpeedOptions
 
+log = logging.getLogger("wan_studio")
 Report = Callable[[Progress], None]
 GenerateFn = Callable[[PipelineManager, ValidRequest, Report, threading.Event], GenerationResult]
 
@@ -105,3 +108,55 @@ def parse_devices(value: str | None, cuda_count: int | None = None) -> list[str]
     if len(set(d for d in devices if d != "cpu")) != len([d for d in devices if d != "cpu"]):
         raise DevicesError("--gpus names a GPU twice; each GPU has one worker.")
     return devices
+
+
+# ---- a job that runs in another process (Ray actor, split group, ZeroGPU): plain, picklable messages ------
+Message = tuple[str, Any]
+
+
+class RemoteRefusal(UserError, RuntimeError):
+    """A refusal raised where the job ran (out of memory, a missing model), passed on as said there."""
+
+
+def run_as_messages(manager: PipelineManager, request: ValidRequest, cancel: Any) -> Iterator[Message]:
+    """One run as messages to send elsewhere: ("progress", Progress) per report, then one of ("done", the
+    result's fields but the request), ("cancelled", None), ("failed", message), ("crashed", description).
+    The run has its own thread, so each report leaves as it comes; closing the iterator early sets `cancel`
+    (when it is an Event) and waits for the run to stop at the end of its step."""
+    reports: queue.Queue[Message] = queue.Queue()
+
+    def run() -> None:
+        try:
+            result = manager.generate(request, on_progress=lambda p: reports.put(("progress", p)), cancel=cancel)
+            reports.put(("done", {**vars(result), "request": None}))
+        except GenerationCancelled:
+            reports.put(("cancelled", None))
+        except UserError as err:
+            reports.put(("failed", str(err)))
+        except Exception as err:  # shown as an internal error by the studio; the worker lives on
+            log.exception("a job failed in a worker process")
+            reports.put(("crashed", f"{type(err).__name__}: {err}"))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, payload = reports.get()
+            yield kind, payload
+            if kind != "progress":
+                return
+    finally:
+        if isinstance(cancel, threading.Event):
+            cancel.set()
+        thread.join()
+
+
+def settle(kind: str, payload: Any, request: ValidRequest, where: str) -> GenerationResult:
+    """The last message of a run: the result, or the exception that says how it ended."""
+    if kind == "done":
+        return GenerationResult(**{**payload, "request": request})
+    if kind == "cancelled":
+        raise GenerationCancelled()
+    if kind == "failed":
+        raise RemoteRefusal(payload)
+    raise RuntimeError(f"on {where}: {payload}")

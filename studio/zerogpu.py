@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 import logging
-import queue
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -27,11 +26,10 @@ from typing import Any
 from PIL import Image
 
 from pipelines.catalogue import get_spec
-from pipelines.errors import UserError
 from pipelines.manager import GenerationCancelled, GenerationResult, PipelineManager, Progress
 from pipelines.request import ValidRequest
 from pipelines.speed import SpeedOptions
-from studio.workers import Report
+from studio.workers import Report, run_as_messages, settle
 
 log = logging.getLogger("wan_studio")
 ZEROGPU_PROFILE = "gpu"  # a ZeroGPU slice (H200 MIG, about 70 GB) holds every model whole
@@ -89,33 +87,7 @@ def run_on_gpu(data: dict[str, Any]) -> Iterator[tuple[str, Any]]:
     if manager is None:
         yield "failed", "The studio's GPU worker has no model manager (it was not started by the studio)."
         return
-    request = request_from_data(data)
-    cancel = threading.Event()
-    reports: queue.Queue = queue.Queue()
-
-    def run() -> None:
-        try:
-            result = manager.generate(request, on_progress=lambda p: reports.put(("progress", p)), cancel=cancel)
-            reports.put(("done", {**vars(result), "request": None}))
-        except GenerationCancelled:
-            reports.put(("cancelled", None))
-        except UserError as err:
-            reports.put(("failed", str(err)))
-        except Exception as err:
-            log.exception("a job failed on the ZeroGPU worker")
-            reports.put(("crashed", f"{type(err).__name__}: {err}"))
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, payload = reports.get()
-            yield kind, payload
-            if kind != "progress":
-                return
-    finally:  # GeneratorExit when the caller closed us: stop within the step, then let the GPU go
-        cancel.set()
-        thread.join()
+    yield from run_as_messages(manager, request_from_data(data), threading.Event())
 
 
 # ---- in the studio's process ---------------------------------------------------------------------
@@ -152,13 +124,7 @@ class ZeroGpuWorker:
                     if cancel.is_set():
                         raise GenerationCancelled()
                     continue
-                if kind == "done":
-                    return GenerationResult(**{**payload, "request": request})
-                if kind == "cancelled":
-                    raise GenerationCancelled()
-                if kind == "failed":
-                    raise _Refused(payload)
-                raise RuntimeError(f"on ZeroGPU: {payload}")
+                return settle(kind, payload, request, self.label)
             raise GenerationCancelled()  # the worker ended without a word: it was stopped
         finally:
             stream.close()  # on cancel: the package closes the generator in the worker
@@ -178,7 +144,3 @@ def preload(manager: PipelineManager, model: str, task: str, say: Callable[[str]
     say(f"ZeroGPU: loading {spec.label} onto the GPU before start-up")
     manager.preload(spec, task, ZEROGPU_PROFILE if manager.device.type == "cuda" else "cpu", report)
     say(f"ZeroGPU: {spec.label} is ready")
-
-
-class _Refused(UserError, RuntimeError):
-    """A refusal raised in the GPU worker, passed on as said there."""
