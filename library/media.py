@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -74,28 +75,21 @@ def last_frame(video: Path) -> Image.Image:
 
 def frame_at(video: Path, seconds: float) -> Image.Image:
     """The frame shown at `seconds` into a clip (the last one past its end): a trim point's picture."""
-    reader = imageio_ffmpeg.read_frames(str(video))
-    meta = next(reader)
-    width, height = meta["size"]
-    wanted = max(0, int(seconds * meta.get("fps", 0) + 1e-6))
-    frame = None
-    for n, buffer in enumerate(reader):
-        frame = buffer
-        if n >= wanted:
-            break
-    reader.close()
-    if frame is None:
-        raise ValueError(f"{video.name} has no frames")
-    return Image.fromarray(np.frombuffer(frame, np.uint8).reshape(height, width, 3).copy())
+    return _frame(video, lambda meta: max(0, int(seconds * meta.get("fps", 0) + 1e-6)))
 
 
 def middle_frame(video: Path) -> Image.Image:
     """The frame in the middle of a clip: its poster (the first frame of an image-to-video clip is only
     its input picture)."""
+    return _frame(video, lambda meta: max(0, round(meta.get("duration", 0) * meta.get("fps", 0) / 2)))
+
+
+def _frame(video: Path, index: Callable[[dict], int]) -> Image.Image:
+    """Frame number `index(metadata)` of a video (its last frame when it has fewer), decoding no further."""
     reader = imageio_ffmpeg.read_frames(str(video))
     meta = next(reader)
     width, height = meta["size"]
-    wanted = max(0, round(meta.get("duration", 0) * meta.get("fps", 0) / 2))
+    wanted = index(meta)
     frame = None
     for n, buffer in enumerate(reader):
         frame = buffer
