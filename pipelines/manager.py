@@ -478,6 +478,8 @@ class PipelineManager:
         label = f"{spec.label}, fast" if variant == "fast" else spec.label
         report(Progress("load", 0.0, f"Loading {label} ({profile.label})"))
         transformers_from = fast.transformer if variant == "fast" else None
+        if _LOADING.locked():
+            report(Progress("load", 0.0, "Waiting while another GPU loads its model (one load at a time)"))
         with _LOADING:
             pipe = self._from_pretrained(spec, task, weights.path, profile, reuse, report, transformers_from)
             if self.context_parallel > 1:
