@@ -57,6 +57,55 @@ def page(running):
         browser.close()
 
 
+# ---- what a test needs in the library, made through the API when an earlier test did not: each test can
+# run alone (`-k`), and in the whole file they reuse what the journey before them made
+BOAT, DRIFT, TURN = "a paper boat drifts down a rainy street", "the boat drifts on", "the boat turns towards the camera"
+
+
+def clip_named(running, prompt: str, make) -> str:
+    """The file name of the library's clip with this prompt, made by `make(client)` when there is none."""
+    from gradio_client import Client
+
+    def find() -> str | None:
+        return next((c.name for c in list_clips(running.output_dir) if c.settings["prompt"] == prompt), None)
+
+    if find() is None:
+        client = Client(running.url, verbose=False)
+        try:
+            assert "Done" in make(client)[1]
+        finally:
+            client.close()
+    return find()
+
+
+def continued(running, source: str, prompt: str, tmp: Path):
+    """An image-to-video clip from `source`'s last frame, as "Continue from its last frame" makes."""
+    from gradio_client import handle_file
+
+    from library import Library
+
+    picture = tmp / f"{source}.last.png"
+    Library(running.output_dir).last_frame(source).save(picture)
+    return lambda client: client.predict(image=handle_file(str(picture)), prompt=prompt, api_name="/image_to_video")
+
+
+def ensure_boat(running) -> str:
+    return clip_named(running, BOAT, lambda c: c.predict(prompt=BOAT, steps=40, api_name="/text_to_video"))
+
+
+def ensure_storyboard(running, tmp: Path) -> None:
+    """The storyboard the extend test leaves: the boat, then its extension (one frame in)."""
+    from library import Library, Shot
+
+    board = Library(running.output_dir).storyboard
+    if len(board.load().shots) >= 2:
+        return
+    boat = ensure_boat(running)
+    drift = clip_named(running, DRIFT, continued(running, boat, DRIFT, tmp))
+    board.append(Shot(clip=boat))
+    board.append(Shot(clip=drift, start_s=1 / 8))
+
+
 def test_generate_in_the_browser_shows_changing_previews_and_a_playable_video(page):
     # Record every preview image the page shows, from before the click on.
     page.evaluate(
@@ -104,7 +153,8 @@ def test_generate_in_the_browser_shows_changing_previews_and_a_playable_video(pa
     page.screenshot(path=str(SCREENSHOTS / "studio-text-to-video.png"), full_page=True)
 
 
-def test_the_library_lists_the_clip_after_a_reload(page):
+def test_the_library_lists_the_clip_after_a_reload(page, running):
+    ensure_boat(running)
     page.reload()
     page.get_by_role("tab", name="Library").click()
     page.wait_for_selector("#library-video video", timeout=30_000)
@@ -158,7 +208,8 @@ def open_tab(page, name: str) -> None:
     )
 
 
-def test_every_tab_at_desktop_and_phone_width(page):
+def test_every_tab_at_desktop_and_phone_width(page, running):
+    ensure_boat(running)  # a job in the queue table and a clip in the library, as a user would have
     """Every tab reachable at 390 px (the bar's "More tabs" menu), nothing scrolling sideways, the queue
     readable (two columns) and the library grid two posters wide; a screenshot of each for review."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -183,8 +234,10 @@ def test_every_tab_at_desktop_and_phone_width(page):
     open_tab(page, "Text to video")
 
 
-def test_storyboard_extend_a_shot_then_export_a_film(page):
+def test_storyboard_extend_a_shot_then_export_a_film(page, running):
+    ensure_boat(running)
     page.set_viewport_size({"width": 1280, "height": 1000})
+    page.reload()
     page.get_by_role("tab", name="Storyboard").click()
     page.locator("#storyboard-add").click()  # the library's newest clip
     page.wait_for_function(
@@ -206,7 +259,8 @@ def test_storyboard_extend_a_shot_then_export_a_film(page):
     page.screenshot(path=str(SCREENSHOTS / "studio-storyboard.png"), full_page=True)
 
 
-def test_a_reopened_storyboard_shows_its_strip_and_each_shot_is_edited_there(page, running):
+def test_a_reopened_storyboard_shows_its_strip_and_each_shot_is_edited_there(page, running, tmp_path):
+    ensure_storyboard(running, tmp_path)
     page.reload()
     page.get_by_role("tab", name="Storyboard").click()
     page.wait_for_function(
@@ -252,8 +306,10 @@ def test_a_reopened_storyboard_shows_its_strip_and_each_shot_is_edited_there(pag
     assert "the-boat-drifts-on" in first["clip"] and first["start_s"] == 0.25 and first["transition"] == "crossfade"
 
 
-def test_image_to_video_from_a_library_clips_last_frame(page):
+def test_image_to_video_from_a_library_clips_last_frame(page, running):
+    ensure_boat(running)
     page.set_viewport_size({"width": 1280, "height": 1000})
+    page.reload()
     page.get_by_role("tab", name="Library").click()
     page.wait_for_selector("#library-video video", timeout=30_000)
     page.get_by_role("button", name="Continue from its last frame").click()
@@ -278,7 +334,10 @@ def test_image_to_video_from_a_library_clips_last_frame(page):
     page.screenshot(path=str(SCREENSHOTS / "studio-image-to-video.png"), full_page=True)
 
 
-def test_a_clip_moved_to_trash_leaves_the_library_and_stays_on_disk(page, running):
+def test_a_clip_moved_to_trash_leaves_the_library_and_stays_on_disk(page, running, tmp_path):
+    ensure_storyboard(running, tmp_path)  # the extension "the boat drifts on" is a shot of it
+    clip_named(running, TURN, continued(running, ensure_boat(running), TURN, tmp_path))  # the newest clip
+    page.reload()
     running_output = running.output_dir
     page.get_by_role("tab", name="Library").click()
     details = "() => document.querySelector('#library-details').innerText"
@@ -447,9 +506,13 @@ def test_after_a_reload_the_form_shows_its_own_queued_job_and_follows_it_to_the_
             "() => document.querySelector('#queue-table').innerText.includes('long job')", timeout=30_000
         )
         page.fill("#t2v-prompt textarea", "my own queued shot")
+        stored = page.evaluate("() => localStorage.getItem('wan-studio-t2v-job')")  # encrypted by Gradio
         page.click("#t2v-generate")
         page.wait_for_function(
             "() => document.querySelector('#t2v-status').innerText.includes('Queued')", timeout=30_000
+        )
+        page.wait_for_function(  # the browser has stored the new job (written just after the update)
+            "(before) => localStorage.getItem('wan-studio-t2v-job') !== before", arg=stored, timeout=30_000
         )
         page.reload()  # the page forgets everything but what the browser stored
         page.wait_for_selector("#t2v-prompt textarea", timeout=60_000)
