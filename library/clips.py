@@ -10,7 +10,6 @@ sidecar without its video, which the library ignores, never a video without its 
 from __future__ import annotations
 
 import os
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from library import provenance, watermark
 from library.files import LibraryError, check_room, disk_error, link_no_overwrite, read_json, temporary
 from library.layout import END_IMAGE_SUFFIX, INPUT_IMAGE_SUFFIX, SIDECAR_SUFFIX, TRASH_DIR, plain_name
 from library.media import encode_mp4, estimate_mp4_mb, slugify
-from pipelines import APP_NAME, __version__
+from pipelines import APP_NAME, __version__, engine_versions
 from pipelines.catalogue import TASK_NAMES
 from pipelines.manager import GenerationResult
 
@@ -87,9 +86,6 @@ class Clip:
 
 def sidecar_for(result: GenerationResult) -> dict:
     """Everything needed to find, credit and reproduce the clip."""
-    import diffusers
-    import torch
-
     request = result.request
     spec = request.spec
     return {
@@ -112,11 +108,7 @@ def sidecar_for(result: GenerationResult) -> dict:
         "loras_applied": result.loras,  # the request's and a fast preset's, as they ran
         "fast_preset": result.fast,
         "context_parallel": result.context_parallel,
-        "versions": {
-            "torch": torch.__version__,
-            "diffusers": diffusers.__version__,
-            "python": platform.python_version(),
-        },  # fmt: skip
+        "versions": engine_versions(),
     }
 
 

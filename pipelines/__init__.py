@@ -19,3 +19,13 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
     diffusers.utils.logging.set_verbosity_error()
     transformers.utils.logging.set_verbosity_error()
+
+
+def engine_versions() -> dict[str, str]:
+    """The versions that made a clip, for its sidecar (the library records them without importing diffusers)."""
+    import platform
+
+    import diffusers
+    import torch
+
+    return {"torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version()}
