@@ -327,7 +327,6 @@ _TEST_WAN21 = replace(
     size_multiple=16,
     description="Random weights built on this machine (16-channel VAE, Wan2.1 layout). Output is noise.",
     transformer_width=24,
-    attention_heads=2,
     family="the tiny Wan2.1 test layout",
     fast=FastPreset(
         label="test distillation LoRA (4 steps)",
@@ -347,7 +346,6 @@ _TEST_A14B = replace(
     weights=replace(_TEST_WEIGHTS, experts=2),
     description="Random weights built on this machine: high-noise and low-noise experts, 16-channel VAE.",
     transformer_width=20,
-    attention_heads=2,
     family="the tiny A14B test layout",
     fast=FastPreset(
         label="test Lightning-like LoRA pair (4 steps)",

@@ -128,7 +128,7 @@ def degree_of(pipe) -> int:
     return (config.ulysses_degree or 1) * (config.ring_degree or 1)
 
 
-def init_group(rank: Rank, device: torch.device) -> None:
+def init_group(device: torch.device) -> None:
     import torch.distributed as dist
 
     if dist.is_initialized():

@@ -150,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
     quiet_libraries()
+    import torch
+
     from library import ClipOptions, Library
     from library.files import check_room
     from library.media import estimate_mp4_mb
@@ -180,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         parallel.check_request(request, degree)
         speed = SpeedOptions(attention=args.attention, compile=args.compile, vae_precision=args.vae_precision)
         device = devices[rank.local_rank if rank else 0]
-        speed.check(torch_device(device))
+        speed.check(torch.device(device))
         # the output folder is checked before minutes of generation, not after
         library = Library.open(args.out_dir)
         check_room(library.root, estimate_mp4_mb(request.frames, request.width, request.height), "the clip")
@@ -197,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     bars = _Bars() if leader else (lambda progress: None)
     try:
         if rank is not None:
-            parallel.init_group(rank, torch_device(device))
+            parallel.init_group(torch.device(device))
         manager = PipelineManager(profile=args.profile, offline=args.offline, speed=speed, device=device,
                                   context_parallel=degree)  # fmt: skip
         result = manager.generate(request, on_progress=bars)
@@ -231,12 +233,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: the clip is not signed: {signing.get('signing_error')}", file=sys.stderr)
     print(files.video)
     return 0
-
-
-def torch_device(name: str):
-    import torch
-
-    return torch.device(name)
 
 
 def launch_ranks(argv: list[str], degree: int, seed: int) -> int:

@@ -156,11 +156,6 @@ class JobQueue:
             threading.Thread(target=self._serve, args=(n,), name=f"wan-studio-worker-{n}", daemon=True).start()
         threading.Thread(target=self._export_forever, name="wan-studio-film-worker", daemon=True).start()
 
-    @property
-    def manager(self) -> PipelineManager | None:
-        """The first local worker's manager (the benchmarks and tests that drive one device)."""
-        return next((w.manager for w in self.workers if isinstance(w, LocalWorker)), None)
-
     # ---- submitting and watching ----------------------------------------------------------------
     def submit(self, request: ValidRequest, append_to_storyboard: bool = False) -> Job:
         """Queue a validated request (its seed is final from here on); LibraryError when its record cannot

@@ -55,10 +55,6 @@ class GenerationActor:
         gpus = context.get_accelerator_ids().get("GPU") or []
         return f"{ray.util.get_node_ip_address()} " + (f"GPU {','.join(gpus)}" if gpus else "CPU")
 
-    def holds(self) -> str | None:
-        loaded = self.manager.loaded
-        return loaded[0] if loaded else None
-
     def cancel(self, key: str) -> None:
         if key in self.cancels:
             self.cancels[key].set()

@@ -159,7 +159,7 @@ def serve() -> None:
         os.environ["HF_HUB_OFFLINE"] = "1"
     import torch
 
-    parallel.init_group(rank, torch.device(device))
+    parallel.init_group(torch.device(device))
     manager = PipelineManager(offline=offline, device=device, context_parallel=rank.world)
     conn = inbox = None
     if rank.leader:

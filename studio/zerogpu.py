@@ -29,7 +29,7 @@ from pipelines.catalogue import get_spec
 from pipelines.manager import GenerationCancelled, GenerationResult, PipelineManager, Progress
 from pipelines.request import ValidRequest
 from pipelines.speed import SpeedOptions
-from studio.workers import Report, run_as_messages, settle
+from studio.workers import LocalWorker, Report, run_as_messages, settle
 
 log = logging.getLogger("wan_studio")
 ZEROGPU_PROFILE = "gpu"  # a ZeroGPU slice (H200 MIG, about 70 GB) holds every model whole
@@ -91,24 +91,19 @@ def run_on_gpu(data: dict[str, Any]) -> Iterator[tuple[str, Any]]:
 
 
 # ---- in the studio's process ---------------------------------------------------------------------
-class ZeroGpuWorker:
-    """The studio's one worker on ZeroGPU: each job is one call of the GPU function."""
+class ZeroGpuWorker(LocalWorker):
+    """The studio's one worker on ZeroGPU: a local worker whose every job is one call of the GPU function."""
 
     def __init__(self, manager: PipelineManager, gpu: Callable | None = None, label: str = "ZeroGPU"):
         """`gpu`: the decorator that lends the GPU (`spaces.GPU`; tests pass one with the same contract)."""
         global _MANAGER
         _MANAGER = manager
-        self.manager = manager
-        self.label = label
+        super().__init__(manager, label=label)
         if gpu is None:
             import spaces
 
             gpu = spaces.GPU
         self._on_gpu = gpu(duration=duration)(run_on_gpu)
-
-    def holds(self) -> str | None:
-        loaded = self.manager.loaded
-        return loaded[0] if loaded else None
 
     def configure(self, profile: str, speed: SpeedOptions) -> None:
         self.manager.speed = speed  # the profile stays ZEROGPU_PROFILE: the slice holds every model whole

@@ -19,7 +19,7 @@ REQUEST = dict(prompt="a paper boat", model="test-tiny", frames=9, steps=3, seed
 
 if __name__ == "__main__":
     rank = parallel.launched_rank()
-    parallel.init_group(rank, torch.device("cpu"))
+    parallel.init_group(torch.device("cpu"))
     try:
         manager = PipelineManager(offline=True, device="cpu", context_parallel=rank.world)
         result = manager.generate(validate_request(GenerationRequest(**REQUEST), "test-tiny"))
