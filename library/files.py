@@ -58,6 +58,16 @@ def publish(tmp: Path, folder: Path, stem: str, suffix: str, taken: callable = l
     raise LibraryError(f"No free file name for '{stem}' in {folder}.")
 
 
+def write_png(path: Path, picture: Any) -> None:
+    """Replace `path` with `picture` (a PIL image) as a PNG atomically: readers never see half a picture."""
+    tmp = temporary(Path(path).parent, ".png")
+    try:
+        picture.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_json(path: Path, data: Any) -> None:
     """Replace `path` atomically: readers see the old content or the new, never a mix or an empty file."""
     path = Path(path)

@@ -22,7 +22,7 @@ from library.clips import (
     remove_half_published,
     save_clip,
 )
-from library.files import LibraryError, check_writable, clean_temporaries, disk_error, publish, temporary
+from library.files import LibraryError, check_writable, clean_temporaries, disk_error, publish, temporary, write_png
 from library.layout import (
     AUDIO_DIR,
     FILMS_DIR,
@@ -119,12 +119,7 @@ class Library:
             picture = middle_frame(clip.video)
             picture.thumbnail((POSTER_WIDTH, POSTER_WIDTH * 2))
             poster.parent.mkdir(exist_ok=True)
-            tmp = temporary(poster.parent, ".png")
-            try:
-                picture.save(tmp, format="PNG")
-                tmp.replace(poster)
-            finally:
-                tmp.unlink(missing_ok=True)
+            write_png(poster, picture)
             return poster
         except (OSError, ValueError, RuntimeError):
             return None

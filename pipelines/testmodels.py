@@ -86,6 +86,16 @@ def _transformer(channels: int, heads: int = 2, head_dim: int = 12, in_channels:
     )  # fmt: skip
 
 
+def _wan21_vae():
+    """The Wan2.1 layout's VAE (16 channels, 8x spatial), shared by the Wan2.1 and A14B test layouts."""
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
+        latents_mean=[0.0] * 16, latents_std=[1.0] * 16,
+    )  # fmt: skip
+
+
 def _save(pipe, folder: Path, model_id: str) -> None:
     pipe.save_pretrained(folder, safe_serialization=True)
     (folder / "wan_studio_test_model.json").write_text(
@@ -117,13 +127,10 @@ def build_ti2v(folder: Path) -> None:
 
 def build_wan21(folder: Path) -> None:
     """Wan2.1 layout: 16-channel VAE (8x spatial), one transformer, text-to-video."""
-    from diffusers import AutoencoderKLWan, WanPipeline
+    from diffusers import WanPipeline
 
     torch.manual_seed(0)
-    vae = AutoencoderKLWan(
-        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
-        latents_mean=[0.0] * 16, latents_std=[1.0] * 16,
-    )  # fmt: skip
+    vae = _wan21_vae()
     tokenizer = _tokenizer()
     pipe = WanPipeline(
         tokenizer=tokenizer,
@@ -138,13 +145,10 @@ def build_wan21(folder: Path) -> None:
 def build_a14b(folder: Path) -> None:
     """Wan2.2 A14B layout: a high-noise and a low-noise expert with the boundary at 0.875, Wan2.1 VAE. Its
     blocks are 20 wide (not the other test models' 24), so a LoRA for one test layout does not fit the other."""
-    from diffusers import AutoencoderKLWan, WanPipeline
+    from diffusers import WanPipeline
 
     torch.manual_seed(0)
-    vae = AutoencoderKLWan(
-        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
-        latents_mean=[0.0] * 16, latents_std=[1.0] * 16,
-    )  # fmt: skip
+    vae = _wan21_vae()
     tokenizer = _tokenizer()
     pipe = WanPipeline(
         tokenizer=tokenizer,
@@ -161,13 +165,10 @@ def build_a14b(folder: Path) -> None:
 def build_i2v_a14b(folder: Path) -> None:
     """Wan2.2 I2V-A14B layout: image-to-video without expand_timesteps (the picture and an optional end frame
     are VAE-encoded and concatenated with a mask: 16 + 4 + 16 input channels), two experts, no image encoder."""
-    from diffusers import AutoencoderKLWan, WanImageToVideoPipeline
+    from diffusers import WanImageToVideoPipeline
 
     torch.manual_seed(0)
-    vae = AutoencoderKLWan(
-        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
-        latents_mean=[0.0] * 16, latents_std=[1.0] * 16,
-    )  # fmt: skip
+    vae = _wan21_vae()
     tokenizer = _tokenizer()
     pipe = WanImageToVideoPipeline(
         tokenizer=tokenizer,

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from library import ClipOptions, Library, Shot, Storyboard
-from library.files import read_json, set_aside, temporary, write_json
+from library.files import read_json, set_aside, write_json, write_png
 from library.film import ExportCancelled
 from pipelines.errors import UserError
 from pipelines.manager import GenerationCancelled, PipelineManager, Progress
@@ -172,14 +172,8 @@ class JobQueue:
                     self.jobs_dir / f"{job.id}.end.png": job.request.end_image if job.request else None}  # fmt: skip
         try:
             for path, picture in pictures.items():
-                if picture is None:
-                    continue
-                tmp = temporary(self.jobs_dir, ".png")
-                try:
-                    picture.save(tmp, format="PNG")
-                    tmp.replace(path)
-                finally:
-                    tmp.unlink(missing_ok=True)
+                if picture is not None:
+                    write_png(path, picture)
             write_json(self.jobs_dir / f"{job.id}.json", job.record())
         except (OSError, UserError) as err:
             for path in pictures:
