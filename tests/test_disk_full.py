@@ -3,9 +3,7 @@ during an export, the user gets a plain message, nothing partial is published, a
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -19,6 +17,7 @@ from library.layout import TMP_PREFIX
 from pipelines import APP_NAME
 from pipelines.request import GenerationRequest, validate_request
 from studio.jobs import CANCELLED, DONE, FAILED, JobQueue, default_generate
+from tests.tmpfs import tmpfs
 
 TINY = "test-tiny"
 
@@ -26,17 +25,8 @@ TINY = "test-tiny"
 @pytest.fixture
 def small_disk(tmp_path):
     """A 6 MB tmpfs; skipped where mounting is not allowed."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("mounting a tmpfs needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"tmpfs not available: {done.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "disk", "size=6m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def fill(disk: Path, leave_mb: float) -> Path:

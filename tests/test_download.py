@@ -11,10 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from pipelines.testmodels import ensure_test_model
 from tests.fakehub import COMMIT, fake_hub
+from tests.tmpfs import tmpfs
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO = "local-test/tiny-wan22"
@@ -152,18 +151,7 @@ def test_a_hub_that_never_answers_times_out_with_a_clear_message(tmp_path):
 
 def test_a_disk_that_fills_during_the_download_says_so(tmp_path):
     """A real ENOSPC: the cache on a 512 kB tmpfs, the free-space check before the download bypassed."""
-    import shutil
-
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("a tmpfs mount needs root")
-    cache = tmp_path / "small"
-    cache.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(cache)]).returncode != 0:
-        pytest.skip("tmpfs not available")
-    try:
-        with fake_hub(REPO, ensure_test_model("test-tiny")) as endpoint:
-            run = generate(endpoint, cache, False, "no-precheck")
-        assert run["error"].startswith("ModelUnavailableError: The disk holding the Hugging Face cache"), run
-        assert "filled up" in run["error"] and "HF_HUB_CACHE" in run["error"]
-    finally:
-        subprocess.run(["umount", str(cache)])
+    with tmpfs(tmp_path / "small", "size=512k") as cache, fake_hub(REPO, ensure_test_model("test-tiny")) as endpoint:
+        run = generate(endpoint, cache, False, "no-precheck")
+    assert run["error"].startswith("ModelUnavailableError: The disk holding the Hugging Face cache"), run
+    assert "filled up" in run["error"] and "HF_HUB_CACHE" in run["error"]

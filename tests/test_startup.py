@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -13,6 +12,7 @@ import pytest
 from gradio_client import Client
 
 from tests.server import ROOT, studio
+from tests.tmpfs import tmpfs
 
 DAMAGED_STORYBOARDS = ['["a list, not a storyboard"]', '{"shots": [], "fps": "fast"}', "{not json", '{"shots": 7}']
 
@@ -54,20 +54,12 @@ def test_damaged_saved_state_is_set_aside_and_the_studio_starts(tmp_path, storyb
 
 
 def test_an_output_folder_that_cannot_be_written_stops_the_start_with_a_sentence(tmp_path):
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("a read-only mount needs root")
-    folder = tmp_path / "readonly"
-    folder.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)]).returncode != 0:
-        pytest.skip("tmpfs not available")
-    try:
+    with tmpfs(tmp_path / "readonly", "ro,size=1m") as folder:
         env = dict(os.environ, WAN_STUDIO_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1")
         done = subprocess.run(
             [sys.executable, "app.py", "--model", "test-tiny", "--output-dir", str(folder), "--port", "0"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
     assert done.returncode == 2, done.stdout + done.stderr
     assert f"error: The output folder '{folder}' cannot be written" in done.stderr and "Traceback" not in done.stderr
 
