@@ -630,6 +630,8 @@ def _synchronize(device: torch.device) -> None:
 
 def _free_memory() -> None:
     gc.collect()
-    if torch.cuda.is_available():
+    # Only a CUDA already in use holds caches. Asking an uninitialised one (ipc_collect initialises it) would
+    # crash a ZeroGPU Space, whose main process must never initialise CUDA (the `spaces` package forbids it).
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
         torch.cuda.ipc_collect()

@@ -134,3 +134,20 @@ def test_on_a_space_with_persistent_storage_models_settings_and_clips_live_under
     on_space = run(SPACE_ID="someone/wan-studio", WAN_STUDIO_SPACE_DATA=str(tmp_path))
     assert on_space == [str(tmp_path / ".huggingface"), str(tmp_path / "wan-studio"), str(tmp_path / "outputs")]
     assert run(WAN_STUDIO_SPACE_DATA=str(tmp_path)) == ["None", "None", "None"]  # not a Space: nothing moves
+
+
+def test_preloading_at_start_up_never_initialises_cuda_in_the_main_process(monkeypatch):
+    """On a ZeroGPU Space the `spaces` package makes torch.cuda.is_available() say True in the main process
+    and makes any real CUDA initialisation raise (torch._C._cuda_init). Freeing memory before a load used to
+    call torch.cuda.ipc_collect(), which initialises CUDA: the Space failed to start."""
+    import torch
+
+    def forbidden():
+        raise RuntimeError("Low-level CUDA init (`torch._C._cuda_init`) reached.")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # what spaces.zero patches, verbatim
+    monkeypatch.setattr(torch._C, "_cuda_init", forbidden, raising=False)
+    monkeypatch.setattr(torch.cuda, "_lazy_init", forbidden)  # a CPU build of torch fails before _cuda_init
+    manager = PipelineManager(offline=True, device="cpu")
+    zerogpu.preload(manager, "test-tiny", "t2v", say=lambda line: None)
+    assert manager.loads == 1 and not torch.cuda.is_initialized()
