@@ -230,6 +230,10 @@ class PipelineManager:
     ) -> GenerationResult:
         timings: dict[str, float] = {}
         started = time.perf_counter()
+        if self.device.type == "cuda" and self.device.index is not None:
+            # The current GPU is per thread and a worker's thread starts on GPU 0: streams (group offload),
+            # collectives and any stray allocation would land there, not on this manager's GPU.
+            torch.cuda.set_device(self.device)
         # 1. A memory profile that fits, or a refusal before any work
         profile = self.profile_for(request)
         self.speed.check(self.device)

@@ -20,6 +20,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 
@@ -128,14 +129,25 @@ def degree_of(pipe) -> int:
     return (config.ulysses_degree or 1) * (config.ring_degree or 1)
 
 
+# Jobs, seeds and the cancel flag travel in a gloo group on the CPU, beside the default group (NCCL on GPUs)
+# that carries the attention's tensors. An object broadcast over NCCL goes through whichever GPU the calling
+# thread has selected (cuda:0 in a fresh thread, on every rank), and NCCL's watchdog ends a process that waits
+# in a collective for over 10 minutes: the ranks 1.. of a studio worker wait for the next job that long.
+_CONTROL = None
+IDLE_TIMEOUT = timedelta(days=3650)
+
+
 def init_group(device: torch.device) -> None:
+    """Join the launcher's group (NCCL on CUDA, gloo on the CPU) and the CPU group for small messages."""
     import torch.distributed as dist
 
-    if dist.is_initialized():
-        return
+    global _CONTROL
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if _CONTROL is None:
+        _CONTROL = dist.new_group(backend="gloo", timeout=IDLE_TIMEOUT)
 
 
 def same_everywhere(value):
@@ -143,12 +155,14 @@ def same_everywhere(value):
     import torch.distributed as dist
 
     box = [value]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, group=_CONTROL)
     return box[0]
 
 
 def close_group() -> None:
     import torch.distributed as dist
 
+    global _CONTROL
     if dist.is_initialized():
         dist.destroy_process_group()
+    _CONTROL = None

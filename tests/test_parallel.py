@@ -68,6 +68,18 @@ def test_two_ranks_over_gloo_give_the_single_process_frames(tmp_path, manager):
     assert diff.max() <= 1 and (diff > 0).mean() < 0.001, (diff.max(), (diff > 0).mean())
 
 
+def test_ranks_waiting_for_the_next_job_outlive_the_groups_timeout():
+    """Between jobs, ranks 1.. of a split worker wait in a broadcast for rank 0's next job. Over the default
+    group that wait died at its timeout (NCCL: 10 minutes, then the process is killed); here the default
+    group's timeout is 3 s and the job comes after 6 s."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           str(ROOT / "tests" / "idle_rank.py")], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rank 0 got ('job', 42)" in done.stdout and "rank 1 got ('job', 42)" in done.stdout
+
+
 def test_the_cli_runs_one_clip_over_two_ranks_and_rank_0_publishes_it(tmp_path):
     split = run_cli("--model", "test-tiny", "--prompt", "a paper boat", "--frames", "9", "--steps", "3", "--offline",
                     "--gpus", "cpu,cpu", "--context-parallel", "--out-dir", str(tmp_path))  # fmt: skip

@@ -69,3 +69,34 @@ def test_the_queue_panel_says_which_worker_runs_each_job(two_workers, tmp_path):
     wait_until(lambda: Studio.jobs.get(job.id).finished)
     text, _ = table(Studio)
     assert f"on {Studio.jobs.get(job.id).worker}" in text and "Done" in text
+
+
+def test_a_manager_on_gpu_1_selects_gpu_1_in_the_thread_that_runs_the_job(monkeypatch):
+    """The current GPU is per thread, and a worker's thread starts on GPU 0: without selecting its own GPU,
+    CUDA streams (group offload) and broadcasts of a worker on cuda:1 landed on GPU 0."""
+    import threading
+
+    import torch
+
+    selected = []
+
+    class Selected(Exception):
+        pass
+
+    def set_device(device):
+        selected.append((torch.device(device), threading.get_ident()))
+        raise Selected()  # far enough: the rest of a run needs a real GPU
+
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    manager = PipelineManager(offline=True, device="cuda:1")
+    ran_in = []
+
+    def job():
+        ran_in.append(threading.get_ident())
+        with pytest.raises(Selected):
+            manager.generate(request())
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    thread.join()
+    assert selected == [(torch.device("cuda:1"), ran_in[0])]
