@@ -95,6 +95,7 @@ class _Loaded:
     prompts: PromptEncoder
     attention: str | None = None  # the backend the transformers use now
     compiled: bool = False
+    fullgraph: bool = False  # compiled as one graph per block: no hook may run inside the blocks
     variant: str = "base"  # "fast" when a fast preset's distilled transformer replaced the model's own
     base_scheduler: object = None  # the model's own scheduler (fast runs swap in their preset's, per run)
     loras: LoraSet = field(default_factory=LoraSet)
@@ -243,7 +244,7 @@ class PipelineManager:
             if request.fast else None  # fmt: skip
         try:
             loaded = self._ensure_loaded(request.spec, request.task, profile, report, fast, cancel=cancel)
-            self._apply_speed(loaded)
+            self._apply_speed(loaded, request)
             applied = self._apply_loras(loaded, request, fast, report)
             self._apply_cache(loaded, request)
         except torch.OutOfMemoryError:
@@ -387,19 +388,26 @@ class PipelineManager:
         )
         return frames
 
-    def _apply_speed(self, loaded: _Loaded) -> None:
+    def _apply_speed(self, loaded: _Loaded, request: ValidRequest) -> None:
         """Bring the loaded modules in line with self.speed (already checked); only what changed is redone."""
         backend = attention.resolve(self.speed.attention, self.device)
         transformers = _transformers(loaded.pipe)
         if loaded.attention != backend.name and self.context_parallel == 1:  # a split clip keeps "native"
             attention.apply(transformers, backend)
             loaded.attention = backend.name
-        if loaded.compiled != self.speed.compile:
-            # hooks inside the blocks (fp8 casting, group offload) break the graph: compile around them
-            fullgraph = not (loaded.profile.fp8 or loaded.profile.placement == "group_offload")
+        if not self.speed.compile:
+            if loaded.compiled:
+                for transformer in transformers:
+                    uncompile_blocks(transformer)
+                loaded.compiled = False
+            return
+        # Hooks inside the blocks (fp8 casting, group offload, a step cache) break the graph: compile around
+        # them. Blocks compiled to allow breaks serve hook-free blocks as well, so only the other way recompiles.
+        hooks = loaded.profile.fp8 or loaded.profile.placement == "group_offload" or request.cache.kind != "off"
+        if not loaded.compiled or (loaded.fullgraph and hooks):
             for transformer in transformers:
-                compile_blocks(transformer, fullgraph) if self.speed.compile else uncompile_blocks(transformer)
-            loaded.compiled = self.speed.compile
+                compile_blocks(transformer, fullgraph=not hooks)
+            loaded.compiled, loaded.fullgraph = True, not hooks
 
     def _apply_loras(
         self, loaded: _Loaded, request: ValidRequest, fast: FastWeights | None, report: ProgressCallback
