@@ -17,6 +17,6 @@ PY
 )"
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-  -d .whl "diffusers==${diffusers_version}" "peft>=0.17,<0.22" ftfy wcwidth
+  -d .whl "diffusers==${diffusers_version}" "peft>=0.19,<0.22" ftfy wcwidth
 ls -la .whl
 du -sh .whl

@@ -242,6 +242,29 @@ def test_loras_and_fast_mode_run_on_an_fp8_memory_profile():
     assert not manager._loaded.loras.fused  # fp8 weights are never fused into
 
 
+def test_on_an_fp8_profile_a_loras_layers_hold_the_files_values(loras):
+    """PEFT made the LoRA layers in float8 (the stored weights' dtype) and loaded the file into them, rounding
+    every value (6 % off, small ones to zero) before they were cast up for the matmul."""
+    from pipelines.manager import PipelineManager
+    from pipelines.memory import Profile
+
+    manager = PipelineManager(offline=True)
+    manager.profile_for = lambda request: Profile("cpu_fp8", "fp8 on the CPU (test)", "cpu", fp8=True,
+                                                  vae_tiling=False)  # fmt: skip
+    manager.generate(valid(loras=[LoraChoice(str(loras["diffusers"]))]))
+    blocks = manager._loaded.pipe.transformer.blocks
+    compared = 0
+    for (block, layer), (down, up) in lora_matrices().items():
+        adapted = blocks[block].get_submodule(layer)
+        assert adapted.get_base_layer().weight.dtype == torch.float8_e4m3fn  # the profile stores float8
+        for matrix, expected in ((adapted.lora_A["lora0_transformer"].weight, down),
+                                 (adapted.lora_B["lora0_transformer"].weight, up)):  # fmt: skip
+            assert matrix.dtype == torch.float32  # the CPU's compute dtype
+            torch.testing.assert_close(matrix, expected.to(torch.float32), rtol=1e-6, atol=1e-7)
+            compared += 1
+    assert compared >= 8
+
+
 def test_strengths_and_experts_are_checked(loras):
     for choice, fragment in (
         (LoraChoice(str(loras["diffusers"]), 9.0), "must be from -4 to 4"),
