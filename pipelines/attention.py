@@ -57,23 +57,16 @@ CHOICES = (AUTO, *BACKENDS)
 
 
 def installed(name: str) -> bool:
-    """Whether the package a backend needs is importable in a usable version (diffusers' own checks)."""
+    """Whether the package a backend needs is usable: diffusers' own verdict, reached when it tried the import
+    (a flash-attn or SageAttention wheel built for another PyTorch is installed, yet does not load)."""
     from diffusers.models import attention_dispatch as dispatch
-    from diffusers.utils import (
-        is_flash_attn_3_available,
-        is_flash_attn_available,
-        is_flash_attn_version,
-        is_sageattention_available,
-        is_sageattention_version,
-    )
 
-    if name == "flash":
-        return is_flash_attn_available() and is_flash_attn_version(">=", dispatch._REQUIRED_FLASH_VERSION)
-    if name == "flash3":
-        return is_flash_attn_3_available()
-    if name == "sage":
-        return is_sageattention_available() and is_sageattention_version(">=", dispatch._REQUIRED_SAGE_VERSION)
-    return True
+    usable = {
+        "flash": dispatch._CAN_USE_FLASH_ATTN,
+        "flash3": dispatch._CAN_USE_FLASH_ATTN_3,
+        "sage": dispatch._CAN_USE_SAGE_ATTN,
+    }
+    return usable.get(name, True)
 
 
 def _capability(device: torch.device) -> tuple[int, int]:
@@ -100,7 +93,10 @@ def _problem(name: str, device: torch.device) -> str | None:
     if name == "cudnn" and _capability(device) < (8, 0):
         return "The 'cudnn' attention backend needs an Ampere or newer GPU (RTX 30xx or later)."
     if backend.package and not installed(name):
-        return f"The '{name}' attention backend needs the {backend.package} package, which is not installed."
+        return (
+            f"The '{name}' attention backend needs the {backend.package} package, which is not installed "
+            f"(or does not load with this PyTorch, {torch.__version__})."
+        )
     return None
 
 

@@ -62,6 +62,27 @@ def test_missing_packages_are_named_on_a_gpu(monkeypatch):
         attention.resolve("cudnn", cuda)
 
 
+def test_a_package_that_is_installed_but_does_not_load_is_not_chosen(monkeypatch):
+    """A flash-attn or SageAttention wheel built for another PyTorch is installed (its metadata says so) yet
+    fails to import; diffusers then marks the backend unusable. `auto` picked it anyway, and every job
+    failed in set_attention_backend."""
+    import diffusers.utils
+    from diffusers.models import attention_dispatch as dispatch
+
+    for check in ("is_sageattention_available", "is_sageattention_version", "is_flash_attn_available",
+                  "is_flash_attn_version", "is_flash_attn_3_available"):  # fmt: skip
+        monkeypatch.setattr(diffusers.utils, check, lambda *args: True)  # installed, as far as metadata goes
+    for flag in ("_CAN_USE_SAGE_ATTN", "_CAN_USE_FLASH_ATTN", "_CAN_USE_FLASH_ATTN_3"):
+        monkeypatch.setattr(dispatch, flag, False)  # what diffusers sets when the import fails
+    monkeypatch.setattr(attention, "_capability", lambda device: (9, 0))
+    cuda = torch.device("cuda")
+    assert attention.resolve("auto", cuda).name == "cudnn"
+    with pytest.raises(AttentionUnavailableError, match="not installed .or does not load with this PyTorch"):
+        attention.resolve("sage", cuda)
+    monkeypatch.setattr(dispatch, "_CAN_USE_SAGE_ATTN", True)  # it loads: preferred again
+    assert attention.resolve("auto", cuda).name == "sage"
+
+
 def test_compiled_blocks_give_eagers_frames_and_do_not_recompile_for_prompt_seed_steps_or_guidance():
     request = valid(frames=13)
     manager = PipelineManager(offline=True)
