@@ -78,3 +78,14 @@ def test_the_flop_count_is_the_real_models():
             expand_timesteps = True
 
     assert flops_per_cfg_step(Pipe, 1280, 704, 121) == pytest.approx(1.04e15, rel=0.01)
+
+
+def test_a_section_that_says_why_it_measured_nothing_is_not_reported_ok():
+    import torch
+
+    from bench.gpu_suite import Suite
+
+    suite = Suite(None, 60, {}, torch.device("cpu"))
+    said = suite.run("fast", 1, lambda r: r.update(status="skipped: no fast preset for this model"))
+    assert said["status"] == "skipped: no fast preset for this model"
+    assert suite.run("env", 1, lambda r: r.update(figure=1))["status"] == "ok"
