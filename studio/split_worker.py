@@ -4,7 +4,8 @@
 one `torch.distributed.run` group, started once and kept (so the weights stay loaded between jobs): one
 process per GPU, each holding the pipeline with its attention split (`pipelines/parallel.py`). Rank 0
 talks to the studio over a local authenticated socket; it passes each job to the other ranks with a
-broadcast, so every rank runs the same request, and sends progress, previews and the frames back. The
+broadcast (in a gloo group on the CPU, beside NCCL's: see `pipelines/parallel.py`), so every rank runs the
+same request, and sends progress, previews and the frames back. The
 studio writes, signs and publishes the clip as for any other worker.
 
 Cancel must reach every rank at the same step, or the others would wait forever in the next all-to-all:
