@@ -1,5 +1,5 @@
-"""One rank of the idle-group test, started by `torch.distributed.run`: the default group gets a 3-second
-timeout (NCCL's is 10 minutes) and rank 0 sends the next job only after 6 seconds, as a studio worker's
+"""One rank of the idle-group test, started by `torch.distributed.run`: the default group gets a 1-second
+timeout (NCCL's is 10 minutes) and rank 0 sends the next job only after 3 seconds, as a studio worker's
 ranks wait between jobs. Each rank prints what it received."""
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from pipelines import parallel  # noqa: E402
 
 if __name__ == "__main__":
     rank = parallel.launched_rank()
-    dist.init_process_group("gloo", timeout=timedelta(seconds=3))
+    dist.init_process_group("gloo", timeout=timedelta(seconds=1))
     parallel.init_group(torch.device("cpu"))
     try:
         if rank.rank == 0:
-            time.sleep(6)
+            time.sleep(3)
         got = parallel.same_everywhere(("job", 42) if rank.rank == 0 else None)
         print(f"rank {rank.rank} got {got}", flush=True)
     finally:

@@ -71,7 +71,7 @@ def test_two_ranks_over_gloo_give_the_single_process_frames(tmp_path, manager):
 def test_ranks_waiting_for_the_next_job_outlive_the_groups_timeout():
     """Between jobs, ranks 1.. of a split worker wait in a broadcast for rank 0's next job. Over the default
     group that wait died at its timeout (NCCL: 10 minutes, then the process is killed); here the default
-    group's timeout is 3 s and the job comes after 6 s."""
+    group's timeout is 1 s and the job comes after 3 s."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                            str(ROOT / "tests" / "idle_rank.py")], cwd=ROOT, env=env, capture_output=True, text=True,
