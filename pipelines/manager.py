@@ -21,7 +21,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,16 @@ from pipelines.colour import match_colours
 from pipelines.decode import decode_latents, to_host, video_to_uint8
 from pipelines.errors import UserError
 from pipelines.loras import LoraSet, ResolvedLora, inspect_lora, sha256_of
-from pipelines.memory import AUTO, PROFILES, MemoryBudget, Profile, choose_profile, estimate_need, probe_memory
+from pipelines.memory import (
+    AUTO,
+    PROFILES,
+    MemoryBudget,
+    Profile,
+    choose_profile,
+    estimate_need,
+    probe_memory,
+    resident_ram_gb,
+)
 from pipelines.preview import LatentToRGB, StepPreviewer, load_or_fit
 from pipelines.prompts import PromptEncoder
 from pipelines.request import ValidRequest
@@ -446,7 +455,9 @@ class PipelineManager:
     def profile_for(self, request: ValidRequest) -> Profile:
         """The profile this request would run with now; DoesNotFitError (before any work) if none fits. Memory
         this process holds (its resident model) counts as free: it is either reused or released first."""
-        budget = self.memory_probe(self.device)
+        budget = self.memory_probe(self.device)  # its GPU memory already counts this process's own
+        if self._loaded is not None:
+            budget = replace(budget, ram_gb=budget.ram_gb + resident_ram_gb(self._loaded.pipe.components))
         return choose_profile(
             request.spec, request.width, request.height, request.frames, budget, self.requested_profile
         )

@@ -114,6 +114,20 @@ def available_ram_gb() -> float:
     return 0.0
 
 
+def resident_ram_gb(modules: dict) -> float:
+    """RAM held by the CPU-side weights of a loaded pipeline's modules (shared tensors counted once). The OS
+    does not report it as available, yet it is this process's to reuse or free before the next load."""
+    seen, total = set(), 0
+    for module in modules.values():
+        if not isinstance(module, torch.nn.Module):
+            continue
+        for tensor in (*module.parameters(), *module.buffers()):
+            if tensor.device.type == "cpu" and tensor.data_ptr() not in seen:
+                seen.add(tensor.data_ptr())
+                total += tensor.numel() * tensor.element_size()
+    return total / 2**30
+
+
 def estimate_need(spec: ModelSpec, profile: Profile, width: int, height: int, frames: int) -> MemoryNeed:
     """A deliberately simple model: resident weights plus activations scaled by the latent volume."""
     w = spec.weights
