@@ -5,7 +5,8 @@ from the previous clip's last frame, so the drift compounds across a long take: 
 complaints about Wan tools. Each frame's colour statistics (mean and spread of luma and both chroma
 channels, in YCbCr) are moved to the start picture's. The map is affine per frame, computed on a small copy
 and applied on the device the frames are on. It also undoes deliberate changes (a fade to night within one
-shot), which is why it is an option.
+shot), which is why it is an option. A clip that ends on a given picture is matched to statistics that move
+from the start picture's to the end picture's over its frames, so the change it was asked for is kept.
 """
 
 from __future__ import annotations
@@ -32,19 +33,33 @@ def _stats(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return ycc.mean(dim=2), ycc.std(dim=2)
 
 
-def match_colours(frames: torch.Tensor, reference: torch.Tensor | np.ndarray, chunk: int = 16) -> torch.Tensor:
+def _picture_stats(picture: torch.Tensor | np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(picture, torch.Tensor):
+        picture = torch.from_numpy(np.array(picture, dtype=np.uint8))  # a copy: a picture's array is read-only
+    return _stats(picture.to(device=device, dtype=torch.float32)[None])
+
+
+def match_colours(
+    frames: torch.Tensor,
+    reference: torch.Tensor | np.ndarray,
+    end: torch.Tensor | np.ndarray | None = None,
+    chunk: int = 16,
+) -> torch.Tensor:
     """`frames` (F, H, W, 3) uint8, with each frame's colour statistics moved to `reference`'s (H', W', 3)
-    uint8; a new uint8 tensor on `frames`' device."""
+    uint8, or, given the `end` picture, to a mix moving linearly from `reference`'s to `end`'s; a new uint8
+    tensor on `frames`' device."""
     device = frames.device
-    if not isinstance(reference, torch.Tensor):
-        reference = torch.from_numpy(np.array(reference, dtype=np.uint8))  # a copy: a picture's array is read-only
-    ref = reference.to(device=device, dtype=torch.float32)[None]
-    ref_mean, ref_std = _stats(ref)
+    first_mean, first_std = _picture_stats(reference, device)
+    last_mean, last_std = _picture_stats(end, device) if end is not None else (first_mean, first_std)
+    along = torch.linspace(0.0, 1.0, frames.shape[0], device=device)[:, None]  # (F, 1): 0 at the start, 1 at the end
+    ref_means = torch.lerp(first_mean, last_mean, along)
+    ref_stds = torch.lerp(first_std, last_std, along)
     to_ycc, from_ycc = _TO_YCC.to(device), _FROM_YCC.to(device)
     out = torch.empty_like(frames)
     for start in range(0, frames.shape[0], chunk):
         part = frames[start : start + chunk].to(torch.float32)
         mean, std = _stats(part)
+        ref_mean, ref_std = ref_means[start : start + chunk], ref_stds[start : start + chunk]
         gain = (ref_std / std.clamp_min(1e-3)).clamp(*_SPREAD_LIMIT)  # (n, 3)
         # y' = gain * (y - mean) + ref_mean, per YCbCr channel; as one affine map of RGB per frame
         matrix = from_ycc @ (gain[:, :, None] * to_ycc)  # (n, 3, 3)

@@ -386,7 +386,8 @@ class PipelineManager:
         del video
         if request.match_colour and request.image is not None:  # on the device, before the one copy to the host
             t1 = time.perf_counter()
-            frames = match_colours(frames, np.asarray(request.image))
+            end = np.asarray(request.end_image) if request.end_image is not None else None
+            frames = match_colours(frames, np.asarray(request.image), end)
             _synchronize(frames.device)
             timings["colour_s"] = time.perf_counter() - t1
         frames = to_host(frames)

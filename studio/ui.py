@@ -79,8 +79,9 @@ def build_ui(studio: Studio) -> gr.Blocks:
                         use_frame = gr.Button("Use last frame", scale=1)
                     match = gr.Checkbox(
                         value=True, label="Keep the picture's colours", elem_id="i2v-match-colour",
-                        info="Matches every frame's colours to the start picture, so shots extended one after "
-                        "another do not drift in colour or saturation. Untick for a deliberate change of light.",
+                        info="Matches every frame's colours to the start picture (moving towards the end "
+                        "picture when one is given), so shots extended one after another do not drift in colour "
+                        "or saturation. Untick for a deliberate change of light.",
                     )  # fmt: skip
                     with gr.Accordion("End frame (optional)", open=False, visible=spec.end_frame,
                                       elem_id="i2v-end-frame") as end_box:  # fmt: skip

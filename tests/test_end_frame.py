@@ -72,6 +72,18 @@ def test_the_end_frame_reaches_the_pipeline_and_is_kept_with_the_clip(manager, t
     assert sidecar["end_image"] == files.end_image.name and sidecar["settings"]["end_frame"] is True
 
 
+def test_colour_matching_keeps_the_way_from_the_start_picture_to_the_end_picture(manager):
+    """Colour matching (on by default for image-to-video) pulled every frame to the start picture's colours,
+    so a clip asked to end on a bright picture was brought back to the dark start."""
+    asked = GenerationRequest(prompt="a door opens", model=I2V_A14B, steps=2, seed=5, image=START, end_image=END)
+    valid = validate_request(asked, default_model=I2V_A14B)
+    assert valid.match_colour  # the default
+    matched = manager.generate(valid).frames
+    means = matched.reshape(matched.shape[0], -1).mean(axis=1)
+    assert abs(means[0] - START.mean()) < 8 and abs(means[-1] - END.mean()) < 8, means
+    assert np.all(np.diff(means) > 0)  # and steadily from one to the other
+
+
 def test_a_queued_job_keeps_its_end_frame_across_a_restart(tmp_path):
     from library import Library
     from pipelines.manager import PipelineManager
