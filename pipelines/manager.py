@@ -533,7 +533,11 @@ class PipelineManager:
             else {"default": torch.float32}
         )
         cls = _pipeline_class(task)
-        heavy = _load_heavy_components(cls, path, dtype, reuse, report, transformers_from)
+
+        def settle(name: str, module: torch.nn.Module) -> None:
+            _settle(name, module, profile, self.device)
+
+        heavy = _load_heavy_components(cls, path, dtype, reuse, report, transformers_from, settle)
         pipe = cls.from_pretrained(str(path), dtype=dtype, **reuse, **heavy)
         pipe.set_progress_bar_config(disable=True)  # callers draw their own from Progress reports
         self.loads += 1
@@ -543,15 +547,19 @@ class PipelineManager:
         return pipe
 
 
-HEAVY_COMPONENTS = ("text_encoder", "transformer", "transformer_2", "image_encoder", "vae")
+# The transformers first: on fp8 profiles each is cast to fp8 before the next module loads, so host RAM
+# peaks at one expert in bf16 beside the others in fp8, never at the whole pipeline in bf16.
+HEAVY_COMPONENTS = ("transformer", "transformer_2", "text_encoder", "image_encoder", "vae")
 
 
 def _load_heavy_components(
-    cls, path: Path, dtype: dict, reuse: dict, report: ProgressCallback, transformers_from: Path | None = None
-) -> dict:
+    cls, path: Path, dtype: dict, reuse: dict, report: ProgressCallback, transformers_from: Path | None = None,
+    settle: Callable[[str, torch.nn.Module], None] = lambda name, module: None,
+) -> dict:  # fmt: skip
     """The large modules, each through its own from_pretrained (as the pipeline would), so the caller sees the
     load advance by size: tens of GB take minutes from a slow disk. The pipeline then loads only the light rest.
-    `transformers_from`: a distilled checkpoint whose transformer(s) replace the model's own."""
+    `transformers_from`: a distilled checkpoint whose transformer(s) replace the model's own. `settle` gets
+    each module as soon as it has loaded, before the next one loads."""
     index = json.loads((path / "model_index.json").read_text())
     accepted = inspect.signature(cls.__init__).parameters
     names = [
@@ -571,8 +579,25 @@ def _load_heavy_components(
         what = name.replace("_", " ").replace("transformer 2", "second transformer")
         report(Progress("load", 0.9 * done / total, f"Loading the {what} ({human_size(sizes[name])})"))
         loaded[name] = module_cls.from_pretrained(str(folders[name]), dtype=dtype.get(name, dtype["default"]))
+        settle(name, loaded[name])
         done += sizes[name]
     return loaded
+
+
+def _settle(name: str, module: torch.nn.Module, profile: Profile, device: torch.device) -> None:
+    """A module just loaded, made as small as its profile keeps it (fp8) and sent where the profile keeps it
+    for good, so that it leaves host RAM before the next module arrives (an A14B pair is 57 GB in bf16)."""
+    if profile.fp8 and name in ("transformer", "transformer_2"):
+        _store_in_fp8(module)
+    if profile.placement == "gpu" or (profile.placement == "gpu_text_cpu" and name != "text_encoder"):
+        module.to(device)
+
+
+def _store_in_fp8(transformer: torch.nn.Module) -> None:
+    """Weights stored in fp8, each layer cast back to the dtype it was loaded in when it runs."""
+    if any(p.dtype == torch.float8_e4m3fn for p in transformer.parameters()):
+        return  # already stored in fp8 (settled as it loaded, or an adopted pipeline placed again)
+    transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=transformer.dtype)
 
 
 def _switch_task(pipe, task: str):
@@ -595,10 +620,7 @@ def _place(pipe, profile: Profile, device: torch.device, prepare_modules: bool) 
     if prepare_modules:
         if profile.fp8:
             for transformer in _transformers(pipe):
-                if any(p.dtype == torch.float8_e4m3fn for p in transformer.parameters()):
-                    continue  # already stored in fp8 (an adopted pipeline placed again)
-                # weights stored in fp8, each layer cast back to the dtype it was loaded in when it runs
-                transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=transformer.dtype)
+                _store_in_fp8(transformer)
         if profile.vae_tiling:
             pipe.vae.enable_tiling()
     if profile.placement == "cpu":

@@ -138,16 +138,20 @@ def estimate_need(spec: ModelSpec, profile: Profile, width: int, height: int, fr
     # Tiling decodes a few latent tiles at a time: about a quarter of the untiled working set here.
     decode_work = w.vae_decode_gb * scale * (0.25 if profile.vae_tiling else 1.0)
     host = all_transformers + w.text_encoder_gb + w.vae_gb
+    # Loading: the transformers first, each in bf16 until it is cast to fp8 or sent to the GPU; then the rest
+    # (the manager's load order). GPU profiles hold one module in RAM at a time: the largest sets the peak.
+    in_transit = max(w.transformer_gb, w.text_encoder_gb)
+    host_peak = max(host, transformer * (w.experts - 1) + w.transformer_gb + w.vae_gb)
     if profile.placement == "cpu":
-        return MemoryNeed(0.0, host + act + decode_work)
+        return MemoryNeed(0.0, host_peak + act + decode_work)
     if profile.placement == "gpu":
-        return MemoryNeed(all_transformers + w.text_encoder_gb + w.vae_gb + max(act, decode_work), 2.0)
+        return MemoryNeed(all_transformers + w.text_encoder_gb + w.vae_gb + max(act, decode_work), in_transit + 2.0)
     if profile.placement == "gpu_text_cpu":
-        return MemoryNeed(all_transformers + w.vae_gb + max(act, decode_work), w.text_encoder_gb + 2.0)
+        return MemoryNeed(all_transformers + w.vae_gb + max(act, decode_work), in_transit + 2.0)
     if profile.placement == "model_offload":
-        return MemoryNeed(max(w.text_encoder_gb, transformer + act, w.vae_gb + decode_work), host + 2.0)
+        return MemoryNeed(max(w.text_encoder_gb, transformer + act, w.vae_gb + decode_work), host_peak + 2.0)
     # group offload: a few blocks of one model at a time
-    return MemoryNeed(1.5 + act + w.vae_gb + decode_work, host + 2.0)
+    return MemoryNeed(1.5 + act + w.vae_gb + decode_work, host_peak + 2.0)
 
 
 def choose_profile(

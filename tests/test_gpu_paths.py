@@ -293,3 +293,35 @@ def test_group_offload_streams_the_transformer_and_keeps_the_text_encoder_off_th
     # no offload hooks on the text encoder (it computes on the CPU) or the VAE: another model can reuse them
     assert not any(hooks(m) for m in pipe.text_encoder.modules()) and not any(hooks(m) for m in pipe.vae.modules())
     assert manager.generate(valid(steps=2, prompt="a new prompt")).frames.shape == (9, 64, 96, 3)
+
+
+def test_on_fp8_profiles_each_transformer_is_fp8_before_the_next_module_loads(monkeypatch):
+    """Every module used to load in bf16 before any was cast to fp8: host RAM peaked at the whole A14B pair
+    in bf16 (57 GB) plus the text encoder, far over the fp8 profiles' estimate, on 64 GB machines."""
+    from diffusers import WanTransformer3DModel
+    from transformers import UMT5EncoderModel
+
+    from pipelines.memory import Profile
+
+    loaded: list[torch.nn.Module] = []
+    seen: list[tuple[str, list[bool]]] = []  # each load: its class, and whether each earlier one is fp8
+    for cls in (WanTransformer3DModel, UMT5EncoderModel):
+        original = cls.from_pretrained.__func__
+
+        def spy(klass, *args, _original=original, **kwargs):
+            seen.append((klass.__name__, [any(p.dtype == torch.float8_e4m3fn for p in m.parameters())
+                                          for m in loaded]))  # fmt: skip
+            module = _original(klass, *args, **kwargs)
+            loaded.append(module)
+            return module
+
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
+    manager = PipelineManager(offline=True, device="cpu")
+    manager.profile_for = lambda request: Profile("cpu_fp8", "fp8 on the CPU (test)", "cpu", fp8=True,
+                                                  vae_tiling=False)  # fmt: skip
+    manager.generate(valid(model="test-tiny-a14b", steps=2))
+    assert seen == [
+        ("WanTransformer3DModel", []),
+        ("WanTransformer3DModel", [True]),  # the first expert is fp8 before the second loads
+        ("UMT5EncoderModel", [True, True]),
+    ]

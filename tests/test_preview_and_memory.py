@@ -52,6 +52,21 @@ def test_profiles_for_a_24gb_card_follow_the_estimates():
     assert choose_profile(five_b, 1280, 704, 121, big).name == "gpu"
 
 
+def test_ram_estimates_cover_the_load_not_only_the_resting_placement():
+    """Modules load one after another in bf16 (transformers first, each cast to fp8 or sent to the GPU before
+    the next loads): host RAM peaks at one module in bf16 beside what is already resident."""
+    from pipelines.memory import PROFILES
+
+    a14b = CATALOGUE["Wan-AI/Wan2.2-T2V-A14B-Diffusers"].weights
+    for name in ("offload_fp8", "group_offload"):
+        need = estimate_need(CATALOGUE["Wan-AI/Wan2.2-T2V-A14B-Diffusers"], PROFILES[name], 832, 480, 81)
+        one_fp8_one_loading = a14b.transformer_gb / 2 + a14b.transformer_gb + a14b.vae_gb
+        assert need.ram_gb >= one_fp8_one_loading, name
+    five_b = CATALOGUE[DEFAULT_MODEL]
+    for name in ("gpu", "gpu_fp8", "gpu_text_cpu"):  # the text encoder (11.4 GB) passes through RAM to its place
+        assert estimate_need(five_b, PROFILES[name], 1280, 704, 121).ram_gb >= five_b.weights.text_encoder_gb, name
+
+
 def test_a_request_too_big_for_the_card_says_what_to_change():
     a14b = CATALOGUE["Wan-AI/Wan2.2-T2V-A14B-Diffusers"]
     with pytest.raises(DoesNotFitError) as info:
