@@ -514,9 +514,10 @@ def main(argv: list[str] | None = None) -> int:
                 r[name] = "skipped: budget"
                 continue
             manager = PipelineManager(offline=True, device=str(device))
-            entry: dict = {
-                "estimated_vram_gb": round(estimate_need(spec, PROFILES[name], width, height, frames).vram_gb, 2)
-            }
+            need = estimate_need(spec, PROFILES[name], width, height, frames)
+            entry: dict = {"estimated_vram_gb": round(need.vram_gb, 2), "estimated_ram_gb": round(need.ram_gb, 2)}
+            _reset_host_peak()  # host RAM: the pipeline is adopted, not loaded, so this shows the placement's
+            entry["host_rss_before_gb"] = _host_gb("VmRSS")  # own cost (group offload's pinned copies)
             try:
                 manager.requested_profile = name
                 manager.profile_for(short)  # what a user with this card would be told, before anything moves
@@ -528,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as err:  # a refusal or an out-of-memory error is a result here
                 entry["error"] = f"{type(err).__name__}: {err}"[:300]
             entry["measured_peak_allocated_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            entry["host_peak_gb"], entry["host_rss_after_gb"] = _host_gb("VmHWM"), _host_gb("VmRSS")
             r[name] = entry
             manager.unload()
             if name != "group_offload":  # the pipeline outlives the manager here: give the next profile a clean card
@@ -555,6 +557,24 @@ def main(argv: list[str] | None = None) -> int:
     suite.save()
     print(summary(suite.results))
     return 0
+
+
+def _host_gb(field: str) -> float | None:
+    """A line of /proc/self/status (VmRSS now, VmHWM the peak since the last reset), in GB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return round(int(line.split()[1]) / 2**20, 2)
+    except OSError:
+        pass
+    return None
+
+
+def _reset_host_peak() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM starts again from the current RSS
+    except OSError:  # not every kernel (gVisor) offers it: the peak then covers the whole run
+        pass
 
 
 def _frames_before(video: torch.Tensor) -> float:

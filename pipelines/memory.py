@@ -128,6 +128,14 @@ def resident_ram_gb(modules: dict) -> float:
     return total / 2**30
 
 
+def pinned_copy_factor() -> float:
+    """Group offload's pinned copies of the weights over their size. PyTorch rounds each pinned allocation up
+    to a power of two (1.53x an A14B expert's blocks, 1.64x TI2V-5B's, counted on the real layouts) unless
+    told otherwise: the manager sets pinned_max_round_threshold_mb, which PyTorch 2.13 reads and 2.11 lacks."""
+    major, minor = (int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
+    return 1.0 if (major, minor) >= (2, 13) else 1.65
+
+
 def estimate_need(spec: ModelSpec, profile: Profile, width: int, height: int, frames: int) -> MemoryNeed:
     """A deliberately simple model: resident weights plus activations scaled by the latent volume."""
     w = spec.weights
@@ -150,8 +158,9 @@ def estimate_need(spec: ModelSpec, profile: Profile, width: int, height: int, fr
         return MemoryNeed(all_transformers + w.vae_gb + max(act, decode_work), in_transit + 2.0)
     if profile.placement == "model_offload":
         return MemoryNeed(max(w.text_encoder_gb, transformer + act, w.vae_gb + decode_work), host_peak + 2.0)
-    # group offload: a few blocks of one model at a time
-    return MemoryNeed(1.5 + act + w.vae_gb + decode_work, host_peak + 2.0)
+    # group offload: a few blocks of one model at a time, streamed from pinned copies of all of them
+    pinned = all_transformers * pinned_copy_factor() + w.text_encoder_gb + w.vae_gb
+    return MemoryNeed(1.5 + act + w.vae_gb + decode_work, max(host_peak, pinned) + 2.0)
 
 
 def choose_profile(

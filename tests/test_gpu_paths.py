@@ -280,9 +280,13 @@ def test_group_offload_streams_the_transformer_and_keeps_the_text_encoder_off_th
     from diffusers.hooks import HookRegistry
 
     monkeypatch.setitem(memory.PROFILES, "cpu", replace(memory.PROFILES["group_offload"], name="cpu"))
+    settings = []  # the pinned copies are made at their size, not rounded up to a power of two (1.5x)
+    setter = torch._C._accelerator_setAllocatorSettings
+    monkeypatch.setattr(torch._C, "_accelerator_setAllocatorSettings", lambda s: settings.append(s) or setter(s))
     budget = MemoryBudget(vram_gb=8.0, ram_gb=16.0, device="cpu")
     manager = PipelineManager(offline=True, device="cpu", memory_probe=lambda device: budget)
     assert manager.generate(valid(steps=2)).frames.shape == (9, 64, 96, 3)
+    assert settings == ["pinned_max_round_threshold_mb:1"]
     pipe = manager.pipeline
 
     def hooks(module) -> set[str]:
