@@ -40,6 +40,7 @@ from pipelines.memory import (
     Profile,
     choose_profile,
     estimate_need,
+    pinned_copy_factor,
     probe_memory,
     resident_ram_gb,
 )
@@ -662,12 +663,17 @@ def _pin_at_size() -> None:
     """Group offload keeps a pinned copy of every block's weights. PyTorch's pinned-memory allocator rounds
     each allocation up to a power of two, which made those copies 1.5-1.65x their size (43 GB instead of
     28 for an A14B pair in fp8, counted on the real layouts); above 1 MB they are now pinned at their size
-    where PyTorch has the setting (see memory.pinned_copy_factor)."""
-    setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None)
+    where PyTorch has the setting (memory.pinned_copy_factor: one version check for this and the estimate).
+    The setting is added to the user's own (each call replaces the whole set)."""
+    if pinned_copy_factor() != 1.0:
+        return  # older PyTorch refuses the key (ValueError on CUDA builds): the copies stay rounded, as estimated
+    current = getattr(torch._C, "_accelerator_getAllocatorSettings", lambda: "")() or ""
+    if "pinned_max_round_threshold_mb" in current:
+        return
+    wanted = f"pinned_max_round_threshold_mb:{PINNED_ROUND_LIMIT_MB}"
     try:
-        if setter is not None:
-            setter(f"pinned_max_round_threshold_mb:{PINNED_ROUND_LIMIT_MB}")
-    except RuntimeError:  # a PyTorch without the setting (2.11): the copies stay rounded, as estimated
+        torch._C._accelerator_setAllocatorSettings(f"{current},{wanted}" if current else wanted)
+    except (AttributeError, RuntimeError, ValueError):
         pass
 
 
@@ -699,6 +705,7 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
         torch.cuda.ipc_collect()
         # pinned host memory freed by a dropped model (group offload's copies) stays cached, locked in RAM
-        release = getattr(torch.accelerator, "empty_host_cache", None) or getattr(torch._C, "_host_emptyCache", None)
+        accelerator = getattr(torch, "accelerator", None)  # PyTorch 2.6+; _host_emptyCache before that
+        release = getattr(accelerator, "empty_host_cache", None) or getattr(torch._C, "_host_emptyCache", None)
         if release is not None:
             release()

@@ -35,7 +35,7 @@ class SpeedOptions:
 def compile_blocks(transformer: torch.nn.Module, fullgraph: bool) -> None:
     """Compile each repeated transformer block (one compiled graph, reused by all 30-40 blocks).
 
-    fullgraph=False where hooks run inside the blocks (fp8 layerwise casting, group offload)."""
+    fullgraph=False where hooks run inside the blocks (fp8 layerwise casting, group offload, a step cache)."""
     transformer.compile_repeated_blocks(fullgraph=fullgraph)
 
 

@@ -281,12 +281,13 @@ def test_group_offload_streams_the_transformer_and_keeps_the_text_encoder_off_th
 
     monkeypatch.setitem(memory.PROFILES, "cpu", replace(memory.PROFILES["group_offload"], name="cpu"))
     settings = []  # the pinned copies are made at their size, not rounded up to a power of two (1.5x)
-    setter = torch._C._accelerator_setAllocatorSettings
-    monkeypatch.setattr(torch._C, "_accelerator_setAllocatorSettings", lambda s: settings.append(s) or setter(s))
+    monkeypatch.setattr(torch._C, "_accelerator_getAllocatorSettings", lambda: "max_split_size_mb:256")  # the user's
+    monkeypatch.setattr(torch._C, "_accelerator_setAllocatorSettings", settings.append)
+    monkeypatch.setattr(torch, "__version__", "2.13.0+cu130")
     budget = MemoryBudget(vram_gb=8.0, ram_gb=16.0, device="cpu")
     manager = PipelineManager(offline=True, device="cpu", memory_probe=lambda device: budget)
     assert manager.generate(valid(steps=2)).frames.shape == (9, 64, 96, 3)
-    assert settings == ["pinned_max_round_threshold_mb:1"]
+    assert settings == ["max_split_size_mb:256,pinned_max_round_threshold_mb:1"]  # added to the user's settings
     pipe = manager.pipeline
 
     def hooks(module) -> set[str]:
@@ -329,3 +330,17 @@ def test_on_fp8_profiles_each_transformer_is_fp8_before_the_next_module_loads(mo
         ("WanTransformer3DModel", [True]),  # the first expert is fp8 before the second loads
         ("UMT5EncoderModel", [True, True]),
     ]
+
+
+def test_a_pytorch_without_the_pinned_rounding_setting_is_left_as_it_is(monkeypatch):
+    """CUDA builds of PyTorch 2.11 refuse the key with a ValueError: group offload must load there all the
+    same, with its copies rounded (which the estimate then counts)."""
+    from pipelines import manager as manager_module
+
+    def refuse(settings):
+        raise ValueError("Unrecognized key 'pinned_max_round_threshold_mb' in CUDA allocator config.")
+
+    monkeypatch.setattr(torch._C, "_accelerator_setAllocatorSettings", refuse)
+    monkeypatch.setattr(torch, "__version__", "2.11.0+cu130")
+    manager_module._pin_at_size()  # no call, no error
+    assert memory.pinned_copy_factor() > 1.5
