@@ -534,11 +534,7 @@ class PipelineManager:
             else {"default": torch.float32}
         )
         cls = _pipeline_class(task)
-
-        def settle(name: str, module: torch.nn.Module) -> None:
-            _settle(name, module, profile, self.device)
-
-        heavy = _load_heavy_components(cls, path, dtype, reuse, report, transformers_from, settle)
+        heavy = _load_heavy_components(cls, path, dtype, reuse, report, profile, self.device, transformers_from)
         pipe = cls.from_pretrained(str(path), dtype=dtype, **reuse, **heavy)
         pipe.set_progress_bar_config(disable=True)  # callers draw their own from Progress reports
         self.loads += 1
@@ -554,13 +550,13 @@ HEAVY_COMPONENTS = ("transformer", "transformer_2", "text_encoder", "image_encod
 
 
 def _load_heavy_components(
-    cls, path: Path, dtype: dict, reuse: dict, report: ProgressCallback, transformers_from: Path | None = None,
-    settle: Callable[[str, torch.nn.Module], None] = lambda name, module: None,
+    cls, path: Path, dtype: dict, reuse: dict, report: ProgressCallback, profile: Profile, device: torch.device,
+    transformers_from: Path | None = None,
 ) -> dict:  # fmt: skip
     """The large modules, each through its own from_pretrained (as the pipeline would), so the caller sees the
     load advance by size: tens of GB take minutes from a slow disk. The pipeline then loads only the light rest.
-    `transformers_from`: a distilled checkpoint whose transformer(s) replace the model's own. `settle` gets
-    each module as soon as it has loaded, before the next one loads."""
+    Each module is settled for `profile` (`_settle`) before the next one loads. `transformers_from`: a distilled
+    checkpoint whose transformer(s) replace the model's own."""
     index = json.loads((path / "model_index.json").read_text())
     accepted = inspect.signature(cls.__init__).parameters
     names = [
@@ -580,7 +576,7 @@ def _load_heavy_components(
         what = name.replace("_", " ").replace("transformer 2", "second transformer")
         report(Progress("load", 0.9 * done / total, f"Loading the {what} ({human_size(sizes[name])})"))
         loaded[name] = module_cls.from_pretrained(str(folders[name]), dtype=dtype.get(name, dtype["default"]))
-        settle(name, loaded[name])
+        _settle(name, loaded[name], profile, device)
         done += sizes[name]
     return loaded
 
@@ -659,6 +655,9 @@ def _place(pipe, profile: Profile, device: torch.device, prepare_modules: bool) 
         pipe.vae.to(device)
 
 
+PINNED_ROUND_LIMIT_MB = 1  # pinned allocations above this many MB are made at their size
+
+
 def _pin_at_size() -> None:
     """Group offload keeps a pinned copy of every block's weights. PyTorch's pinned-memory allocator rounds
     each allocation up to a power of two, which made those copies 1.5-1.65x their size (43 GB instead of
@@ -675,9 +674,6 @@ def _pin_at_size() -> None:
         torch._C._accelerator_setAllocatorSettings(f"{current},{wanted}" if current else wanted)
     except (AttributeError, RuntimeError, ValueError):
         pass
-
-
-PINNED_ROUND_LIMIT_MB = 1
 
 
 def _takes_image(pipe) -> bool:
