@@ -27,6 +27,19 @@ def wait_until(predicate, timeout: float = 60.0) -> None:
         time.sleep(0.05)
 
 
+def paused_on_entry(function):
+    """`function`, made to wait on entry until released: (the wrapper, reached, release), two Events. A test
+    holds a job at one stage this way, acts on it there, then lets it go on."""
+    reached, release = threading.Event(), threading.Event()
+
+    def wrapper(*args, **kwargs):
+        reached.set()
+        release.wait(30)
+        return function(*args, **kwargs)
+
+    return wrapper, reached, release
+
+
 def request(**fields) -> ValidRequest:
     fields.setdefault("prompt", "a red cat")
     fields.setdefault("model", TINY)
@@ -246,14 +259,7 @@ def test_cancel_while_the_clip_is_written_is_refused_and_says_so(manager, out_di
     from studio.handlers.generate import cancel
 
     library = Library.open(out_dir)
-    writing, gate = threading.Event(), threading.Event()
-    save = library.save_clip
-
-    def slow_save(*args, **kwargs):
-        writing.set()
-        gate.wait(30)
-        return save(*args, **kwargs)
-
+    slow_save, writing, gate = paused_on_entry(library.save_clip)
     monkeypatch.setattr(library, "save_clip", slow_save)
     jobs = JobQueue(manager, library)
 
@@ -274,14 +280,7 @@ def test_cancel_during_the_download_stops_before_the_model_loads(out_dir, monkey
     from pipelines.manager import PipelineManager
 
     fresh = PipelineManager(offline=True)  # nothing loaded yet
-    downloading, gate = threading.Event(), threading.Event()
-    download = fresh.download
-
-    def slow_download(spec, report=None):
-        downloading.set()
-        gate.wait(30)
-        return download(spec, report)
-
+    slow_download, downloading, gate = paused_on_entry(fresh.download)
     monkeypatch.setattr(fresh, "download", slow_download)
     jobs = JobQueue(fresh, Library.open(out_dir))
     job = jobs.submit(request(seed=33))
