@@ -8,6 +8,7 @@ A crash leaves only `.partial-` files, which `clean_temporaries` removes at the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -56,6 +57,15 @@ def publish(tmp: Path, folder: Path, stem: str, suffix: str, taken: callable = l
         except FileExistsError:
             continue
     raise LibraryError(f"No free file name for '{stem}' in {folder}.")
+
+
+def sha256_file(path: Path) -> str:
+    """The file's SHA-256: whether two files hold the same content, whatever their names, sizes or dates."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_png(path: Path, picture: Any) -> None:

@@ -3,6 +3,7 @@ through it for everything they keep: clips, the storyboard, films, audio, job re
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 from collections.abc import Callable
@@ -22,7 +23,16 @@ from library.clips import (
     remove_half_published,
     save_clip,
 )
-from library.files import LibraryError, check_writable, clean_temporaries, disk_error, publish, temporary, write_png
+from library.files import (
+    LibraryError,
+    check_writable,
+    clean_temporaries,
+    disk_error,
+    publish,
+    sha256_file,
+    temporary,
+    write_png,
+)
 from library.layout import (
     AUDIO_DIR,
     FILMS_DIR,
@@ -127,7 +137,8 @@ class Library:
     # ---- audio for the storyboard ---------------------------------------------------------------
     def keep_audio(self, upload: Path) -> str:
         """Copy an uploaded audio file into `<output>/audio/` (uploads live in a cache that is cleared) and
-        return the name the storyboard uses for it. The same file uploaded again keeps its first copy."""
+        return the name the storyboard uses for it. The same file uploaded again keeps its first copy; another file
+        under a name already kept gets a numbered name (`music-2.wav`), so an edited track never plays the old one."""
         upload = Path(upload)
         if upload.parent == self.audio_dir:
             return upload.name
@@ -136,9 +147,9 @@ class Library:
         if upload.stat().st_size > MAX_AUDIO_MB * 2**20:
             raise LibraryError(f"Audio files over {MAX_AUDIO_MB} MB are refused.")
         name = plain_name(upload.name) or f"audio{upload.suffix.lower()}"
-        existing = self.audio_dir / name
-        if existing.is_file() and existing.stat().st_size == upload.stat().st_size:
-            return name
+        same = self._kept_copy(upload, Path(name))
+        if same is not None:
+            return same
         try:
             self.audio_dir.mkdir(parents=True, exist_ok=True)
             tmp = temporary(self.audio_dir, upload.suffix)
@@ -149,6 +160,21 @@ class Library:
                 tmp.unlink(missing_ok=True)
         except OSError as err:
             raise disk_error(err, self.audio_dir) from None
+
+    def _kept_copy(self, upload: Path, name: Path) -> str | None:
+        """The name of a kept copy of exactly this upload (`<stem>[-n]<suffix>`, same SHA-256), if any. Content
+        decides, not name and size: an edited track of the same length has the same size (every WAV does)."""
+        if not self.audio_dir.is_dir():
+            return None
+        size, digest = upload.stat().st_size, None
+        pattern = re.compile(rf"{re.escape(name.stem)}(-\d+)?{re.escape(name.suffix)}")
+        for kept in sorted(self.audio_dir.iterdir()):
+            if not pattern.fullmatch(kept.name) or not kept.is_file() or kept.stat().st_size != size:
+                continue
+            digest = digest or sha256_file(upload)
+            if sha256_file(kept) == digest:
+                return kept.name
+        return None
 
     def audio_path(self, name: str) -> Path:
         return film.audio_path(self.root, name)

@@ -28,12 +28,12 @@ def make_clip(out_dir: Path, name: str, colour, size=(96, 64), frames=16, fps=8)
     return files.video.name
 
 
-def sine_wav(path: Path, seconds: float = 1.0, rate: int = 44100) -> Path:
+def sine_wav(path: Path, seconds: float = 1.0, rate: int = 44100, hz: float = 440) -> Path:
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(rate)
-        samples = (int(12000 * math.sin(2 * math.pi * 440 * i / rate)) for i in range(int(seconds * rate)))
+        samples = (int(12000 * math.sin(2 * math.pi * hz * i / rate)) for i in range(int(seconds * rate)))
         w.writeframes(b"".join(struct.pack("<h", s) for s in samples))
     return path
 
@@ -166,20 +166,31 @@ def test_gif_export(out_dir):
         assert gif.format == "GIF" and gif.n_frames == 16 and gif.size == (96, 64)
 
 
-def test_audio_fades_in_and_out(out_dir, two_clips, tmp_path):
+def film_pcm(film: Path, rate: int = 8000) -> np.ndarray:
+    """The film's sound, decoded by ffmpeg: mono 16-bit samples at `rate`."""
     import subprocess
 
     from library.media import ffmpeg_exe
 
+    raw = subprocess.run(
+        [ffmpeg_exe(), "-v", "error", "-i", str(film), "-f", "s16le", "-ac", "1", "-ar", str(rate), "-"],
+        capture_output=True, check=True,
+    ).stdout  # fmt: skip
+    return np.frombuffer(raw, np.int16).astype(float)
+
+
+def pitch(pcm: np.ndarray, rate: int = 8000) -> float:
+    """The loudest frequency of the sound, in Hz."""
+    spectrum = np.abs(np.fft.rfft(pcm * np.hanning(len(pcm))))
+    return float(np.fft.rfftfreq(len(pcm), 1 / rate)[spectrum.argmax()])
+
+
+def test_audio_fades_in_and_out(out_dir, two_clips, tmp_path):
     board = Storyboard(
         shots=[Shot(two_clips[0])], audio=kept(out_dir, sine_wav(tmp_path / "t.wav", 3.0)), audio_fade_s=0.5
     )
     film = export_film(board, out_dir)
-    raw = subprocess.run(
-        [ffmpeg_exe(), "-v", "error", "-i", str(film), "-f", "s16le", "-ac", "1", "-ar", "8000", "-"],
-        capture_output=True, check=True,
-    ).stdout  # fmt: skip
-    pcm = np.abs(np.frombuffer(raw, np.int16).astype(float))
+    pcm = np.abs(film_pcm(film))
     loudness = lambda a, b: pcm[int(a * 8000) : int(b * 8000)].mean()  # noqa: E731
     assert loudness(0.0, 0.05) < 0.2 * loudness(0.9, 1.1)
     assert loudness(1.95, 2.0) < 0.2 * loudness(0.9, 1.1)
@@ -290,3 +301,21 @@ def test_uploaded_audio_is_copied_into_the_output_folder(out_dir, tmp_path):
     assert copy.is_file() and copy.read_bytes() == upload.read_bytes()
     upload.unlink()  # Gradio's upload cache is cleared: the storyboard's audio stays
     assert copy.is_file() and kept(out_dir, copy) == name  # keeping a kept file again changes nothing
+
+
+def test_an_edited_track_of_the_same_name_and_size_is_the_one_the_film_plays(out_dir, two_clips, tmp_path):
+    first, edited = tmp_path / "first", tmp_path / "edited"
+    first.mkdir(), edited.mkdir()
+    original = sine_wav(first / "music.wav", 2.0, hz=440)
+    changed = sine_wav(edited / "music.wav", 2.0, hz=880)  # the same track, edited: same length, same size
+    assert original.stat().st_size == changed.stat().st_size
+    old_name = kept(out_dir, original)
+    new_name = kept(out_dir, changed)
+    assert new_name != old_name and kept(out_dir, original) == old_name  # the same file again: its first copy
+    assert (out_dir / "audio" / new_name).read_bytes() == changed.read_bytes()
+    assert (out_dir / "audio" / old_name).read_bytes() == original.read_bytes()  # both kept
+    played = {}
+    for name in (old_name, new_name):
+        film = export_film(Storyboard(shots=[Shot(two_clips[0])], audio=name), out_dir)
+        played[name] = pitch(film_pcm(film))
+    assert played[old_name] == pytest.approx(440, abs=10) and played[new_name] == pytest.approx(880, abs=10), played
