@@ -237,3 +237,32 @@ def test_loading_reports_each_large_component_by_size():
     fractions = [e.fraction for e in loads]
     assert fractions == sorted(fractions) and len(set(fractions)) >= 4 and fractions[-1] == 1.0
     assert all(re.search(r"\([\d.]+ [MG]B\)$", e.message) for e in loads if e.message.startswith("Loading the"))
+
+
+def test_fast_mode_runs_the_distilled_transformers_weights_not_the_base_models(manager):
+    """The sidecar names the distilled checkpoint; the weights that run must be its own. Loaded without them, a
+    user gets the base model on a 3-step DMD schedule (broken frames) under the distilled name."""
+    from safetensors.torch import load_file
+
+    from pipelines.testmodels import ensure_fast_test_weights, ensure_test_model
+
+    distilled = load_file(next((ensure_fast_test_weights(TINY).transformer / "transformer").glob("*.safetensors")))
+    base = load_file(next((ensure_test_model(TINY) / "transformer").glob("*.safetensors")))
+    calls = []
+    result = manager.generate(valid(fast=True, frames=5))
+    transformer = manager.pipeline.transformer
+    hook = transformer.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        again = manager.generate(valid(fast=True, frames=5))
+    finally:
+        hook.remove()
+    assert result.fast and len(calls) == again.request.steps  # this transformer is the one each step ran
+    running = transformer.state_dict()
+    assert set(running) == set(distilled)
+    assert all(torch.equal(running[name].to(tensor.dtype), tensor) for name, tensor in distilled.items())
+    assert not all(torch.equal(base[name], distilled[name]) for name in base)  # the two checkpoints differ
+    base_run = manager.generate(valid(frames=5, steps=3))  # back to the model's own weights
+    assert manager.pipeline.transformer is not transformer
+    own = manager.pipeline.transformer.state_dict()
+    assert all(torch.equal(own[name].to(tensor.dtype), tensor) for name, tensor in base.items())
+    assert base_run.fast is None
