@@ -45,11 +45,12 @@ from library.layout import (
     plain_name,
 )
 from library.media import frame_at, last_frame, middle_frame
-from library.storyboard import Storyboard, StoryboardStore
+from library.storyboard import Shot, Storyboard, StoryboardStore
 from pipelines.manager import GenerationResult
 
 AUDIO_SUFFIXES = (".mp3", ".wav", ".m4a", ".aac", ".ogg", ".opus", ".flac")
 MAX_AUDIO_MB = 200
+OUT_POINT_EPSILON_S = 1e-3  # an Out point ends its shot: the frame shown is the one just before it
 
 
 class Library:
@@ -115,6 +116,15 @@ class Library:
 
     def frame_at(self, name: str, seconds: float) -> Image.Image:
         return frame_at(self.clip(name).video, seconds)
+
+    def out_frame(self, shot: Shot) -> Image.Image:
+        """The last picture a shot shows in the film: the frame just before its Out point, the clip's last
+        frame when it runs to the end. The shot editor shows it, and an extension starts from it, so the film
+        never cuts from the Out point back to a later moment of the clip."""
+        video = self.clip(shot.clip).video
+        if shot.end_s is None:
+            return last_frame(video)
+        return frame_at(video, max(0.0, shot.end_s - OUT_POINT_EPSILON_S))
 
     def clip_seconds(self, name: str) -> float:
         return film.clip_seconds(self.clip(name))

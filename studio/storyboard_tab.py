@@ -87,8 +87,9 @@ def build_storyboard_tab(studio: Studio) -> StoryboardTab:
     film_file = gr.File(label="Download", interactive=False)
     with gr.Accordion("Extend the last shot", open=True):
         gr.Markdown(
-            "Generates the next shot from the last frame of the storyboard's last shot (image-to-video, same "
-            "size), and appends it when done, even if you close the page. Repeat for a long take."
+            "Generates the next shot from the frame at the Out point of the storyboard's last shot (its last "
+            "frame when it is not trimmed), image-to-video at the same size, and appends it when done, even if "
+            "you close the page. Repeat for a long take."
         )
         ext_prompt = gr.Textbox(label="What happens next", elem_id="extend-prompt")
         extend = gr.Button("Extend", elem_id="extend-go")

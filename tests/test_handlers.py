@@ -233,6 +233,29 @@ def controls(studio: Studio, board: Storyboard) -> list:
     return list(storyboard.values_of(studio, board))
 
 
+def decoded(studio: Studio, name: str) -> np.ndarray:
+    """Every frame of a library clip, decoded from its file here (never through the studio's own frame_at)."""
+    from tests.media import decode_video
+
+    frames, fps = decode_video(studio.library.clip(name).video)
+    assert fps == 8  # the test model's rate: the tests below count frames in eighths of a second
+    return frames
+
+
+def shown_frame(picture, frames: np.ndarray) -> int:
+    """Which of `frames` a picture is: the nearest, and a match to within encoding noise (the test model's
+    frames differ from each other by about 20 levels on average)."""
+    if isinstance(picture, (str, Path)):
+        from PIL import Image
+
+        picture = Image.open(picture)
+    pixels = np.asarray(picture.convert("RGB"), dtype=np.int16)
+    distances = [float(np.abs(pixels - frame.astype(np.int16)).mean()) for frame in frames]
+    nearest = int(np.argmin(distances))
+    assert distances[nearest] < 2.0, f"the picture is none of the clip's frames: {distances}"
+    return nearest
+
+
 def test_storyboard_save_keeps_an_extensions_shot_and_refuses_a_conflict(studio):
     first, second = make_clip(studio, "first"), make_clip(studio, "second")
     loaded = storyboard.reload(studio)
@@ -359,6 +382,42 @@ def test_the_library_grid_searches_filters_and_reads_like_settings(studio):
     assert library.grid(studio)[1] == [fox]
 
 
+def test_an_extension_starts_from_the_frame_at_the_last_shots_out_point(studio):
+    source = make_clip(studio, "the source", frames=9)  # 9 frames at 8 fps
+    frames = decoded(studio, source)
+    base = storyboard.reload(studio)[-1]
+    trimmed = controls(studio, Storyboard([Shot(source, end_s=0.6)]))  # the film shows frames 0-4 of it
+    updates = collect(storyboard.extend_last(studio, base, "it goes on", *trimmed))
+    assert updates[-1][1].startswith("Done") and "Added to the storyboard" in updates[-1][1]
+    board = studio.library.storyboard.load()
+    assert [shot.clip for shot in board.shots][0] == source and len(board.shots) == 2
+    extension = studio.library.clip(board.shots[-1].clip)
+    job = studio.jobs.get(updates[-1][3])
+    # the new job starts from frame 4, where the film leaves the shot: not the clip's last frame (8), not its first
+    assert shown_frame(job.request.image, frames) == 4
+    assert shown_frame(extension.input_image, frames) == 4
+
+    # a last shot that runs to its clip's end: the extension starts from that clip's last frame
+    after = decoded(studio, extension.name)
+    base = storyboard.reload(studio)[-1]
+    updates = collect(storyboard.extend_last(studio, base, "and on", *controls(studio, board)))
+    assert updates[-1][1].startswith("Done")
+    latest = studio.library.clip(studio.library.storyboard.load().shots[-1].clip)
+    assert latest.name != extension.name and shown_frame(latest.input_image, after) == len(after) - 1
+
+
+def test_continue_from_its_last_frame_starts_the_next_clip_from_that_frame(studio):
+    source = make_clip(studio, "the source", frames=9)
+    frames = decoded(studio, source)
+    picture = library.last_frame(studio, source)  # what "Continue from its last frame" puts into the form
+    assert shown_frame(picture, frames) == 8
+    values = (picture, "and then", "", generate.AUTO_SIZE, 5, 2, 5, -1, "[]", False, True, None)
+    updates = collect(generate.image_to_video_in_page(studio, *values))
+    assert updates[-1][1].startswith("**Done**"), updates[-1][1]
+    clip = studio.library.clip(Path(updates[-1][2]).name)
+    assert shown_frame(clip.input_image, frames) == 8  # the new clip started from the source's last frame
+
+
 def test_the_storyboard_strip_and_the_shot_editor(studio):
     first, second = make_clip(studio, "first", frames=9), make_clip(studio, "second", frames=9)  # 1.125 s at 8 fps
     rows, picked = storyboard.add_shot(studio, first, [])
@@ -371,12 +430,16 @@ def test_the_storyboard_strip_and_the_shot_editor(studio):
     view = storyboard.shot_view(studio, rows, 0)
     assert view["length"] == pytest.approx(1.125) and (view["start"], view["end"]) == (0.0, pytest.approx(1.125))
     assert view["title"].startswith("Shot 1 of 2 — first") and not view["last"]
+    frames = decoded(studio, first)  # 9 frames at 8 fps, decoded here: frame n shows from n/8 s
+    assert (shown_frame(view["in_frame"], frames), shown_frame(view["out_frame"], frames)) == (0, 8)
     rows = storyboard.trim(studio, rows, 0, 0.25, 0.75)
     assert rows[0][1:3] == [0.25, 0.75]
     view = storyboard.shot_view(studio, rows, 0)
     assert view["in_frame"].size == (96, 64) and view["out_frame"].size == (96, 64)
-    first_frame = studio.library.frame_at(first, 0.0)
-    assert np.asarray(view["in_frame"]).tolist() != np.asarray(first_frame).tolist()  # the frame at 0.25 s
+    # In at 0.25 s shows frame 2; Out at 0.75 s ends the shot after frame 5 (frame 6 starts at 0.75 s)
+    assert (shown_frame(view["in_frame"], frames), shown_frame(view["out_frame"], frames)) == (2, 5)
+    view = storyboard.shot_view(studio, storyboard.trim(studio, rows, 0, 0.5, 0.6), 0)
+    assert (shown_frame(view["in_frame"], frames), shown_frame(view["out_frame"], frames)) == (4, 4)
     assert storyboard.trim(studio, rows, 0, 0.0, 9.0)[0][2] is None  # out at the clip's end: to its end
     with pytest.raises(StoryboardError, match="the in point .* must come before the out point"):
         storyboard.trim(studio, rows, 0, 0.8, 0.5)

@@ -169,7 +169,7 @@ def shot_view(studio: Studio, rows: Any, index: Any) -> dict[str, Any]:
         "title": f"Shot {i + 1} of {len(shots)} — {studio.library.clip(shot.clip).title}",
         "length": length, "start": shot.start_s, "end": end,
         "in_frame": studio.library.frame_at(shot.clip, shot.start_s),
-        "out_frame": studio.library.frame_at(shot.clip, max(0.0, end - 1e-3)),
+        "out_frame": studio.library.out_frame(shot),
         "transition": shot.transition, "crossfade": shot.crossfade_s, "last": i == len(shots) - 1,
     }  # fmt: skip
 
@@ -304,18 +304,20 @@ async def _follow(studio: Studio, job_id: str):
 
 
 async def extend_last(studio: Studio, base: str, prompt: Any, *values: Any) -> AsyncIterator[tuple]:
-    """Generate the next shot from the last frame of the storyboard's last shot (image-to-video, same size);
-    the GPU worker appends it to the saved storyboard when done, with or without a page open."""
+    """Generate the next shot from the frame at the storyboard's last shot's Out point (its last frame when
+    untrimmed: where the film leaves it, so the cut does not jump back), image-to-video at the same size; the
+    GPU worker appends it to the saved storyboard when done, with or without a page open."""
     stored = _save(studio, base, values)
     if not stored.shots:
-        raise StoryboardError("Add a shot first: the extension starts from the last shot's last frame.")
-    clip = studio.library.clip(stored.shots[-1].clip)
+        raise StoryboardError("Add a shot first: the extension starts from the last shot's Out point.")
+    last = stored.shots[-1]
+    clip = studio.library.clip(last.clip)
     s = clip.settings
     model = image_to_video_model_for(clip.sidecar.get("model") or studio.settings.model)
     request = GenerationRequest(
         prompt=prompt, model=model.id, task=IMAGE_TO_VIDEO, negative_prompt=s.get("negative_prompt"),
         width=s.get("width"), height=s.get("height"), frames=s.get("frames"), steps=s.get("steps"),
-        guidance_scale=s.get("guidance_scale"), image=studio.library.last_frame(clip.name),
+        guidance_scale=s.get("guidance_scale"), image=studio.library.out_frame(last),
     )  # fmt: skip
     job = studio.submit(request, append_to_storyboard=True)
     async for update in watch(studio, job):
