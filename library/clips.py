@@ -18,7 +18,16 @@ from typing import Any
 import numpy as np
 
 from library import provenance, watermark
-from library.files import LibraryError, check_room, disk_error, link_no_overwrite, read_json, temporary
+from library.files import (
+    LibraryError,
+    check_room,
+    discard,
+    disk_error,
+    link_no_overwrite,
+    read_json,
+    temporary,
+    write_error,
+)
 from library.layout import END_IMAGE_SUFFIX, INPUT_IMAGE_SUFFIX, SIDECAR_SUFFIX, TRASH_DIR, plain_name
 from library.media import encode_mp4, estimate_mp4_mb, slugify
 from pipelines import APP_NAME, __version__, engine_versions
@@ -211,19 +220,22 @@ def write_clip(
                 link_no_overwrite(tmp_video, video)
             except FileExistsError:  # a foreign file took the name meanwhile: release the stem, go on
                 for path in published:
-                    path.unlink(missing_ok=True)
+                    discard(path)
                 published.clear()
                 continue
             published.clear()
             return ClipFiles(video, meta, image, end)
         raise LibraryError(f"No free file name for '{stem_hint}' in {out_dir}.")
-    except OSError as err:
+    except (OSError, RuntimeError) as err:  # RuntimeError: ffmpeg's own words, e.g. on a read-only disk
         for path in published:  # never a sidecar without its video
-            path.unlink(missing_ok=True)
-        raise disk_error(err, out_dir) from None
+            discard(path)
+        plain = write_error(err, out_dir)
+        if plain is err:
+            raise
+        raise plain from None
     finally:
         for tmp in (tmp_video, tmp_sidecar, tmp_image, tmp_end, tmp_signed):
-            tmp.unlink(missing_ok=True)
+            discard(tmp)
 
 
 def remove_half_published(output_dir: Path, older_than_s: float = 3600) -> list[str]:

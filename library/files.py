@@ -75,7 +75,7 @@ def write_png(path: Path, picture: Any) -> None:
         picture.save(tmp, format="PNG")
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -89,7 +89,7 @@ def write_json(path: Path, data: Any) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
         raise disk_error(err, path.parent) from None
 
 
@@ -152,6 +152,31 @@ def disk_error(err: OSError, folder: Path) -> UserError | OSError:
     if err.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
         return LibraryError(f"The output folder '{folder}' cannot be written: {err.strerror}.")
     return err
+
+
+def write_error(err: Exception, folder: Path) -> Exception:
+    """What to tell the user when writing into `folder` failed with `err`: a full or read-only disk, named by the
+    error's errno or, where ffmpeg's or moviepy's own words lost it on the way, found by probing the folder
+    (LibraryError naming the folder and the cause); any other failure is `err` itself."""
+    if isinstance(err, OSError):
+        plain = disk_error(err, folder)
+        if plain is not err:
+            return plain
+    try:
+        check_writable(folder)
+    except LibraryError as unwritable:
+        return unwritable
+    return err
+
+
+def discard(path: Path) -> None:
+    """Remove a temporary file if it is there, never raising: on a disk that turned read-only even removing a
+    missing file fails (EROFS), and the error that brought the caller here is the one to report. What cannot
+    be removed now is a `.partial-` file, which `clean_temporaries` removes at a later start."""
+    try:
+        Path(path).unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def clean_temporaries(root: Path, older_than_s: float = 3600) -> int:

@@ -23,7 +23,17 @@ from PIL import Image, ImageDraw, ImageFont
 
 from library import provenance
 from library.clips import Clip, list_clips
-from library.files import LibraryError, check_room, disk_error, link_no_overwrite, publish, temporary, write_json
+from library.files import (
+    LibraryError,
+    check_room,
+    discard,
+    disk_error,
+    link_no_overwrite,
+    publish,
+    temporary,
+    write_error,
+    write_json,
+)
 from library.layout import AUDIO_DIR, FILMS_DIR
 from library.media import estimate_mp4_mb, ffmpeg_exe, label_args, slugify
 from library.storyboard import MAX_FILM_S, Shot, Storyboard, StoryboardError
@@ -318,11 +328,14 @@ def export_film(
 
     try:
         return _render(board, checked, output_dir, films_dir, scratch, on_progress, sign, cancel)
-    except OSError as err:
-        raise disk_error(err, films_dir) from None
+    except (OSError, RuntimeError) as err:  # RuntimeError: ffmpeg's own words, e.g. on a read-only disk
+        plain = write_error(err, films_dir)
+        if plain is err:
+            raise
+        raise plain from None
     finally:
         for path in temporaries:
-            path.unlink(missing_ok=True)
+            discard(path)
 
 
 def _render(board, checked, output_dir, films_dir, scratch, on_progress, sign, cancel) -> Path:

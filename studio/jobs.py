@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from library import ClipOptions, Library, Shot, Storyboard
-from library.files import read_json, set_aside, write_json, write_png
+from library.files import discard, read_json, set_aside, write_json, write_png
 from library.film import ExportCancelled
 from pipelines.errors import UserError
 from pipelines.manager import GenerationCancelled, PipelineManager, Progress
@@ -177,7 +177,7 @@ class JobQueue:
             write_json(self.jobs_dir / f"{job.id}.json", job.record())
         except (OSError, UserError) as err:
             for path in pictures:
-                path.unlink(missing_ok=True)
+                discard(path)  # never raises: on a read-only disk the refusal below is what the user sees
             raise err if isinstance(err, UserError) else _disk(err, self.jobs_dir) from None
         with self._lock:
             self._jobs[job.id] = job

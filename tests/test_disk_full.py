@@ -15,9 +15,10 @@ from library import Library, LibraryError, Shot, Storyboard
 from library.clips import list_clips, write_clip
 from library.layout import TMP_PREFIX
 from pipelines import APP_NAME
+from pipelines.errors import UserError
 from pipelines.request import GenerationRequest, validate_request
 from studio.jobs import CANCELLED, DONE, FAILED, JobQueue, default_generate
-from tests.tmpfs import tmpfs
+from tests.tmpfs import remount, tmpfs
 
 TINY = "test-tiny"
 
@@ -147,3 +148,105 @@ def test_a_cancelled_export_leaves_no_film_and_the_film_worker_goes_on(manager, 
     ok = jobs.submit_film(Storyboard(shots=[Shot(name)]))
     wait_until(lambda: jobs.get(ok.id).finished)
     assert jobs.get(ok.id).status == DONE and Path(jobs.get(ok.id).result).is_file()
+
+
+@pytest.fixture
+def studio_on_a_disk(tmp_path, monkeypatch):
+    """An in-process studio whose output folder is on its own 20 MB tmpfs, which a test can turn read-only."""
+    from studio.server import Studio
+    from studio.settings import Settings
+
+    monkeypatch.setenv("WAN_STUDIO_HOME", str(tmp_path / "home"))
+    with tmpfs(tmp_path / "disk", "size=20m") as mount:
+        yield Studio(Settings(model=TINY, output_dir=str(mount / "outputs")), offline=True), mount
+        remount(mount, "rw")
+
+
+def files_in(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
+def in_background(run) -> tuple[threading.Thread, list]:
+    """`run()` in a thread, its result (or the exception it raised) put in the list it returns."""
+    outcome: list = []
+
+    def target():
+        try:
+            outcome.append(run())
+        except Exception as err:  # noqa: BLE001 (the test looks at it)
+            outcome.append(err)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def collect(stream) -> list:
+    import asyncio
+
+    async def run():
+        return [update async for update in stream]
+
+    return asyncio.run(run())
+
+
+def test_an_output_folder_turned_read_only_under_a_generation_is_named_in_the_page(studio_on_a_disk, monkeypatch):
+    from studio.handlers import generate
+    from tests.test_jobs import paused_on_entry
+
+    studio, disk = studio_on_a_disk
+    root = studio.library.root
+    held, writing, release = paused_on_entry(studio.library.save_clip)
+    monkeypatch.setattr(studio.library, "save_clip", held)
+    form = ("a cat", "", "96x64", 5, 2, 5, 7, "[]", False)
+    page, updates = in_background(lambda: collect(generate.text_to_video_in_page(studio, *form)))
+    assert writing.wait(60)  # denoised and decoded; the clip is about to be written
+    before = files_in(root)
+    remount(disk, "ro")  # the drive is remounted read-only under the running studio
+    release.set()
+    page.join(60)
+    status = updates[0][-1][1]
+    expected = f"The output folder '{root}' cannot be written: Read-only file system."
+    assert status == f"**Failed** — {expected}", status
+    assert files_in(root) == before and studio.library.clips() == []  # nothing partial, nothing published
+    # a new generation is refused at once, with the same sentence
+    refused = collect(generate.text_to_video_in_page(studio, *form))
+    assert len(refused) == 1 and refused[0][1].startswith("**Not started** — The output folder"), refused
+    assert "cannot be written: Read-only file system." in refused[0][1]
+
+    remount(disk, "rw")
+    monkeypatch.undo()
+    again = collect(generate.text_to_video_in_page(studio, *form))
+    assert again[-1][1].startswith("**Done**") and len(studio.library.clips()) == 1  # the studio goes on
+
+
+def test_an_output_folder_turned_read_only_under_an_export_is_named_in_the_page(studio_on_a_disk, monkeypatch):
+    from studio.handlers import storyboard
+    from tests.test_jobs import paused_on_entry
+
+    studio, disk = studio_on_a_disk
+    root = studio.library.root
+    frames = np.zeros((16, 64, 96, 3), np.uint8)
+    name = write_clip(frames, 8, root, "shot", {"app": APP_NAME, "duration_s": 2.0}).video.name
+    (root / "films").mkdir()  # as after an earlier export
+    held, exporting, release = paused_on_entry(studio.library.export_film)
+    monkeypatch.setattr(studio.library, "export_film", held)
+    base = storyboard.reload(studio)[-1]
+    values = storyboard.values_of(studio, Storyboard(shots=[Shot(name)], fps=24))
+    page, outcome = in_background(lambda: collect(storyboard.export(studio, base, *values)))
+    assert exporting.wait(60)  # the film job has started
+    before = files_in(root)
+    remount(disk, "ro")
+    release.set()
+    page.join(60)
+    (failure,) = outcome
+    expected = f"The output folder '{root / 'films'}' cannot be written: Read-only file system."
+    assert isinstance(failure, UserError) and str(failure) == expected, failure
+    assert files_in(root) == before and list((root / "films").iterdir()) == []
+    film_job = next(job for job in studio.jobs.jobs() if job.label.startswith("Film:"))
+    assert film_job.status == FAILED and film_job.message == expected
+    # exporting again saves the storyboard first: refused with the folder's name, not an internal error
+    base = storyboard.reload(studio)[-1]
+    values = storyboard.values_of(studio, Storyboard(shots=[Shot(name)], title="Again"))
+    with pytest.raises(LibraryError, match=rf"The output folder '{root}' cannot be written: Read-only file system"):
+        collect(storyboard.export(studio, base, *values))

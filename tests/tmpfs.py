@@ -26,3 +26,9 @@ def tmpfs(folder: Path, options: str) -> Iterator[Path]:
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def remount(folder: Path, options: str) -> None:
+    """Change a mounted tmpfs's options while it is in use ("ro": the disk turns read-only under the studio,
+    for root too, which file permissions alone never stop)."""
+    subprocess.run(["mount", "-o", f"remount,{options}", str(folder)], check=True, capture_output=True)
