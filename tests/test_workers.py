@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from library import Library
@@ -31,20 +33,62 @@ def test_gpus_flag_names_devices_and_refuses_what_the_machine_lacks():
     assert worker_labels(["cpu", "cpu"]) == ["CPU 1", "CPU 2"]
 
 
+class Rendezvous:
+    """Holds each armed run inside its first denoising step until every armed run has entered its own: runs
+    that really go side by side all meet; runs made to take turns (a lock anywhere around a worker's run)
+    would wait for each other forever, so each waits `timeout` seconds at most and says whether all met."""
+
+    def __init__(self, seeds: tuple[int, ...], timeout: float = 60.0):
+        self.entered = {seed: threading.Event() for seed in seeds}
+        self.met: dict[int, bool] = {}
+        self.timeout = timeout
+
+    def generate(self, manager, request_, report, cancel):
+        def on_progress(progress):
+            report(progress)
+            entered = self.entered.get(request_.seed)
+            if entered is not None and progress.stage == "denoise" and progress.step == 1:
+                entered.set()
+                self.met[request_.seed] = all(e.wait(self.timeout) for e in self.entered.values())
+
+        return manager.generate(request_, on_progress=on_progress, cancel=cancel)
+
+
+class ArmedRendezvous:
+    """The workers' generate function: a `Rendezvous` when a test arms one, a plain run otherwise."""
+
+    def __init__(self):
+        self.armed: Rendezvous | None = None
+
+    def generate(self, manager, request_, report, cancel):
+        if self.armed is not None:
+            return self.armed.generate(manager, request_, report, cancel)
+        return manager.generate(request_, on_progress=report, cancel=cancel)
+
+
+MEETING = ArmedRendezvous()
+
+
 @pytest.fixture(scope="module")
 def two_workers():
     managers = [PipelineManager(offline=True, device="cpu") for _ in range(2)]
-    return [LocalWorker(m, label=label) for m, label in zip(managers, ("CPU 1", "CPU 2"), strict=True)]
+    return [LocalWorker(m, generate=MEETING.generate, label=label)
+            for m, label in zip(managers, ("CPU 1", "CPU 2"), strict=True)]  # fmt: skip
 
 
 def test_two_workers_run_two_jobs_at_once_and_a_job_goes_to_the_worker_holding_its_model(two_workers, out_dir):
     jobs = JobQueue(two_workers, Library.open(out_dir))
-    first = [jobs.submit(request(model=model, seed=1, steps=6, frames=17)) for model in (TINY, WAN21)]
-    wait_until(lambda: all(jobs.get(j.id).finished for j in first), timeout=120)
+    MEETING.armed = meeting = Rendezvous(seeds=(1, 2))
+    try:
+        first = [jobs.submit(request(model=model, seed=seed, steps=3)) for model, seed in ((TINY, 1), (WAN21, 2))]
+        wait_until(lambda: all(jobs.get(j.id).finished for j in first), timeout=180)
+    finally:
+        MEETING.armed = None
     a, b = (jobs.get(j.id) for j in first)
     assert a.status == b.status == DONE
     assert {a.worker, b.worker} == {"CPU 1", "CPU 2"}
-    assert a.started < b.ended and b.started < a.ended  # their run intervals overlap
+    # each run waited inside its first step until the other's run was inside its own: both were denoising at once
+    assert meeting.met == {1: True, 2: True}
     holder = {w.holds(): w for w in two_workers}
     assert set(holder) == {TINY, WAN21}
     loads = [w.manager.loads for w in two_workers]
