@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import os
 import struct
+import subprocess
+import threading
 import wave
 from pathlib import Path
 
@@ -168,8 +170,6 @@ def test_gif_export(out_dir):
 
 def film_pcm(film: Path, rate: int = 8000) -> np.ndarray:
     """The film's sound, decoded by ffmpeg: mono 16-bit samples at `rate`."""
-    import subprocess
-
     from library.media import ffmpeg_exe
 
     raw = subprocess.run(
@@ -319,3 +319,72 @@ def test_an_edited_track_of_the_same_name_and_size_is_the_one_the_film_plays(out
         film = export_film(Storyboard(shots=[Shot(two_clips[0])], audio=name), out_dir)
         played[name] = pitch(film_pcm(film))
     assert played[old_name] == pytest.approx(440, abs=10) and played[new_name] == pytest.approx(880, abs=10), played
+
+
+class HeldInterpolation:
+    """Holds film exports' ffmpeg interpolation mid-run, by back-pressure rather than timing.
+
+    Its progress pipe is handed to ffmpeg already full, so ffmpeg blocks at its first report (a write of a
+    whole report waits for room) and cannot end on its own. `started` fires once it runs; after `release`
+    the export's reading loop gets the filler lines one at a time (each frees too little room to unblock
+    ffmpeg), then everything else. `procs` are the interpolation processes."""
+
+    FILLER = b"filler\n"
+
+    def __init__(self, monkeypatch):
+        self.started, self.release, self.procs = threading.Event(), threading.Event(), []
+        self._popen = subprocess.Popen
+        monkeypatch.setattr(subprocess, "Popen", self._spawn)
+
+    def _spawn(self, args, **kwargs):
+        if not any("minterpolate" in str(arg) for arg in args):  # moviepy's readers and writers
+            return self._popen(args, **kwargs)
+        read, write = os.pipe()
+        os.set_blocking(write, False)
+        try:
+            while True:
+                os.write(write, self.FILLER)
+        except BlockingIOError:
+            os.set_blocking(write, True)
+        proc = self._popen(args, stdout=write, stderr=kwargs.get("stderr"), text=kwargs.get("text"))
+        os.close(write)
+        proc.stdout = self._lines(read)
+        self.procs.append(proc)
+        return proc
+
+    def _lines(self, fd: int):
+        self.started.set()
+        self.release.wait(60)
+        try:
+            line = b""
+            while byte := os.read(fd, 1):
+                line += byte
+                if byte == b"\n":
+                    yield line.decode()
+                    line = b""
+        finally:
+            os.close(fd)
+
+
+@pytest.mark.parametrize("change", [dict(fps=24), dict(fps=16, slow_motion=True)], ids=["frame-rate", "slow-motion"])
+def test_cancel_while_ffmpeg_interpolates_kills_it_and_writes_nothing(manager, out_dir, monkeypatch, change):
+    import signal
+
+    from studio.jobs import CANCELLED, JobQueue
+    from tests.test_jobs import wait_until
+
+    clip = moving_clip(out_dir, "slide")
+    jobs = JobQueue(manager, Library.open(out_dir))
+    held = HeldInterpolation(monkeypatch)
+    job = jobs.submit_film(Storyboard(shots=[Shot(clip)], **change))
+    assert held.started.wait(60)  # composed; ffmpeg is interpolating
+    (ffmpeg,) = held.procs
+    assert ffmpeg.poll() is None
+    assert jobs.cancel(job.id)
+    held.release.set()
+    wait_until(lambda: jobs.get(job.id).finished)
+    ended = jobs.get(job.id)
+    assert ended.status == CANCELLED and ended.message == "Export cancelled; no film was written"
+    assert ffmpeg.returncode == -signal.SIGKILL  # killed mid-run, not left to finish
+    assert ffmpeg_children() == 0  # no ffmpeg of the export left running
+    assert list((out_dir / "films").iterdir()) == []  # no film, no record, no temporary
