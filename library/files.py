@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from library.layout import CORRUPT_SUFFIX, TMP_PREFIX
 from pipelines.errors import UserError
 
 MB = 1024 * 1024
+_STARTED = time.time()  # about when this process started: every temporary it writes is newer
 
 
 class LibraryError(UserError):
@@ -180,15 +182,36 @@ def discard(path: Path) -> None:
 
 
 def clean_temporaries(root: Path, older_than_s: float = 3600) -> int:
-    """Remove what crashed writes left behind, anywhere under `root` (films/, .jobs/, audio/ too); recent
-    ones may belong to a write still in progress."""
+    """Remove what crashed writes left behind, anywhere under `root` (films/, .jobs/, audio/ too): those
+    whose writing process is gone (a studio stopped mid-export restarts within the hour), and any older
+    than `older_than_s`; other recent ones may belong to a write still in progress."""
     removed = 0
     now = time.time()
     for path in Path(root).rglob(f"{TMP_PREFIX}*"):
         try:
-            if path.is_file() and now - path.stat().st_mtime > older_than_s:
+            mtime = path.stat().st_mtime
+            if path.is_file() and (now - mtime > older_than_s or _writer_gone(path.name, mtime)):
                 path.unlink()
                 removed += 1
         except OSError:
             continue
     return removed
+
+
+def _writer_gone(name: str, mtime: float) -> bool:
+    """Whether the process named in a temporary's name (`temporary`) no longer runs. One with this
+    process's id from before it started was an earlier run's (a container's studio is often process 1
+    each time). False when unknown: other names, or no POSIX process check (Windows' os.kill would kill)."""
+    match = re.match(rf"{re.escape(TMP_PREFIX)}(\d+)-", name)
+    if match is None or os.name != "posix":
+        return False
+    pid = int(match.group(1))
+    if pid == os.getpid():
+        return mtime < _STARTED - 2  # a margin for filesystems that keep whole seconds
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists, run by another user
+        return False
+    return False

@@ -101,6 +101,25 @@ def test_old_temporaries_are_cleaned_anywhere_in_the_folder(out_dir):
     assert not stale.exists() and not stale_film.exists() and fresh.exists()
 
 
+def test_a_recent_temporary_is_cleaned_once_the_process_writing_it_is_gone(out_dir):
+    import subprocess
+    import sys
+
+    from library import files
+
+    out_dir.mkdir(parents=True)
+    exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = out_dir / f"{TMP_PREFIX}{int(exited.stdout)}-1.mp4"  # its writer was killed, say, a minute ago
+    earlier_run = out_dir / f"{TMP_PREFIX}{os.getpid()}-2.mp4"  # this process id, but an earlier run's
+    ours = files.temporary(out_dir, ".mp4")  # a write of this process, under way
+    for path in (gone, earlier_run, ours):
+        path.write_bytes(b"x")
+    before = files._STARTED - 60
+    os.utime(earlier_run, (before, before))
+    assert clean_temporaries(out_dir) == 2
+    assert not gone.exists() and not earlier_run.exists() and ours.exists()
+
+
 def test_encoder_refuses_what_browsers_cannot_play(tmp_path):
     with pytest.raises(ValueError, match="even dimensions"):
         encode_mp4(np.zeros((3, 31, 48, 3), np.uint8), 8, tmp_path / "odd.mp4")

@@ -290,3 +290,65 @@ def test_cancel_during_the_download_stops_before_the_model_loads(out_dir, monkey
     wait_until(lambda: jobs.get(job.id).finished)
     assert jobs.get(job.id).status == CANCELLED and "before denoising began" in jobs.get(job.id).message
     assert fresh.loads == 0 and fresh.loaded is None  # the load never started
+
+
+# A studio process that stops (is killed) while it exports one film and a second waits behind it: it prints
+# the two job ids once the first export has begun, then holds that export until it is killed.
+STOPPED_MID_EXPORT = """
+import sys, threading
+from pathlib import Path
+from library import Library, Shot, Storyboard
+from studio.jobs import JobQueue
+
+library = Library.open(Path(sys.argv[1]))
+export, exporting = library.export_film, threading.Event()
+
+def held(board, on_progress=None, cancel=None, **rest):
+    def progress(fraction, message):
+        exporting.set()
+        threading.Event().wait()  # mid-film, until the process is killed
+    return export(board, on_progress=progress, cancel=cancel, **rest)
+
+library.export_film = held
+jobs = JobQueue([], library)  # no GPU worker: only the film worker
+running = jobs.submit_film(Storyboard([Shot(sys.argv[2])]))
+exporting.wait()
+queued = jobs.submit_film(Storyboard([Shot(sys.argv[2], end_s=0.5)]))
+print(running.id, queued.id, flush=True)
+threading.Event().wait()
+"""
+
+
+def test_restart_runs_a_queued_film_export_and_marks_the_one_exporting_interrupted(manager, out_dir):
+    import subprocess
+    import sys
+
+    from tests.media import decode_video
+
+    clip = Library.open(out_dir).save_clip(manager.generate(request(prompt="the only shot", frames=9, steps=2))).video
+    root = Path(__file__).resolve().parents[1]
+    stopped = subprocess.Popen([sys.executable, "-c", STOPPED_MID_EXPORT, str(out_dir), clip.name], cwd=root,
+                               stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        running, queued = stopped.stdout.readline().split()  # waits for the export to be under way
+    finally:
+        stopped.kill()  # the studio stops: no clean-up, no last record written
+        stopped.wait(60)
+    assert read_json(out_dir / ".jobs" / f"{queued}.json")["status"] == QUEUED
+    assert list((out_dir / "films").glob(".partial-*.mp4"))  # the film it was writing, half done
+
+    jobs = JobQueue(manager, Library.open(out_dir))  # the studio starts again on the same folder
+    assert jobs.get(running).status == INTERRUPTED and "Interrupted" in jobs.get(running).message
+    wait_until(lambda: jobs.get(queued).finished)
+    assert jobs.get(queued).status == DONE, jobs.get(queued).message
+    film = Path(jobs.get(queued).result)
+    # the film and its record; nothing of the interrupted export is left behind
+    assert sorted(p.name for p in (out_dir / "films").iterdir()) == [film.name, f"{film.name}.json"]
+    frames, fps = decode_video(film)
+    source, _ = decode_video(clip)
+    assert fps == 8 and len(frames) == 4  # the shot's 0.5 s of the clip at 8 fps
+    # each of its frames is the clip's frame shown then (the film is re-encoded: a few levels off, while the
+    # test model's frames differ from each other by about 20)
+    errors = np.abs(frames[:, None].astype(np.int16) - source[None].astype(np.int16)).mean(axis=(2, 3, 4))
+    assert errors.argmin(axis=1).tolist() == [0, 1, 2, 3] and (errors.min(axis=1) < 8).all(), errors
+    assert read_json(out_dir / ".jobs" / f"{queued}.json")["status"] == DONE
