@@ -1,12 +1,21 @@
-"""Start the real studio (`python app.py`) on a free loopback port for API and browser tests."""
+"""Start the real studio (`python app.py`) on a free loopback port for API and browser tests.
+
+A test that must catch a job at a stage (running while another is queued, cancelled mid-run, stopped with
+the studio) starts the studio with a `Gate`: the studio's process then reports every clip job's first
+denoising step to the test over a local socket, and a job whose prompt the test holds waits there until the
+test lets it go. No test has to hope that a job outlasts a round trip."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -15,6 +24,130 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+GATE_ENV = "WAN_STUDIO_TEST_GATE"  # the gate's socket, for the studio's process
+
+
+class Hold:
+    """The jobs with one prompt, held at their first denoising step until `release` (or the hold ends)."""
+
+    def __init__(self, prompt: str):
+        self.prompt = prompt
+        self._reached = threading.Event()
+        self._waiting: list[socket.socket] = []
+        self._released = False
+        self._lock = threading.Lock()
+
+    def wait(self, timeout: float = 120) -> None:
+        """Return once a job with this prompt is held: running, at step 1, and staying there."""
+        assert self._reached.wait(timeout), f"no job {self.prompt!r} reached its first denoising step"
+
+    def release(self) -> None:
+        """Let every held job go on; later jobs with this prompt are not held."""
+        with self._lock:
+            self._released = True
+            waiting, self._waiting = self._waiting, []
+        for connection in waiting:
+            _answer(connection)
+
+    def _arrived(self, connection: socket.socket) -> None:
+        with self._lock:
+            if not self._released:
+                self._waiting.append(connection)
+                self._reached.set()
+                return
+        _answer(connection)
+
+
+class Gate:
+    """The test's end of the gate: a Unix socket the studio's process asks at each job's first step."""
+
+    def __init__(self) -> None:
+        self._folder = tempfile.mkdtemp(prefix="wan-gate-")  # short: a socket path has a length limit
+        self.address = os.path.join(self._folder, "gate.sock")
+        self._server = socket.socket(socket.AF_UNIX)
+        self._server.bind(self.address)
+        self._server.listen()
+        self._holds: dict[str, Hold] = {}
+        self._lock = threading.Lock()
+        threading.Thread(target=self._serve, name="test-gate", daemon=True).start()
+
+    @contextlib.contextmanager
+    def holding(self, prompt: str) -> Iterator[Hold]:
+        """Hold the jobs with this prompt at their first step for the block; released when it ends, whatever
+        happens in it (a failed test leaves no job blocking the studio for the tests after it)."""
+        hold = Hold(prompt)
+        with self._lock:
+            assert prompt not in self._holds, f"{prompt!r} is held already"
+            self._holds[prompt] = hold
+        try:
+            yield hold
+        finally:
+            with self._lock:
+                del self._holds[prompt]
+            hold.release()
+
+    def close(self) -> None:
+        self._server.close()
+        shutil.rmtree(self._folder, ignore_errors=True)
+
+    def __enter__(self) -> Gate:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self._server.accept()
+            except OSError:  # closed
+                return
+            threading.Thread(target=self._judge, args=(connection,), daemon=True).start()
+
+    def _judge(self, connection: socket.socket) -> None:
+        with connection.makefile("r") as lines:
+            prompt = json.loads(lines.readline() or "{}").get("prompt")
+        with self._lock:
+            hold = self._holds.get(prompt)
+        if hold is None:
+            _answer(connection)
+        else:
+            hold._arrived(connection)
+
+
+def _answer(connection: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # the studio may be gone already
+        connection.sendall(b"go\n")
+    connection.close()
+
+
+def install_gate(address: str) -> None:
+    """In the studio's process: each clip job, once its first denoising step is reported (the page and the
+    API see "Step 1/N"), asks the test's gate and waits for its answer. A cancel set meanwhile stops the job
+    at the next step, as it would any job."""
+    from studio.workers import LocalWorker
+
+    plain = LocalWorker.generate
+
+    def generate(self, request, report, cancel):
+        def reported(progress) -> None:
+            report(progress)
+            if progress.stage == "denoise" and progress.step == 1:
+                _ask(address, request.prompt)
+
+        return plain(self, request, reported, cancel)
+
+    LocalWorker.generate = generate
+
+
+def _ask(address: str, prompt: str) -> None:
+    with socket.socket(socket.AF_UNIX) as asking:
+        try:
+            asking.connect(address)
+        except OSError:  # the test's gate is closed: nothing holds this job
+            return
+        asking.sendall(json.dumps({"prompt": prompt}).encode() + b"\n")
+        asking.recv(16)  # the answer, or the test's end closing the socket
 
 
 @dataclass
@@ -24,6 +157,7 @@ class RunningStudio:
     home: Path
     log: Path
     pid: int = 0  # the studio's process
+    gate: Gate | None = None  # given to `studio`: holds jobs at their first step
 
 
 def free_port() -> int:
@@ -40,9 +174,11 @@ def studio(
     timeout: float = 120,
     env: dict[str, str] | None = None,
     offline: bool = True,
+    gate: Gate | None = None,
 ) -> Iterator[RunningStudio]:
     """`python app.py` with its own settings home and output folder; offline unless asked (test models never
-    need the Hub either way)."""
+    need the Hub either way). With a `gate`, `python -m tests.server`: the same studio, its jobs asking the
+    gate at their first step."""
     port = free_port()
     home = home or tmp / "home"
     output_dir = tmp / "outputs"
@@ -50,7 +186,11 @@ def studio(
     log = tmp / f"studio-{port}.log"
     env = dict(os.environ, WAN_STUDIO_HOME=str(home), PYTHONUNBUFFERED="1", **(env or {}))
     env.pop("WAN_STUDIO_AUTH", None)
+    env.pop(GATE_ENV, None)
     cmd = [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)]
+    if gate is not None:
+        env[GATE_ENV] = gate.address
+        cmd[1:2] = ["-m", "tests.server"]
     if offline:
         env["HF_HUB_OFFLINE"] = "1"
         cmd.append("--offline")
@@ -65,7 +205,7 @@ def studio(
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + timeout
-        while True:
+        while True:  # no event says the port is open: ask it until it answers
             if proc.poll() is not None:
                 raise RuntimeError(f"the studio exited early:\n{log.read_text()[-3000:]}")
             try:
@@ -77,10 +217,22 @@ def studio(
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the studio did not start:\n{log.read_text()[-3000:]}") from None
                 time.sleep(0.3)
-        yield RunningStudio(url, output_dir, home, log, proc.pid)
+        yield RunningStudio(url, output_dir, home, log, proc.pid, gate)
     finally:
         proc.terminate()
         try:
             proc.wait(15)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def _main(argv: list[str]) -> int:
+    """`python -m tests.server ARGS`: `python app.py ARGS` with the test's gate (`$WAN_STUDIO_TEST_GATE`)."""
+    import app  # first: it sets the environment (no telemetry) before anything else is imported
+
+    install_gate(os.environ[GATE_ENV])
+    return app.main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

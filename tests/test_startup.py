@@ -80,6 +80,7 @@ def test_a_restart_resumes_the_queued_job_and_marks_the_running_one_interrupted(
 
     from library.clips import list_clips
     from library.files import read_json
+    from tests.server import Gate
 
     out = tmp_path / "outputs"
 
@@ -94,17 +95,21 @@ def test_a_restart_resumes_the_queued_job_and_marks_the_running_one_interrupted(
         return found
 
     def wait_for(predicate, timeout: float = 90) -> None:
+        """Only for the restarted studio's job, which nobody watches: its record on disk is the one sign."""
         deadline = time.monotonic() + timeout
         while not predicate():
             assert time.monotonic() < deadline, records()
             time.sleep(0.2)
 
-    with studio(tmp_path) as first:
+    # the long one is held at its first step until after the studio is stopped (the contexts close in reverse)
+    with Gate() as gate, gate.holding("the long one") as long_one, studio(tmp_path, gate=gate) as first:
         c = Client(first.url, verbose=False)
         c.submit(prompt="the long one", steps=100, frames=33, size="256x256", api_name="/text_to_video")
-        wait_for(lambda: records() == {"the long one": "running"})
-        c.submit(prompt="waits its turn", steps=2, frames=5, api_name="/text_to_video")
-        wait_for(lambda: records() == {"the long one": "running", "waits its turn": "queued"})
+        long_one.wait()  # running: claimed (its record says so) and at step 1
+        assert records() == {"the long one": "running"}
+        waiting = c.submit(prompt="waits its turn", steps=2, frames=5, api_name="/text_to_video")
+        assert "Queued" in next(waiting)[1]  # the first update comes once the job and its record are queued
+        assert records() == {"the long one": "running", "waits its turn": "queued"}
     # the studio was stopped mid-job; the next start picks up where it left off
     with studio(tmp_path) as second:
         wait_for(lambda: records().get("waits its turn") == "done")

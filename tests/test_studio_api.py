@@ -16,12 +16,13 @@ from PIL import Image
 
 from library.clips import list_clips
 from tests.media import decode_video
-from tests.server import studio
+from tests.server import Gate, studio
 
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory):
-    with studio(tmp_path_factory.mktemp("api")) as s:
+    """The studio with a gate: a test can hold a job at its first step (`running.gate.holding(prompt)`)."""
+    with Gate() as gate, studio(tmp_path_factory.mktemp("api"), gate=gate) as s:
         yield s
 
 
@@ -124,10 +125,12 @@ def test_image_to_video_without_a_picture_says_so(client):
 
 
 def test_cancel_stops_the_running_job(client, running):
-    job = client.submit(prompt="cancel me", steps=100, frames=33, api_name="/text_to_video")
-    job_id = first_step_update(job)[3]
-    assert job_id
-    assert "Cancelling" in client.predict(job_id, api_name="/cancel")
+    with running.gate.holding("cancel me") as held:  # the job waits at step 1 until the cancel is asked
+        job = client.submit(prompt="cancel me", steps=100, frames=33, api_name="/text_to_video")
+        held.wait()
+        job_id = first_step_update(job)[3]
+        assert job_id
+        assert "Cancelling" in client.predict(job_id, api_name="/cancel")
     for _ in job:
         pass
     final = job.outputs()[-1]
@@ -138,14 +141,16 @@ def test_cancel_stops_the_running_job(client, running):
 
 def test_a_client_that_disconnects_leaves_the_job_running(running):
     c = Client(running.url, verbose=False)
-    job = c.submit(prompt="keep going without me", steps=100, frames=33, api_name="/text_to_video")
-    last_step = first_step_update(job)[1]
-    assert "Step 100/100" not in last_step
-    job.cancel()  # what closing the tab does: the stream stops
-    c.close()
+    with running.gate.holding("keep going without me") as held:  # running, at step 1, while the client leaves
+        job = c.submit(prompt="keep going without me", steps=100, frames=33, api_name="/text_to_video")
+        held.wait()
+        last_step = first_step_update(job)[1]
+        assert "Step 100/100" not in last_step
+        job.cancel()  # what closing the tab does: the stream stops
+        c.close()
 
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline:  # no event for a job nobody watches: its clip on disk is the sign
         clips = [clip for clip in list_clips(running.output_dir) if clip.settings["prompt"] == "keep going without me"]
         if clips:
             break
