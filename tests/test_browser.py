@@ -7,13 +7,12 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from library.clips import list_clips
-from tests.server import studio
+from tests.server import Gate, studio
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
@@ -32,10 +31,77 @@ def outbound_log(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def running(tmp_path_factory, outbound_log):
     """The studio as a user starts it (online, the default), with every attempt to reach beyond this machine
-    logged and refused by tests/netguard."""
+    logged and refused by tests/netguard; a gate lets a test hold a job at its first step."""
     guard = {"PYTHONPATH": str(NETGUARD), "WAN_STUDIO_NETLOG": str(outbound_log)}
-    with studio(tmp_path_factory.mktemp("browser"), env=guard, offline=False) as running:
+    with Gate() as gate, studio(tmp_path_factory.mktemp("browser"), env=guard, offline=False, gate=gate) as running:
         yield running
+
+
+# Counts the page's Gradio events still under way: a queue/join (or run) request starts one, its
+# process_completed message on the queue's event stream (read from a copy of the stream) ends it.
+TRACK_EVENTS = r"""(() => {
+    const fetched = window.fetch.bind(window);
+    const events = {joining: 0, open: new Set(), ended: new Set(), seq: 0};
+    const change = () => { events.seq += 1; };
+    const end = (id) => { events.ended.add(id); if (events.open.delete(id)) change(); };
+    const read = async (body) => {
+        const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+        let text = '';
+        for (;;) {
+            const {value, done} = await reader.read();
+            if (done) return;
+            const parts = (text + value).split('\n\n');
+            text = parts.pop();
+            for (const part of parts) {
+                for (const line of part.split('\n').filter((l) => l.startsWith('data:'))) {
+                    try { const m = JSON.parse(line.slice(5)); if (m.msg === 'process_completed') end(m.event_id); }
+                    catch (e) {}
+                }
+            }
+        }
+    };
+    window.fetch = async (input, init) => {
+        const url = typeof input === 'string' ? input : input.url;
+        const starts = /\/queue\/join|\/run\//.test(url);
+        if (starts) { events.joining += 1; change(); }
+        try {
+            const response = await fetched(input, init);
+            if (starts) {
+                const id = url.includes('/queue/join') && response.ok && (await response.clone().json()).event_id;
+                if (id && !events.ended.has(id)) events.open.add(id);
+            } else if (url.includes('/queue/data') && response.body) {
+                const [mine, theirs] = response.body.tee();
+                read(mine);
+                return new Response(theirs, {status: response.status, statusText: response.statusText,
+                                             headers: response.headers});
+            }
+            return response;
+        } finally {
+            if (starts) { events.joining -= 1; change(); }
+        }
+    };
+    window.__events = events;
+})();"""
+
+# True once no event is under way and none started or ended since the last look, a task queued after it
+# having run (the page applies an event's result in a task of its own, and what it sets off joins then).
+EVENTS_SETTLED = """() => {
+    const e = window.__events;
+    if (e.joining || e.open.size) { e.mark = null; return false; }
+    if (!e.mark || e.mark.seq !== e.seq) {
+        const mark = {seq: e.seq, ran: false};
+        e.mark = mark;
+        setTimeout(() => { mark.ran = true; }, 0);
+        return false;
+    }
+    return e.mark.ran;
+}"""
+
+
+def settled(page) -> None:
+    """Wait until every event the page has started has ended, and nothing it set off is still to come: the
+    event to wait on before checking that something did NOT happen."""
+    page.wait_for_function(EVENTS_SETTLED, timeout=60_000)
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +115,7 @@ def page(running):
             args=["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-gpu"],
         )
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.add_init_script(TRACK_EVENTS)
         page.requested = []  # every URL the page asks for, for the privacy check at the end
         page.on("request", lambda request: page.requested.append(request.url))
         page.goto(running.url)
@@ -185,7 +252,7 @@ def test_the_library_lists_the_clip_after_a_reload(page, running):
     page.wait_for_function(
         "() => document.querySelector('#t2v-prompt textarea').value.includes('paper boat')", timeout=30_000
     )
-    page.wait_for_timeout(1000)  # any late event would have landed by now
+    settled(page)  # a late event (say Fast mode's own, set off by Reuse) would have landed
     assert page.locator("#t2v-steps input[type=number]").input_value() == "40"
     assert not page.locator("#t2v-fast input").is_checked() and page.locator("#t2v-steps input").first.is_enabled()
     assert page.locator("#t2v-prompt textarea").is_visible()  # the form's tab is the one shown
@@ -219,7 +286,7 @@ def test_every_tab_at_desktop_and_phone_width(page, running):
         page.wait_for_selector("#t2v-prompt textarea", timeout=60_000)
         for name in TABS:
             open_tab(page, name)
-            page.wait_for_timeout(300)
+            settled(page)  # what the tab loads is in
             overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
             assert overflow <= 1, f"{name} scrolls sideways by {overflow}px at {width}px"
             slug = name.lower().replace(" ", "-")
@@ -368,27 +435,27 @@ def test_a_page_that_did_not_start_a_job_can_cancel_it_from_the_queue(page, runn
     assert not page.locator("#queue-pick").is_visible()  # no job running or queued: no empty picker
     client = Client(running.url, verbose=False)
     try:
-        # a few seconds of work on the worker, and a job queued behind it, both started elsewhere
-        busy = client.submit(prompt="keeps the worker busy", size="256x256", frames=33, steps=100,
-                             api_name="/text_to_video")  # fmt: skip
-        page.wait_for_function(
-            "() => document.querySelector('#queue-table').innerText.includes('keeps the worker busy')",
-            timeout=30_000,
-        )
-        queued = client.submit(prompt="queued, to be cancelled", size="256x256", frames=33, steps=100,
-                               api_name="/text_to_video")  # fmt: skip
-        page.wait_for_function(
-            "() => document.querySelector('#queue-table').innerText.includes('queued, to be cancelled')",
-            timeout=30_000,
-        )
-        page.locator("#queue-pick input").click()
-        page.get_by_role("option", name=re.compile("queued, to be cancelled")).click(timeout=30_000)
-        page.locator("#queue-cancel").click()
-        page.wait_for_function(
-            "() => document.querySelector('#queue-note').innerText.includes('Cancelling')", timeout=30_000
-        )
-        assert queued.result(timeout=120)[1].startswith("Cancelled")  # its stream ends with the reason, plain text
-        assert busy.result(timeout=120)[1].startswith("Done in")
+        # a job held running on the worker, and a job queued behind it, both started elsewhere
+        with running.gate.holding("keeps the worker busy") as held:
+            busy = client.submit(prompt="keeps the worker busy", steps=3, api_name="/text_to_video")
+            held.wait()
+            page.wait_for_function(
+                "() => document.querySelector('#queue-table').innerText.includes('keeps the worker busy')",
+                timeout=30_000,
+            )
+            queued = client.submit(prompt="queued, to be cancelled", steps=3, api_name="/text_to_video")
+            page.wait_for_function(
+                "() => document.querySelector('#queue-table').innerText.includes('queued, to be cancelled')",
+                timeout=30_000,
+            )
+            page.locator("#queue-pick input").click()
+            page.get_by_role("option", name=re.compile("queued, to be cancelled")).click(timeout=30_000)
+            page.locator("#queue-cancel").click()
+            page.wait_for_function(
+                "() => document.querySelector('#queue-note').innerText.includes('Cancelling')", timeout=30_000
+            )
+            assert queued.result(timeout=120)[1].startswith("Cancelled")  # its stream ends with the reason
+        assert busy.result(timeout=120)[1].startswith("Done in")  # let go: it runs to its clip
     finally:
         client.close()
     prompts = [c.settings["prompt"] for c in list_clips(running.output_dir)]
@@ -468,11 +535,10 @@ def test_add_a_lora_in_settings_use_it_with_fast_mode_and_reuse_both(page, runni
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "t2v-lora-fast.png"), full_page=True)
     page.click("#t2v-generate")
-    # the form showed the last job's "Done" since the reload: wait for this clip itself
-    deadline = time.monotonic() + 120
-    while not list(running.output_dir.glob("*watercolour-heron*.json")):
-        assert time.monotonic() < deadline, "the clip never arrived"
-        time.sleep(0.2)
+    # the form showed the last job's "Done" since the reload: wait for this clip itself in the player
+    page.wait_for_function(
+        "() => document.querySelector('#t2v-video video')?.src.includes('watercolour-heron')", timeout=120_000
+    )
     page.wait_for_function("() => document.querySelector('#t2v-status').innerText.includes('Done')", timeout=120_000)
     sidecar = json.loads(next(running.output_dir.glob("*watercolour-heron*.json")).read_text())
     assert [(lora["file"], lora["strength"]) for lora in sidecar["settings"]["loras"]] == [
@@ -498,27 +564,28 @@ def test_after_a_reload_the_form_shows_its_own_queued_job_and_follows_it_to_the_
 
     client = Client(running.url, verbose=False)
     try:
-        busy = client.submit(prompt="someone else's long job", size="256x256", frames=33, steps=100,
-                             api_name="/text_to_video")  # fmt: skip
-        page.reload()
-        page.wait_for_selector("#t2v-prompt textarea", timeout=60_000)
-        page.wait_for_function(
-            "() => document.querySelector('#queue-table').innerText.includes('long job')", timeout=30_000
-        )
-        page.fill("#t2v-prompt textarea", "my own queued shot")
-        stored = page.evaluate("() => localStorage.getItem('wan-studio-t2v-job')")  # encrypted by Gradio
-        page.click("#t2v-generate")
-        page.wait_for_function(
-            "() => document.querySelector('#t2v-status').innerText.includes('Queued')", timeout=30_000
-        )
-        page.wait_for_function(  # the browser has stored the new job (written just after the update)
-            "(before) => localStorage.getItem('wan-studio-t2v-job') !== before", arg=stored, timeout=30_000
-        )
-        page.reload()  # the page forgets everything but what the browser stored
-        page.wait_for_selector("#t2v-prompt textarea", timeout=60_000)
-        page.wait_for_function(
-            "() => /Queued|Step|Done/.test(document.querySelector('#t2v-status').innerText)", timeout=30_000
-        )
+        with running.gate.holding("someone else's long job") as held:  # running until the reloaded page looked
+            busy = client.submit(prompt="someone else's long job", steps=3, api_name="/text_to_video")
+            held.wait()
+            page.reload()
+            page.wait_for_selector("#t2v-prompt textarea", timeout=60_000)
+            page.wait_for_function(
+                "() => document.querySelector('#queue-table').innerText.includes('long job')", timeout=30_000
+            )
+            page.fill("#t2v-prompt textarea", "my own queued shot")
+            stored = page.evaluate("() => localStorage.getItem('wan-studio-t2v-job')")  # encrypted by Gradio
+            page.click("#t2v-generate")
+            page.wait_for_function(
+                "() => document.querySelector('#t2v-status').innerText.includes('Queued')", timeout=30_000
+            )
+            page.wait_for_function(  # the browser has stored the new job (written just after the update)
+                "(before) => localStorage.getItem('wan-studio-t2v-job') !== before", arg=stored, timeout=30_000
+            )
+            page.reload()  # the page forgets everything but what the browser stored
+            page.wait_for_selector("#t2v-prompt textarea", timeout=60_000)
+            page.wait_for_function(  # its own job, still queued behind the held one
+                "() => /Queued/.test(document.querySelector('#t2v-status').innerText)", timeout=30_000
+            )
         page.wait_for_function(
             "() => document.querySelector('#t2v-status').innerText.includes('Done')", timeout=120_000
         )
@@ -541,7 +608,7 @@ def test_a_bad_request_shows_one_message_in_the_status_line_and_nothing_else(pag
     )
     status = page.inner_text("#t2v-status")
     assert "Not started" in status and "The height must be between 32 and 256 px" in status, status
-    page.wait_for_timeout(500)
+    settled(page)  # a toast or badge from the refusal would be shown by now
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "t2v-refused.png"), full_page=False)
     # one message: no toast, no "Error" badge over the preview, the clip or the seed
@@ -614,10 +681,12 @@ def test_image_to_video_with_an_end_frame_where_the_model_takes_one(page, runnin
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / "i2v-end-frame.png"), full_page=True)
         page.click("#i2v-generate")
-        deadline = time.monotonic() + 120
-        while not list(running.output_dir.glob("*turns-to-sunset*.json")):
-            assert time.monotonic() < deadline, page.inner_text("#i2v-status")
-            time.sleep(0.2)
+        page.wait_for_function(  # the clip in the player, or the form's refusal or failure
+            """() => document.querySelector('#i2v-video video')?.src.includes('turns-to-sunset')
+                     || /Not started|Failed/.test(document.querySelector('#i2v-status').innerText)""",
+            timeout=120_000,
+        )
+        assert list(running.output_dir.glob("*turns-to-sunset*.json")), page.inner_text("#i2v-status")
         sidecar = json.loads(next(running.output_dir.glob("*turns-to-sunset*.json")).read_text())
         assert sidecar["settings"]["end_frame"] is True and (running.output_dir / sidecar["end_image"]).is_file()
     finally:
