@@ -29,7 +29,7 @@ _keys_lock = threading.Lock()
 
 
 class SigningError(RuntimeError):
-    pass
+    """Why a file could not be signed, in words a user can act on (the file is kept unsigned)."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,45 @@ def identity() -> Identity:
         if not (chain.is_file() and key.is_file()):
             _make_identity(folder)
         return Identity(chain.read_bytes(), key.read_bytes(), issuer=f"{APP_NAME} local CA")
+
+
+def usable_identity() -> Identity:
+    """This machine's identity, checked before signing: SigningError says in plain words what is wrong in the
+    key folder and what to do (the C2PA library's own message names its internals, not the file)."""
+    folder = keys_dir()
+    try:
+        me = identity()
+    except OSError as err:
+        reason = err.strerror or err
+        raise SigningError(f"This studio's signing key in {folder} cannot be read or made: {reason}") from None
+    problem = _identity_problem(me)
+    if problem:
+        raise SigningError(
+            f"This studio's {problem} (in {folder}). Move signer-key.pem and signer-chain.pem out of that folder "
+            "and the studio makes a new key"  # no full stop: the page adds one after it
+        )
+    return me
+
+
+def _identity_problem(me: Identity) -> str | None:
+    """What is wrong with a signing key and its certificate chain, in words; None when they are usable."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        key = serialization.load_pem_private_key(me.key_pem, password=None)
+    except (ValueError, TypeError):
+        return "signing key is damaged"
+    try:
+        chain = x509.load_pem_x509_certificates(me.chain_pem)
+    except ValueError:
+        chain = []
+    if len(chain) < 2:  # the signing certificate, then the local CA
+        return "certificate is damaged"
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if key.public_key().public_bytes(*spki) != chain[0].public_key().public_bytes(*spki):
+        return "signing key does not belong to its certificate"
+    return None
 
 
 def studio_mark() -> int:
@@ -159,10 +198,10 @@ def sign_file(source: Path, target: Path, claim: dict, ingredients: list[Path] =
         if not can_sign(source):
             raise SigningError(
                 f"{source.suffix} files cannot carry Content Credentials (the C2PA SDK does not support the "
-                f"format); MP4 and GIF exports are signed."
+                f"format); MP4 and GIF exports are signed"
             )
         mime = MIME[source.suffix.lower()]
-        me = identity()
+        me = usable_identity()
         signer = c2pa.Signer.from_info(c2pa.C2paSignerInfo(b"es256", me.chain_pem, me.key_pem, None))
         builder = c2pa.Builder(claim)
         for ingredient in ingredients:
@@ -174,8 +213,8 @@ def sign_file(source: Path, target: Path, claim: dict, ingredients: list[Path] =
             builder.sign(signer, mime, src, dst)
     except SigningError:
         raise
-    except Exception as err:  # the native library raises its own error types; keep the reason
-        raise SigningError(f"{type(err).__name__}: {err}") from err
+    except Exception as err:  # the native library raises its own error types (private names); keep the reason
+        raise SigningError(f"The C2PA library could not sign the file: {err}") from err
 
 
 @dataclass

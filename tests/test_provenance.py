@@ -204,3 +204,69 @@ def test_unmarked_clips_almost_never_read_as_marked():
                 clip[f, 20:40, x : x + 16] = rng.integers(0, 256, 3)
         found += watermark.extract(clip).payload is not None
     assert found == 0
+
+
+def break_the_key(problem: str) -> Path:
+    """Damage this studio's signing identity (made first) the way `problem` says; the keys folder."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    provenance.identity()
+    folder = provenance.keys_dir()
+    if problem == "damaged key":
+        (folder / "signer-key.pem").write_text("-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n")
+    elif problem == "damaged certificate":
+        (folder / "signer-chain.pem").write_bytes(b"not a certificate")
+    else:  # a valid key, but not the one the certificate was issued for
+        other = ec.generate_private_key(ec.SECP256R1())
+        pem = serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        (folder / "signer-key.pem").write_bytes(other.private_bytes(*pem))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "problem, says",
+    [("damaged key", "signing key is damaged"), ("damaged certificate", "certificate is damaged"),
+     ("another key", "signing key does not belong to its certificate")],
+)  # fmt: skip
+def test_a_broken_signing_identity_is_named_and_the_file_kept_unsigned(tmp_path, monkeypatch, problem, says):
+    monkeypatch.setenv("WAN_STUDIO_HOME", str(tmp_path / "home"))
+    folder = break_the_key(problem)
+    clip = tmp_path / "clip.mp4"
+    encode_mp4(np.zeros((5, 32, 32, 3), np.uint8), 8, clip)
+    with pytest.raises(provenance.SigningError) as info:
+        provenance.sign_file(clip, tmp_path / "signed.mp4", provenance.manifest("clip.mp4", "test-tiny"))
+    assert str(info.value) == (
+        f"This studio's {says} (in {folder}). Move signer-key.pem and signer-chain.pem out of that folder and the "
+        "studio makes a new key"
+    )
+
+
+def test_when_signing_fails_the_page_says_why(tmp_path, monkeypatch):
+    import asyncio
+
+    from studio.handlers import generate, library, storyboard
+    from studio.server import Studio
+    from studio.settings import Settings
+
+    monkeypatch.setenv("WAN_STUDIO_HOME", str(tmp_path / "home"))
+    folder = break_the_key("damaged key")
+    studio = Studio(Settings(model="test-tiny", output_dir=str(tmp_path / "outputs")), offline=True)
+    why = f"Not signed: This studio's signing key is damaged (in {folder}). Move signer-key.pem and signer-chain.pem"
+
+    async def collect(stream):
+        return [update async for update in stream]
+
+    form = ("a cat", "", "96x64", 5, 2, 5, 7, "[]", False)
+    updates = asyncio.run(collect(generate.text_to_video_in_page(studio, *form)))
+    status, clip = updates[-1][1], updates[-1][2]
+    assert status.startswith("**Done** in") and why in status and status.endswith("makes a new key."), status
+    assert decode_video(Path(clip))[0].shape[0] == 5 and not provenance.verify_file(Path(clip)).has_manifest
+    details = library.show_clip(studio, Path(clip).name)[1]  # the clip's details in the Library say it too
+    assert "Content Credentials: not signed (This studio&#x27;s signing key is damaged" in details, details
+
+    base = storyboard.reload(studio)[-1]
+    values = storyboard.values_of(studio, Storyboard(shots=[Shot(Path(clip).name)]))
+    status, film = asyncio.run(collect(storyboard.export(studio, base, *values)))[-1][:2]
+    assert status.startswith("**Done** — Film ready:") and why in status, status
+    assert not provenance.verify_file(Path(film)).has_manifest
