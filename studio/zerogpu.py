@@ -27,6 +27,7 @@ from PIL import Image
 
 from pipelines.catalogue import get_spec
 from pipelines.manager import GenerationCancelled, GenerationResult, PipelineManager, Progress
+from pipelines.parallel import tokens
 from pipelines.request import ValidRequest
 from pipelines.speed import SpeedOptions
 from studio.workers import LocalWorker, Report, run_as_messages, settle
@@ -34,6 +35,7 @@ from studio.workers import LocalWorker, Report, run_as_messages, settle
 log = logging.getLogger("wan_studio")
 ZEROGPU_PROFILE = "gpu"  # a ZeroGPU slice (H200 MIG, about 70 GB) holds every model whole
 MAX_DURATION_S = 600
+REFERENCE_TOKENS = 31 * 22 * 40  # TI2V-5B at 1280×704×121: latent frames × rows × columns after patching
 
 _MANAGER: PipelineManager | None = None  # the process's manager, inherited by ZeroGPU's forked worker
 
@@ -70,11 +72,13 @@ def _picture(data: bytes | None) -> Image.Image | None:
 
 
 def duration(data: dict[str, Any]) -> int:
-    """Seconds of GPU to ask for (ZeroGPU schedules by it): a minute, plus the steps scaled by the clip's
-    pixels against 1280×704×121 and by the transformer's size (about 6 s a step for TI2V-5B there)."""
+    """Seconds of GPU to ask for (ZeroGPU schedules by it and stops the call there): a minute, plus the steps
+    at about 6 s each for TI2V-5B at 1280×704×121, scaled by the clip's video tokens and the transformer's
+    size. Tokens, not pixels: the A14B models' VAE compresses 4× less than TI2V-5B's, so at 832×480×81 they
+    see more tokens than TI2V-5B at 720P (scaled by pixels, that call asked for 263 s and needs over 400)."""
     request = data["request"]
     spec = get_spec(request["model"])
-    scale = request["width"] * request["height"] * request["frames"] / (1280 * 704 * 121)
+    scale = tokens(spec, request["width"], request["height"], request["frames"]) / REFERENCE_TOKENS
     return int(min(MAX_DURATION_S, 60 + request["steps"] * 6 * scale * spec.weights.transformer_gb / 10))
 
 

@@ -151,3 +151,47 @@ def test_preloading_at_start_up_never_initialises_cuda_in_the_main_process(monke
     manager = PipelineManager(offline=True, device="cpu")
     zerogpu.preload(manager, "test-tiny", "t2v", say=lambda line: None)
     assert manager.loads == 1 and not torch.cuda.is_initialized()
+
+
+# FastWan's published figure (ANCHORS, "Published speeds"): TI2V-5B at 720P, 50 steps denoised in 157 s on one
+# whole H200 (FlashAttention 2). A ZeroGPU call runs on a slice of an H200: it is never faster than that.
+H200_TI2V_720P_STEP_S = 157 / 50
+TI2V = "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
+
+
+def cfg_step_flops(model: str, width: int, height: int, frames: int) -> float:
+    """The real model's transformer FLOPs per guided step at this size (torch's counter, on the meta device)."""
+    import sys
+    from pathlib import Path
+
+    from pipelines.testmodels import full_size_components
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.gpu_suite import flops_per_cfg_step
+
+    parts = full_size_components(model, device="meta")
+
+    class Pipe:  # what the counter reads
+        transformer, vae = parts["transformer"], parts["vae"]
+
+        class config:
+            expand_timesteps = parts.get("expand_timesteps", False)
+
+    return flops_per_cfg_step(Pipe, width, height, frames)
+
+
+@pytest.mark.parametrize(
+    "model, width, height, frames, steps",
+    [(TI2V, 1280, 704, 121, 50), ("Wan-AI/Wan2.2-T2V-A14B-Diffusers", 832, 480, 81, 40)],
+    ids=["ti2v-5b-720p", "a14b-480p"],
+)
+def test_a_call_asks_for_at_least_the_time_its_steps_take_on_a_whole_h200(model, width, height, frames, steps):
+    """ZeroGPU stops a call at the duration it asked for: asked too short, a clip is cut off mid-run and the
+    GPU time is lost. The steps alone, at the published H200 rate scaled by the real transformer's FLOPs at
+    this size, must fit in what is asked (the prompt encode and the VAE decode come on top)."""
+    valid = request(model=model, width=width, height=height, frames=frames, steps=steps)
+    assert valid.guidance_scale > 1  # guided, as the published figure: two transformer calls a step
+    step_s = H200_TI2V_720P_STEP_S * cfg_step_flops(model, width, height, frames) / cfg_step_flops(TI2V, 1280, 704, 121)
+    asked = zerogpu.duration(zerogpu.request_to_data(valid))
+    assert asked >= steps * step_s, (asked, steps, round(step_s, 2))
+    assert asked <= zerogpu.MAX_DURATION_S
