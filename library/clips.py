@@ -294,11 +294,16 @@ def list_clips(output_dir: Path) -> list[Clip]:
 
 
 def find_clip(output_dir: Path, name: str) -> Clip | None:
-    """A clip by file name; names from callers are never used as paths."""
+    """A clip by file name, reading only its own sidecar; names from callers are never used as paths."""
     name = plain_name(name) if isinstance(name, str) else None
-    if name is None:
+    if name is None or not name.endswith(".mp4"):
         return None
-    return next((c for c in list_clips(output_dir) if c.video.name == name), None)
+    video = Path(output_dir) / name
+    try:
+        data = read_sidecar(video) if video.is_file() else None
+    except ValueError:
+        return None
+    return Clip(video, data) if isinstance(data, dict) and data.get("app") == APP_NAME else None
 
 
 def move_to_trash(output_dir: Path, name: str) -> Path:

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from library import provenance
-from library.clips import Clip, list_clips
+from library.clips import Clip, find_clip
 from library.files import (
     LibraryError,
     check_room,
@@ -82,10 +82,9 @@ def _check(board: Storyboard, output_dir: Path) -> list[_CheckedShot]:
     board.validate()
     if not board.shots:
         raise StoryboardError("The storyboard is empty: add at least one clip from the library.")
-    library = {clip.video.name: clip for clip in list_clips(output_dir)}
     checked = []
     for n, shot in enumerate(board.shots, start=1):
-        clip = library.get(shot.clip)
+        clip = find_clip(output_dir, shot.clip)
         if clip is None:
             raise StoryboardError(f"Shot {n}: the clip '{shot.clip}' is not in the library.")
         length = _length(clip)

@@ -17,8 +17,6 @@ from library.clips import (
     Clip,
     ClipFiles,
     ClipOptions,
-    find_clip,
-    list_clips,
     move_to_trash,
     remove_half_published,
     save_clip,
@@ -31,20 +29,19 @@ from library.files import (
     publish,
     sha256_file,
     temporary,
-    write_png,
 )
+from library.index import ClipIndex
 from library.layout import (
     AUDIO_DIR,
     FILMS_DIR,
     JOBS_DIR,
-    POSTER_WIDTH,
-    POSTERS_DIR,
     PREVIEWS_DIR,
     STORYBOARD_FILE,
     TRASH_DIR,
     plain_name,
 )
-from library.media import frame_at, last_frame, middle_frame
+from library.media import frame_at, last_frame
+from library.posters import Posters
 from library.storyboard import Shot, Storyboard, StoryboardStore
 from pipelines.manager import GenerationResult
 
@@ -57,6 +54,8 @@ class Library:
     def __init__(self, root: Path):
         self.root = Path(root).expanduser().resolve()
         self.storyboard = StoryboardStore(self.root / STORYBOARD_FILE)
+        self.index = ClipIndex(self.root)
+        self.posters = Posters(self.root)
 
     @classmethod
     def open(cls, root: Path) -> Library:
@@ -91,17 +90,37 @@ class Library:
 
     # ---- clips --------------------------------------------------------------------------------
     def clips(self) -> list[Clip]:
-        """Newest first."""
-        return list_clips(self.root)
+        """Newest first (through the index: only new or changed sidecars are read)."""
+        return self.index.clips()
+
+    def search(self, query: str = "", model: str | None = None, task: str | None = None) -> list[Clip]:
+        """The clips, newest first, whose prompt holds every word of `query` (any case), made by `model` and of
+        `task` (None: any)."""
+        words = str(query or "").lower().split()
+        found = []
+        for clip in self.index.clips():
+            if model is not None and clip.sidecar.get("model") != model:
+                continue
+            if task is not None and clip.sidecar.get("task") != task:
+                continue
+            prompt = str(clip.settings.get("prompt", "")).lower()
+            if all(word in prompt for word in words):
+                found.append(clip)
+        return found
 
     def clip(self, name: str) -> Clip:
-        found = find_clip(self.root, name)
+        found = self.index.find(name)
         if found is None:
             raise LibraryError(f"'{name}' is not a clip of the library.")
         return found
 
     def save_clip(self, result: GenerationResult, options: ClipOptions = ClipOptions()) -> ClipFiles:  # noqa: B008
-        return save_clip(result, self.root, options)
+        """Publish the clip, then its poster (a clip that cannot be read yet gets one when the grid asks)."""
+        files = save_clip(result, self.root, options)
+        clip = self.index.find(files.video.name)
+        if clip is not None:
+            self.posters.make(clip)
+        return files
 
     def trash(self, name: str) -> Path:
         """Move a clip to `<output>/trash/`; refused while the storyboard uses it."""
@@ -130,19 +149,9 @@ class Library:
         return film.clip_seconds(self.clip(name))
 
     def poster(self, clip: Clip) -> Path | None:
-        """The clip's poster frame for the library grid, made (atomically) the first time it is asked for;
+        """The clip's poster frame for the library grid, made now if it is missing or older than the clip;
         None when the clip cannot be read, so one bad file never empties the grid."""
-        poster = self.root / POSTERS_DIR / f"{clip.video.stem}.png"
-        try:
-            if poster.is_file() and poster.stat().st_mtime >= clip.video.stat().st_mtime:
-                return poster
-            picture = middle_frame(clip.video)
-            picture.thumbnail((POSTER_WIDTH, POSTER_WIDTH * 2))
-            poster.parent.mkdir(exist_ok=True)
-            write_png(poster, picture)
-            return poster
-        except (OSError, ValueError, RuntimeError):
-            return None
+        return self.posters.make(clip)
 
     # ---- audio for the storyboard ---------------------------------------------------------------
     def keep_audio(self, upload: Path) -> str:
