@@ -112,3 +112,36 @@ def test_storyboard_limits_are_checked_whoever_builds_it():
     with pytest.raises(StoryboardError, match="must be a number"):
         Storyboard(audio_fade_s=float("nan")).validate()
     assert Storyboard.from_json(Storyboard(shots=[Shot("a.mp4")], size=(96, 64)).to_json()).size == (96, 64)
+
+
+def test_a_poster_older_than_its_clip_is_made_again_from_the_new_clip(tmp_path):
+    from PIL import Image
+
+    from tests.media import decode_video
+
+    library = Library.open(tmp_path / "out")
+    red, blue = np.full((9, 32, 48, 3), (200, 30, 30), np.uint8), np.full((9, 32, 48, 3), (30, 30, 200), np.uint8)
+    name = write_clip(red, 8, library.root, "poster", {"app": APP_NAME, "duration_s": 1.125}).video.name
+    video = library.root / name
+
+    def shows(poster) -> np.ndarray:
+        return np.asarray(Image.open(poster).convert("RGB")).astype(int)
+
+    def middle_of(path) -> np.ndarray:
+        frames, _ = decode_video(path)
+        return frames[len(frames) // 2].astype(int)
+
+    poster = library.poster(library.clip(name))
+    assert np.abs(shows(poster) - middle_of(video)).max() <= 2 and shows(poster)[16, 24, 0] > 150  # red
+    # the clip is replaced by an edit of it (same name), so its poster is now older than the clip
+    edited = write_clip(blue, 8, tmp_path / "elsewhere", "edit", {"app": APP_NAME}).video
+    os.replace(edited, video)
+    made = poster.stat().st_mtime
+    os.utime(poster, (made - 60, made - 60))  # older whatever the clock's resolution, no waiting
+    assert poster.stat().st_mtime < video.stat().st_mtime
+
+    again = library.poster(library.clip(name))
+    assert again == poster and np.abs(shows(again) - middle_of(video)).max() <= 2, "the old clip's poster"
+    assert shows(again)[16, 24, 2] > 150  # blue: the new clip
+    remade = again.stat().st_mtime_ns
+    assert library.poster(library.clip(name)).stat().st_mtime_ns == remade  # a fresh poster is kept, not remade
