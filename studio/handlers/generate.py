@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from library import LibraryError
-from pipelines.catalogue import IMAGE_TO_VIDEO, TEXT_TO_VIDEO
+from pipelines.catalogue import IMAGE_TO_VIDEO, TEXT_TO_VIDEO, ModelSpec
 from pipelines.loras import EXPERTS, MAX_LORAS, LoraChoice
 from pipelines.request import GenerationRequest, RequestError
 from studio.jobs import FILM
@@ -236,6 +236,48 @@ def slots_to_loras(*values: Any) -> str:
             experts = {(True, True): "both", (True, False): "high", (False, True): "low"}.get((bool(high), bool(low)))
             chosen.append({"file": file, "strength": strength, "experts": experts or "none"})
     return json.dumps(chosen)
+
+
+def toggle_fast(studio: Studio, fast: bool, steps: Any, guidance: Any, kept: Any) -> tuple[dict, dict, Any]:
+    """The user's own click on Fast mode: (steps, guidance, kept). Ticked, the preset's values show and the
+    user's are kept; unticked, the kept ones come back (the model's own when none were kept)."""
+    shown_steps, shown_guidance = fast_controls(studio, fast)
+    if fast:
+        return shown_steps, shown_guidance, {"steps": steps, "guidance": guidance}
+    if isinstance(kept, dict):
+        shown_steps["value"] = kept.get("steps", shown_steps["value"])
+        shown_guidance["value"] = kept.get("guidance", shown_guidance["value"])
+    return shown_steps, shown_guidance, None
+
+
+SEED_INFO = "-1 draws a new seed for every clip."
+
+
+def seed_info(reused: Any = None) -> str:
+    """The seed field's note: after Reuse, that the clip's seed stays for every clip made until it is changed."""
+    if reused is None or reused == -1:
+        return SEED_INFO
+    return f"Seed {reused}, reused from the clip: every clip made now repeats it. ⚄ New seed: a new one per clip."
+
+
+def frames_info(studio: Studio, typed: Any = None) -> str:
+    """The Frames field's note for the current model (see `frames_note`)."""
+    from pipelines.catalogue import get_spec
+
+    return frames_note(get_spec(studio.settings.model), typed)
+
+
+def frames_note(spec: ModelSpec, typed: Any = None) -> str:
+    """The model's frame range, and, when a number typed into Frames is out of it, what the field set it to (the
+    page moves it to the nearest end, which would otherwise go unsaid)."""
+    span = f"This model makes {spec.min_frames} to {spec.max_frames} frames ({spec.frame_step}n+1)."
+    if isinstance(typed, bool) or not isinstance(typed, (int, float)) or not math.isfinite(typed):
+        return span
+    if typed > spec.max_frames:
+        return f"{typed:g} is more than this model makes: set to {spec.max_frames}, the most. {span}"
+    if typed < spec.min_frames:
+        return f"{typed:g} is fewer than this model makes: set to {spec.min_frames}, the fewest. {span}"
+    return span
 
 
 def fast_controls(studio: Studio, fast: bool) -> tuple[dict, dict]:

@@ -70,8 +70,10 @@ def details(clip_sidecar: dict) -> str:
     ]  # fmt: skip
     if side.get("fast_preset"):
         rows.append(("Fast mode", side["fast_preset"]))
+    two_experts = s.get("guidance_scale_2") is not None  # the A14B pair: which expert a LoRA went to matters
     for lora in s.get("loras") or []:
-        rows.append(("LoRA", f"{lora.get('file')} × {lora.get('strength')} ({lora.get('experts')})"))
+        where = f" ({lora.get('experts')})" if two_experts else ""
+        rows.append(("LoRA", f"{lora.get('file')} × {lora.get('strength')}{where}"))
     cache = s.get("cache") or {}
     if cache.get("kind", "off") != "off":
         rows.append(("Step cache", f"{cache['kind']} {cache.get('threshold')}"))

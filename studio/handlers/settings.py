@@ -138,6 +138,17 @@ def keep_lora(studio: Studio, upload: Any) -> str:
     return f"Kept '{name}' in the LoRA folder: pick it in the LoRAs section of either form."
 
 
+def add_lora(studio: Studio, upload: Any) -> str:
+    """`keep_lora` for the page: a refusal is the status line's sentence, not an error painted on the upload box
+    (which would hide its upload button until cleared)."""
+    from pipelines.errors import UserError
+
+    try:
+        return keep_lora(studio, upload)
+    except UserError as err:
+        return f"**Not added:** {err}"
+
+
 def _escaped(text: str) -> str:
     return "".join("\\" + c if c in "\\`*_[]<>#|" else c for c in text)
 
