@@ -69,14 +69,14 @@ class ClipIndex:
             entry = self._entries.get(name)
             stamp = (stat.st_mtime_ns, stat.st_size)
             if entry is None or entry.stamp != stamp:
-                entry = _read(video, sidecar, stamp)
+                entry = _read(video, stamp)
                 self._entries[name] = entry
                 self._sorted = None
             return entry.clip
 
     def _refresh(self) -> bool:
         """Bring the entries in step with the folder in one scan; True when anything changed."""
-        sidecars: dict[str, tuple[Path, tuple[int, int]]] = {}
+        stamps: dict[str, tuple[int, int]] = {}  # video name -> its sidecar's (mtime_ns, size)
         videos: set[str] = set()
         try:
             with os.scandir(self.root) as scan:
@@ -84,34 +84,32 @@ class ClipIndex:
                     name = item.name
                     if name.endswith(".mp4"):
                         videos.add(name)
-                    elif name.endswith(SIDECAR_SUFFIX) and not name.startswith("."):
+                    elif name.endswith(SIDECAR_SUFFIX) and name[0] != ".":
                         try:
                             stat = item.stat()
                         except OSError:
                             continue
-                        video = name[: -len(SIDECAR_SUFFIX)] + ".mp4"
-                        sidecars[video] = (Path(item.path), (stat.st_mtime_ns, stat.st_size))
+                        stamps[name[: -len(SIDECAR_SUFFIX)] + ".mp4"] = (stat.st_mtime_ns, stat.st_size)
         except OSError:  # the folder is gone or unreadable: an empty library, not an error page
             changed = bool(self._entries)
             self._entries.clear()
             return changed
-        changed = False
-        for gone in [name for name in self._entries if name not in videos or name not in sidecars]:
-            del self._entries[gone]
-            changed = True
-        for video, (sidecar, stamp) in sidecars.items():
-            if video not in videos:
-                continue
-            entry = self._entries.get(video)
-            if entry is None or entry.stamp != stamp:
-                self._entries[video] = _read(self.root / video, sidecar, stamp)
+        gone = [name for name in self._entries if name not in videos or name not in stamps]
+        for name in gone:
+            del self._entries[name]
+        changed = bool(gone)
+        entries = self._entries
+        for video, stamp in stamps.items():
+            entry = entries.get(video)
+            if (entry is None or entry.stamp != stamp) and video in videos:
+                entries[video] = _read(self.root / video, stamp)
                 changed = True
         return changed
 
 
-def _read(video: Path, sidecar: Path, stamp: tuple[int, int]) -> _Entry:
+def _read(video: Path, stamp: tuple[int, int]) -> _Entry:
     try:
-        data = read_json(sidecar)
+        data = read_json(video.with_suffix(SIDECAR_SUFFIX))
     except ValueError:
         return _Entry(stamp, None)
     if not isinstance(data, dict) or data.get("app") != APP_NAME:
