@@ -150,8 +150,9 @@ def reachable(address: str) -> None:
 
 
 def ray_pool(address: str, profile: str, speed: SpeedOptions | None, offline: bool = False,
-             count: int | None = None) -> list[RayWorker]:  # fmt: skip
-    """One actor per GPU of the cluster (or `count`; one per node on a cluster without GPUs)."""
+             count: int | None = None, actor_body: type = GenerationActor) -> list[RayWorker]:  # fmt: skip
+    """One actor per GPU of the cluster (or `count`; one per node on a cluster without GPUs). `actor_body`:
+    the actors' class (tests pass a subclass that can hold a run inside a step, in the actor's process)."""
     import ray
 
     connect(address)
@@ -162,7 +163,7 @@ def ray_pool(address: str, profile: str, speed: SpeedOptions | None, offline: bo
     per_actor = {"num_gpus": 1} if gpus else {"num_cpus": 1}
     if gpus and count > gpus:
         raise ClusterError(f"The Ray cluster has {gpus} GPUs; {count} workers were asked for.")
-    actor_class = ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=2, **per_actor)(GenerationActor)
+    actor_class = ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=2, **per_actor)(actor_body)
     speed = speed or SpeedOptions()
     settings = {"profile": profile, "speed": speed}
     actors = [actor_class.remote(profile, offline, speed) for _ in range(count)]

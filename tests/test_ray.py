@@ -3,6 +3,8 @@ for the module. The studio's queue stays the source of truth; clips land in its 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -19,6 +21,78 @@ from tests.test_jobs import request, wait_until
 ray = pytest.importorskip("ray")
 ROOT = Path(__file__).resolve().parents[1]
 
+from studio.ray_workers import GenerationActor  # noqa: E402  (after the skip: it needs no Ray, the tests do)
+
+
+class HeldActor(GenerationActor):
+    """The studio's actor with a test's hand inside each run, in the actor's own process. A prompt starting
+    "meet" waits in its first denoising step at the named actor "rendezvous" until every run it expects is in
+    its own; a prompt starting "hold" asks the named actor "gate" at step 2 and, the first time only, waits
+    there for the run's own cancel flag (so a cancel or a kill finds the run under way, never finished)."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        run = self.manager.generate
+
+        def generate(request_, on_progress=None, cancel=None, wait=True):
+            def hooked(progress):
+                on_progress(progress)
+                if progress.stage == "denoise" and progress.step == 1 and request_.prompt.startswith("meet"):
+                    ray.get(ray.get_actor("rendezvous").arrive.remote(request_.seed))
+                if progress.stage == "denoise" and progress.step == 2 and request_.prompt.startswith("hold"):
+                    if ray.get(ray.get_actor("gate").enter.remote()):
+                        cancel.wait(120)
+
+            return run(request_, on_progress=hooked, cancel=cancel, wait=wait)
+
+        self.manager.generate = generate
+
+
+class Rendezvous:
+    """Each arrival waits until `parties` runs have arrived (at most `timeout` s) and records whether they met."""
+
+    def __init__(self, parties: int, timeout: float = 60.0):
+        self.parties, self.timeout = parties, timeout
+        self.arrived: list[int] = []
+        self.met: dict[int, bool] = {}
+        self.everyone: asyncio.Event | None = None
+
+    async def arrive(self, who: int) -> bool:
+        self.everyone = self.everyone or asyncio.Event()
+        self.arrived.append(who)
+        if len(self.arrived) >= self.parties:
+            self.everyone.set()
+        try:
+            await asyncio.wait_for(self.everyone.wait(), self.timeout)
+            self.met[who] = True
+        except asyncio.TimeoutError:
+            self.met[who] = False
+        return self.met[who]
+
+    async def outcome(self) -> dict[int, bool]:
+        return self.met
+
+
+class Gate:
+    """True for the first run that enters (it is held), False after (a run again goes through)."""
+
+    def __init__(self):
+        self.entries = 0
+
+    def enter(self) -> bool:
+        self.entries += 1
+        return self.entries == 1
+
+
+@contextlib.contextmanager
+def named(body: type, name: str, *args):
+    """A named helper actor the held runs find by name, with no CPU of its own (the workers hold both)."""
+    actor = ray.remote(num_cpus=0)(body).options(name=name).remote(*args)
+    try:
+        yield actor
+    finally:
+        ray.kill(actor)
+
 
 @pytest.fixture(scope="module")
 def pool():
@@ -28,7 +102,7 @@ def pool():
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "object_store_memory": 150 * 2**20})
     try:
-        yield ray_pool(cluster.address, "auto", None, offline=True, count=2)
+        yield ray_pool(cluster.address, "auto", None, offline=True, count=2, actor_body=HeldActor)
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -37,19 +111,22 @@ def pool():
 def test_two_jobs_run_on_two_actors_with_previews_and_land_signed_in_the_studios_folder(pool, out_dir):
     jobs = JobQueue(pool, Library.open(out_dir))
     previews: dict[str, int] = {}
-    submitted = [jobs.submit(request(seed=seed, steps=4, prompt=f"clip {seed}")) for seed in (1, 2)]
+    with named(Rendezvous, "rendezvous", 2) as rendezvous:
+        submitted = [jobs.submit(request(seed=seed, steps=4, prompt=f"meet: clip {seed}")) for seed in (1, 2)]
 
-    def done() -> bool:
-        for job in submitted:
-            previews[job.id] = max(previews.get(job.id, 0), jobs.get(job.id).preview_version)
-        return all(jobs.get(j.id).finished for j in submitted)
+        def done() -> bool:
+            for job in submitted:
+                previews[job.id] = max(previews.get(job.id, 0), jobs.get(job.id).preview_version)
+            return all(jobs.get(j.id).finished for j in submitted)
 
-    wait_until(done, timeout=180)
+        wait_until(done, timeout=240)
+        met = ray.get(rendezvous.outcome.remote())
     finished = [jobs.get(j.id) for j in submitted]
     assert [j.status for j in finished] == [DONE, DONE], [j.message for j in finished]
     assert {j.worker for j in finished} == {w.label for w in pool} and len(pool) == 2  # one job on each actor
     assert all(count >= 1 for count in previews.values())  # previews came back from the actors
-    assert finished[0].started < finished[1].ended and finished[1].started < finished[0].ended  # side by side
+    # side by side: each run waited in its first step, in its actor, until the other run was in its own
+    assert met == {1: True, 2: True}
     clips = list_clips(out_dir)
     assert sorted(c.settings["seed"] for c in clips) == [1, 2]
     for clip in clips:
@@ -58,25 +135,25 @@ def test_two_jobs_run_on_two_actors_with_previews_and_land_signed_in_the_studios
 
 def test_cancel_reaches_the_actor_within_a_step(pool, out_dir):
     jobs = JobQueue(pool, Library.open(out_dir))
-    job = jobs.submit(request(seed=3, steps=40, frames=17))
-    wait_until(lambda: jobs.get(job.id).step >= 2, timeout=120)
-    asked = time.monotonic()
-    assert jobs.cancel(job.id)
-    wait_until(lambda: jobs.get(job.id).finished, timeout=60)
-    waited = time.monotonic() - asked
+    with named(Gate, "gate"):
+        job = jobs.submit(request(seed=3, steps=40, frames=17, prompt="hold: cancel me"))
+        wait_until(lambda: jobs.get(job.id).step >= 2, timeout=120)  # held there until its actor hears the cancel
+        assert jobs.cancel(job.id)
+        wait_until(lambda: jobs.get(job.id).finished, timeout=240)
     stopped = jobs.get(job.id)
-    # test-model steps take ~0.05 s here, so the second or so of the round trip spans a few of them
-    assert stopped.status == CANCELLED and stopped.step < 40 and waited < 3, (stopped.message, waited)
+    # the flag reached the actor's run while it was held in step 2: it stopped at the end of the next step
+    assert (stopped.status, stopped.step) == (CANCELLED, 2), stopped.message
     assert list_clips(out_dir) == []
 
 
 def test_an_actor_killed_mid_job_is_replaced_and_the_job_runs_again_elsewhere(pool, out_dir):
     jobs = JobQueue(pool, Library.open(out_dir))
-    job = jobs.submit(request(seed=4, steps=30, frames=17))
-    wait_until(lambda: jobs.get(job.id).step >= 2, timeout=120)
-    victim = next(w for w in pool if w.label == jobs.get(job.id).worker)
-    ray.kill(victim.actor, no_restart=False)  # as when its machine dies; Ray starts a new one
-    wait_until(lambda: jobs.get(job.id).finished, timeout=180)
+    with named(Gate, "gate"):
+        job = jobs.submit(request(seed=4, steps=30, frames=17, prompt="hold: kill me"))
+        wait_until(lambda: jobs.get(job.id).step >= 2, timeout=120)  # held there: it cannot finish first
+        victim = next(w for w in pool if w.label == jobs.get(job.id).worker)
+        ray.kill(victim.actor, no_restart=False)  # as when its machine dies; Ray starts a new one
+        wait_until(lambda: jobs.get(job.id).finished, timeout=180)  # run again, through the gate this time
     again = jobs.get(job.id)
     assert again.status == DONE and again.retried, again.message
     assert [c.settings["seed"] for c in list_clips(out_dir)] == [4]  # published once
