@@ -3,7 +3,6 @@ output folder it cannot write is refused with a sentence, not a traceback."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -48,7 +47,7 @@ def test_damaged_saved_state_is_set_aside_and_the_studio_starts(tmp_path, storyb
         c = Client(s.url, verbose=False)
         assert "Done" in c.predict(prompt="after a rough start", steps=2, frames=5, api_name="/text_to_video")[1]
         c.close()
-    assert not (out / "storyboard.json").exists() or json.loads((out / "storyboard.json").read_text())
+    assert not (out / "storyboard.json").exists()  # moved aside whole; nothing is saved in its place unasked
     kept = list(out.glob("storyboard.json.corrupt-*"))
     assert len(kept) == 1 and kept[0].read_text() == storyboard  # kept for the user, not deleted
 
