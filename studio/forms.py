@@ -9,6 +9,7 @@ from typing import Any
 import gradio as gr
 
 from pipelines.catalogue import ModelSpec
+from studio.handlers.generate import frames_note, seed_info
 from studio.handlers.settings import fast_label, negative_default, size_choices
 from studio.settings import Settings
 from studio.widgets import Number, Slider
@@ -44,6 +45,8 @@ class GenerationForm:
     lora_slots: list  # [(file dropdown, strength slider, high-noise checkbox, low-noise checkbox)] * LORA_SLOTS
     loras_json: gr.Textbox  # hidden: the slots as the API's `loras` argument
     negative_reset: gr.Button
+    new_seed: gr.Button  # ⚄ (a die in common fonts): a new seed per clip again, after Reuse put a clip's in
+    kept: gr.State  # the steps and guidance the user had when ticking Fast mode, given back when unticking
 
     @property
     def lora_inputs(self) -> list:
@@ -96,16 +99,20 @@ def build_form(
                 size = gr.Dropdown(sizes, value=sizes[0], label="Size", allow_custom_value=True, elem_id=f"{task}-size")
                 frames = Slider(
                     spec.min_frames, spec.max_frames, value=spec.frames, step=spec.frame_step,
-                    label=f"Frames ({spec.fps} fps)",
+                    label=f"Frames ({spec.fps} fps)", info=frames_note(spec), elem_id=f"{task}-frames",
                 )  # fmt: skip
             with gr.Row():
                 steps = Slider(
                     1, 100, value=settings.steps or spec.steps, step=1, label="Steps", elem_id=f"{task}-steps"
                 )
                 guidance = Slider(
-                    0, 20, value=settings.guidance_scale or spec.guidance_scale, step=0.5, label="Guidance"
-                )
-                seed = Number(value=-1, precision=0, label="Seed (-1 = random)")
+                    0, 20, value=settings.guidance_scale or spec.guidance_scale, step=0.5, label="Guidance",
+                    elem_id=f"{task}-guidance",
+                )  # fmt: skip
+            with gr.Row(equal_height=True):
+                seed = Number(value=-1, precision=0, label="Seed (-1 = random)", info=seed_info(), scale=4,
+                              elem_id=f"{task}-seed")  # fmt: skip
+                new_seed = gr.Button("⚄ New seed", scale=1, min_width=110, elem_id=f"{task}-new-seed")
             fast = gr.Checkbox(
                 value=False, label=fast_label(spec),
                 interactive=spec.fast is not None, elem_id=f"{task}-fast",
@@ -140,6 +147,6 @@ def build_form(
             job = gr.Textbox(visible=False, label="Job id")
     form = GenerationForm(
         task, prompt, negative, size, frames, steps, guidance, seed, go, cancel, status, preview, video, seed_used, job,
-        fast, slots, loras_json, negative_reset,
+        fast, slots, loras_json, negative_reset, new_seed, gr.State(None),
     )  # fmt: skip
     return form, extra

@@ -80,8 +80,8 @@ def build_storyboard_tab(studio: Studio) -> StoryboardTab:
         save = gr.Button("Save storyboard", elem_id="storyboard-save")
         quick = gr.Button("Preview (quick, low resolution)", elem_id="storyboard-preview")
         export = gr.Button("Export film", variant="primary", elem_id="storyboard-export")
-    quick_film = gr.Video(label="Preview", interactive=False, height=240, visible=False,
-                          elem_id="storyboard-preview-video")  # fmt: skip
+    quick_film = gr.Video(label="Quick preview of the film (low resolution)", interactive=False, height=240,
+                          visible=False, elem_id="storyboard-preview-video")  # fmt: skip
     film_status = gr.Markdown(elem_id="storyboard-film-status")
     film_video = gr.Video(label="Film", interactive=False, elem_id="storyboard-film", height=360)
     film_file = gr.File(label="Download", interactive=False)
@@ -94,7 +94,7 @@ def build_storyboard_tab(studio: Studio) -> StoryboardTab:
         ext_prompt = gr.Textbox(label="What happens next", elem_id="extend-prompt")
         extend = gr.Button("Extend", elem_id="extend-go")
         ext_status = gr.Markdown()
-        ext_preview = gr.Image(label="Preview", interactive=False, format="png", height=180)
+        ext_preview = gr.Image(label="Next shot, live while it is made", interactive=False, format="png", height=180)
         ext_hidden = [gr.Textbox(visible=False), gr.Textbox(visible=False), gr.Number(visible=False)]
     api_json = gr.Textbox(visible=False)
     api_button = gr.Button(visible=False)

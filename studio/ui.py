@@ -98,13 +98,15 @@ def build_ui(studio: Studio) -> gr.Blocks:
             # ---- Library ------------------------------------------------------------------------
             with gr.Tab("Library", id="library"):
                 with gr.Row(equal_height=True):
-                    lib_search = gr.Textbox(placeholder="Search the prompts", show_label=False, scale=3,
-                                            elem_id="library-search", submit_btn=False)  # fmt: skip
-                    lib_model = gr.Dropdown([("All models", lib.ALL)], value=lib.ALL, show_label=False, scale=2,
-                                            elem_id="library-model")  # fmt: skip
+                    # labels a screen reader says; the placeholder and the first choices say the same on screen
+                    lib_search = gr.Textbox(label="Search the prompts", placeholder="Search the prompts",
+                                            show_label=False, scale=3, elem_id="library-search",
+                                            submit_btn=False)  # fmt: skip
+                    lib_model = gr.Dropdown([("All models", lib.ALL)], value=lib.ALL, label="Filter by model",
+                                            show_label=False, scale=2, elem_id="library-model")  # fmt: skip
                     lib_task = gr.Dropdown(
                         [("Both kinds", lib.ALL), ("Text to video", TEXT_TO_VIDEO), ("Image to video", IMAGE_TO_VIDEO)],
-                        value=lib.ALL, show_label=False, scale=2, elem_id="library-task",
+                        value=lib.ALL, label="Filter by kind", show_label=False, scale=2, elem_id="library-task",
                     )  # fmt: skip
                     lib_refresh = gr.Button("Refresh", scale=1, min_width=100)
                 lib_grid = gr.Gallery(
@@ -205,6 +207,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
                             elem_id="settings-lora-upload",
                         )  # fmt: skip
                         s_lora_keep = gr.Button("Add to the LoRA folder", scale=1, elem_id="settings-lora-keep")
+                    s_lora_status = gr.Markdown("", elem_id="settings-lora-status")  # kept, or why not
                     s_lora_list = gr.Markdown(sett.lora_table(studio), elem_id="settings-lora-list")
                 with gr.Row():
                     s_watermark = gr.Checkbox(
@@ -249,9 +252,15 @@ def build_ui(studio: Studio) -> gr.Blocks:
             value, note = sett.negative_default(studio.settings)
             return gr.update(value=value, info=note)
 
-        def fast_controls(fast: bool):
-            steps, guidance = gen.fast_controls(studio, fast)
-            return gr.update(**steps), gr.update(**guidance)
+        def toggle_fast(fast: bool, steps: float, guidance: float, kept: dict | None):
+            steps, guidance, kept = gen.toggle_fast(studio, fast, steps, guidance, kept)
+            return gr.update(**steps), gr.update(**guidance), kept
+
+        def new_seed():
+            return gr.update(value=-1, info=gen.seed_info())
+
+        def frames_typed(frames):  # the raw number typed, before the page moves it into the model's range
+            return gr.update(info=gen.frames_info(studio, frames))
 
         # The LoRA slots become the `loras` argument first, so the page and an API client call the same handler.
         # The page's events show a refusal or a failure as the form's status line (no error painted over every
@@ -271,7 +280,14 @@ def build_ui(studio: Studio) -> gr.Blocks:
             )
             form.negative_reset.click(shown_in_page(default_negative), None, form.negative, **PRIVATE)
             # .input, not .change: only the user's own click; Reuse sets the switch and the values together
-            form.fast.input(shown_in_page(fast_controls), form.fast, [form.steps, form.guidance], **PRIVATE)
+            form.fast.input(shown_in_page(toggle_fast), [form.fast, form.steps, form.guidance, form.kept],
+                            [form.steps, form.guidance, form.kept], **PRIVATE)  # fmt: skip
+            form.new_seed.click(new_seed, None, form.seed, show_progress="hidden", **PRIVATE)
+            form.seed.input(lambda: gr.update(info=gen.seed_info()), None, form.seed, show_progress="hidden",
+                            **PRIVATE)  # fmt: skip
+            # unprocessed: a stock slider refuses an out-of-range number before the handler could say what it became
+            form.frames.input(shown_in_page(frames_typed), form.frames, form.frames, preprocess=False,
+                              trigger_mode="always_last", show_progress="hidden", **PRIVATE)  # fmt: skip
         t2v.cancel.click(bind(gen.cancel, studio), t2v.job, t2v.status, api_name="cancel", concurrency_limit=None)
         i2v.cancel.click(bind(gen.cancel, studio), i2v.job, i2v.status, concurrency_limit=None, **PRIVATE)
 
@@ -337,6 +353,9 @@ def build_ui(studio: Studio) -> gr.Blocks:
             steps, guidance = gen.fast_controls(studio, values["fast"])  # locked while Fast mode is on
             updates[form.steps] = gr.update(**dict(steps, value=values["steps"]))
             updates[form.guidance] = gr.update(**dict(guidance, value=values["guidance_scale"]))
+            updates[form.seed] = gr.update(value=values["seed"], info=gen.seed_info(values["seed"]))
+            updates[form.frames] = gr.update(value=values["frames"], info=gen.frames_info(studio))
+            updates[form.kept] = None  # unticking Fast mode now gives the model's own steps, not an older form's
             if len(loras) > len(form.lora_slots):
                 gr.Warning(f"This clip used {len(loras)} LoRAs; the form holds {len(form.lora_slots)}, so only the "
                            "first ones are filled in. The API and the CLI take up to 8.")  # fmt: skip
@@ -381,7 +400,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
             form.video.change(refresh_library, None, library_lists, **PRIVATE)
             form.video.change(refresh_grid, grid_inputs, grid_outputs, show_progress="hidden", **PRIVATE)
         all_form_controls = [*t2v.by_name.values(), *i2v.by_name.values(), *t2v.lora_inputs, *i2v.lora_inputs,
-                             s_cache, s_cache_threshold, i_image, i_match, i_end,
+                             t2v.kept, i2v.kept, s_cache, s_cache_threshold, i_image, i_match, i_end,
                              tabs]  # fmt: skip
         lib_reuse.click(shown_in_page(reuse), lib_pick, all_form_controls, **PRIVATE)
         lib_continue.click(shown_in_page(use_last_frame), lib_pick, [i_image, tabs], **PRIVATE)
@@ -404,20 +423,21 @@ def build_ui(studio: Studio) -> gr.Blocks:
         def forms_for_model(model: str):
             limits = sett.form_for_model(studio, model)
             if limits is None:
-                return [gr.skip()] * (13 + len(expert_boxes))
+                return [gr.skip()] * len(model_dependent)
             frames = gr.update(minimum=limits["min_frames"], maximum=limits["max_frames"], value=limits["frames"],
-                               label=f"Frames ({limits['fps']} fps)")  # fmt: skip
+                               label=f"Frames ({limits['fps']} fps)",
+                               info=gen.frames_note(get_spec(model)))  # fmt: skip
             fast = gr.update(value=False, label=limits["fast_label"], interactive=limits["fast"])
             steps, guidance = (gr.update(**values) for values in gen.fast_controls(studio, False))
             negative = default_negative()
             return (gr.update(choices=limits["t2v_sizes"], value=limits["t2v_sizes"][0]), frames, fast, steps,
                     guidance, negative, gr.update(choices=limits["i2v_sizes"], value=gen.AUTO_SIZE), frames, fast,
                     steps, guidance, negative,
-                    gr.update(visible=limits["end_frame"]),
+                    gr.update(visible=limits["end_frame"]), None, None,
                     *[gr.update(visible=limits["two_experts"]) for _ in expert_boxes])  # fmt: skip
 
         model_dependent = [t2v.size, t2v.frames, t2v.fast, t2v.steps, t2v.guidance, t2v.negative, i2v.size,
-                           i2v.frames, i2v.fast, i2v.steps, i2v.guidance, i2v.negative, i_end_box,
+                           i2v.frames, i2v.fast, i2v.steps, i2v.guidance, i2v.negative, i_end_box, t2v.kept, i2v.kept,
                            *expert_boxes]  # fmt: skip
         s_save.click(shown_in_page(save_settings), settings_inputs, [s_status, model_note], **PRIVATE).then(
             shown_in_page(forms_for_model), s_model, model_dependent, **PRIVATE
@@ -439,10 +459,9 @@ def build_ui(studio: Studio) -> gr.Blocks:
         ).then(shown_in_page(refresh_lora_choices), lora_pickers, [s_lora_list, *lora_pickers], **PRIVATE)  # fmt: skip
 
         def keep_lora(upload):
-            gr.Info(sett.keep_lora(studio, upload))
-            return None
+            return None, sett.add_lora(studio, upload)  # the box emptied either way, ready for the next file
 
-        s_lora_keep.click(shown_in_page(keep_lora), s_lora_file, s_lora_file, **PRIVATE).then(
+        s_lora_keep.click(shown_in_page(keep_lora), s_lora_file, [s_lora_file, s_lora_status], **PRIVATE).then(
             shown_in_page(refresh_lora_choices), lora_pickers, [s_lora_list, *lora_pickers], **PRIVATE
         )
         v_go.click(bind(ver.verify, studio), v_file, [v_report, v_details], api_name="verify")
