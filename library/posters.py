@@ -9,6 +9,7 @@ would keep a creator waiting for minutes.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -56,6 +57,9 @@ class Posters:
             self.folder.mkdir(parents=True, exist_ok=True)
             poster = self.folder / f"{clip.video.stem}.png"
             write_png(poster, picture)
+            made = clip.video.stat().st_mtime_ns
+            if poster.stat().st_mtime_ns < made:  # a clip dated in the future (copied, clock skew): not stale
+                os.utime(poster, ns=(made, made))
             return poster
         except (OSError, ValueError, RuntimeError):
             return None

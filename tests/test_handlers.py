@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -360,26 +361,64 @@ def test_the_library_grid_searches_filters_and_reads_like_settings(studio):
     fox = make_clip(studio, "A red FOX in snow", seed=42)
     picture = Image.new("RGB", (96, 64), (200, 100, 50))
     boat = make_clip(studio, "a paper boat", image=picture, task="i2v")
-    cells, names = library.grid(studio)
-    assert names == [boat, fox]  # newest first
-    poster = Path(cells[1][0])
+    page = library.grid(studio)
+    assert page.names == [boat, fox] and page.making == []  # newest first; posters were made with the clips
+    poster = Path(page.cells[1][0])
     assert poster.parent == studio.output_dir / "posters" and Image.open(poster).size[0] <= 320
-    assert cells[1][1] == "A red FOX in snow"
-    assert library.grid(studio, "fox snow")[1] == [fox]  # every word, any case
-    assert library.grid(studio, "fox boat")[1] == []
-    assert library.grid(studio, task="i2v")[1] == [boat]
-    assert library.grid(studio, model="test-tiny")[1] == [boat, fox]
-    assert library.grid(studio, model="Wan-AI/Wan2.2-TI2V-5B-Diffusers")[1] == []
+    assert page.cells[1][1] == "A red FOX in snow" and page.summary == "2 clips"
+    assert library.grid(studio, "fox snow").names == [fox]  # every word, any case
+    nothing = library.grid(studio, "fox boat")
+    assert nothing.names == [] and nothing.summary == "No clip matches."
+    assert library.grid(studio, task="i2v").names == [boat]
+    assert library.grid(studio, model="test-tiny").names == [boat, fox]
+    assert library.grid(studio, model="Wan-AI/Wan2.2-TI2V-5B-Diffusers").names == []
     assert library.filters(studio)[1] == ("Tiny Wan2.2 TI2V layout [TEST MODEL, random weights]", "test-tiny")
+    fox_frame = np.asarray(Image.open(poster).convert("RGB"), dtype=np.int16)
     poster.unlink()
-    assert Path(library.grid(studio)[0][1][0]).is_file()  # made again when missing
+    page = library.grid(studio)  # at once, with a placeholder where the poster is missing
+    assert page.cells[1][0] == str(studio.library.posters.placeholder()) and len(page.making) == 1
+    assert page.making[0].result(timeout=60) == poster  # then made again in the background
+    assert np.abs(np.asarray(Image.open(poster).convert("RGB"), dtype=np.int16) - fox_frame).max() <= 2
+    assert library.grid(studio).cells[1][0] == str(poster)
 
     video, text, raw = library.show_clip(studio, fox)
     assert video.endswith(fox) and raw["settings"]["seed"] == 42
     assert text.startswith("**A red FOX in snow**") and "- Seed: 42" in text and "96×64" in text
     assert "Content Credentials: signed by this studio" in text
     library.trash(studio, boat)
-    assert library.grid(studio)[1] == [fox]
+    assert library.grid(studio).names == [fox]
+
+
+def test_the_library_grid_shows_one_page_at_a_time_and_makes_only_that_pages_posters(studio):
+    """A folder of clips from elsewhere (no posters): the first page comes at once with placeholders, its
+    posters are made in the background, the next page on request; posters of pages not shown are not made."""
+    source = studio.library.clip(make_clip(studio, "a lighthouse at dusk", seed=5))
+    sidecar = json.loads(source.video.with_suffix(".json").read_text())
+    names = []
+    for n in range(library.PAGE_SIZE + 7):  # copies, as a restored backup or another machine's folder would be
+        stem = f"20990101-0000{n:02d}_copy_{n}"
+        os.link(source.video, studio.output_dir / f"{stem}.mp4")
+        settings = dict(sidecar["settings"], prompt=f"copy {n} of the lighthouse")
+        data = dict(sidecar, file=f"{stem}.mp4", created_at=f"2099-01-01T00:00:{n:02d}", settings=settings)
+        (studio.output_dir / f"{stem}.json").write_text(json.dumps(data))
+        names.append(f"{stem}.mp4")
+    newest = names[::-1]
+    first = library.grid(studio)
+    assert first.names == newest[: library.PAGE_SIZE] and (first.page, first.pages, first.total) == (1, 2, 32)
+    assert first.summary == "32 clips · page 1 of 2"
+    placeholder = str(studio.library.posters.placeholder())
+    assert [cell[0] for cell in first.cells] == [placeholder] * library.PAGE_SIZE
+    assert len(first.making) == library.PAGE_SIZE
+    for done in first.making:
+        done.result(timeout=120)
+    posters = studio.output_dir / "posters"
+    assert all((posters / f"{Path(name).stem}.png").is_file() for name in first.names)
+    assert not any((posters / f"{Path(name).stem}.png").exists() for name in newest[library.PAGE_SIZE :])
+    second = library.grid(studio, page=2)
+    assert second.names == [*newest[library.PAGE_SIZE :], source.name] and second.page == 2
+    assert [c[0] for c in second.cells[-1:]] != [placeholder]  # the generated clip's poster was made when saved
+    assert library.grid(studio, page=99).page == 2 and library.grid(studio, page="x").page == 1
+    assert library.grid(studio, "COPY 30 lighthouse").names == [names[30]]
 
 
 def test_an_extension_starts_from_the_frame_at_the_last_shots_out_point(studio):

@@ -145,3 +145,11 @@ def test_a_poster_older_than_its_clip_is_made_again_from_the_new_clip(tmp_path):
     assert shows(again)[16, 24, 2] > 150  # blue: the new clip
     remade = again.stat().st_mtime_ns
     assert library.poster(library.clip(name)).stat().st_mtime_ns == remade  # a fresh poster is kept, not remade
+    # a clip dated in the future (copied from a machine whose clock runs ahead): its poster is made once
+    future = video.stat().st_mtime_ns + 3600 * 10**9
+    os.utime(video, ns=(future, future))
+    dated = library.poster(library.clip(name)).stat().st_mtime_ns
+    assert (
+        library.poster(library.clip(name)).stat().st_mtime_ns == dated
+        and library.posters.request([library.clip(name)]) == []
+    )  # ready: not made on every view

@@ -3,6 +3,8 @@ frame, move it to the trash."""
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
@@ -15,6 +17,7 @@ if TYPE_CHECKING:
 
 
 ALL = "all"
+PAGE_SIZE = 24  # grid cells a page holds: four rows of six on a desktop, and no more posters than that
 
 
 def clip_choices(studio: Studio) -> list[tuple[str, str]]:
@@ -22,26 +25,51 @@ def clip_choices(studio: Studio) -> list[tuple[str, str]]:
     return [(c.title, c.name) for c in studio.library.clips()]
 
 
-def grid(studio: Studio, query: Any = "", model: Any = ALL, task: Any = ALL) -> tuple[list[tuple[str, str]], list[str]]:
-    """The library grid, newest first: ([(poster path, caption)], [clip name of each cell]), narrowed to the
-    clips whose prompt holds every word of `query` (any case), made by `model` and of `task`."""
-    words = str(query or "").lower().split()
-    cells, names = [], []
-    for clip in studio.library.clips():
+@dataclass(frozen=True)
+class GridPage:
+    """One page of the library grid, newest first: the cells (poster or placeholder, caption), the clip name of
+    each cell, which page of how many, and the posters still being made for it."""
+
+    cells: list[tuple[str, str]]
+    names: list[str]
+    page: int
+    pages: int
+    total: int
+    filtered: bool = False
+    making: list[Future] = field(default_factory=list)
+
+    @property
+    def summary(self) -> str:
+        if not self.total:
+            return "No clip matches." if self.filtered else "No clips yet: the ones you make appear here."
+        clips = f"{self.total:,} clip{'s' if self.total != 1 else ''}"
+        return f"{clips} · page {self.page} of {self.pages}" if self.pages > 1 else clips
+
+
+def grid(studio: Studio, query: Any = "", model: Any = ALL, task: Any = ALL, page: Any = 1) -> GridPage:
+    """Page `page` of the library grid (PAGE_SIZE cells), narrowed to the clips whose prompt holds every word
+    of `query` (any case), made by `model` and of `task`. Only this page's posters are looked at: a missing one
+    shows the placeholder while the background maker makes it (`making`)."""
+    model = None if model in (None, "", ALL) else model
+    task = None if task in (None, "", ALL) else task
+    found = studio.library.search(str(query or ""), model=model, task=task)
+    pages = max(1, -(-len(found) // PAGE_SIZE))
+    try:
+        page = min(max(1, int(page)), pages)
+    except (TypeError, ValueError):
+        page = 1
+    shown = found[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
+    posters = studio.library.posters
+    making = posters.request(shown)
+    placeholder = str(posters.placeholder()) if making else ""
+    cells = []
+    for clip in shown:
+        poster = posters.ready(clip)
         prompt = str(clip.settings.get("prompt", ""))
-        if words and not all(word in prompt.lower() for word in words):
-            continue
-        if model not in (None, "", ALL) and clip.sidecar.get("model") != model:
-            continue
-        if task not in (None, "", ALL) and clip.sidecar.get("task") != task:
-            continue
-        poster = studio.library.poster(clip)
-        if poster is None:
-            continue
         caption = prompt if len(prompt) <= 48 else prompt[:45] + "..."
-        cells.append((str(poster), caption))
-        names.append(clip.name)
-    return cells, names
+        cells.append((str(poster) if poster is not None else placeholder, caption))
+    filtered = bool(str(query or "").strip()) or model is not None or task is not None
+    return GridPage(cells, [clip.name for clip in shown], page, pages, len(found), filtered, making)
 
 
 def filters(studio: Studio) -> list[tuple[str, str]]:
