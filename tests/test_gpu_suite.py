@@ -38,7 +38,10 @@ def test_tiny_mode_runs_every_section_that_needs_no_cuda_and_writes_a_complete_j
     step = sections["attention"]["backends"]["sdpa"]["s_per_cfg_step"]
     assert step > 0 and sections["attention"]["auto_picks"] == "sdpa"
     overhead = sections["overhead"]
-    assert overhead["ratio"] == pytest.approx(overhead["ours_s"] / overhead["plain_diffusers_s"], rel=0.01)
+    # the ratio compares like with like: our run and the plain diffusers call made the same clip
+    same = overhead["same_clip"]
+    assert same["same_shape"] and same["max_diff"] <= 1 and same["mean_diff"] < 0.05, same
+    assert overhead["ratio"] > 0
     assert {"encode_s", "first_step_s", "step_s_mean", "decode_s", "to_host_s"} <= set(overhead["stages"])
     assert 0 < overhead["preview_share_of_step"] < 5
     vae = sections["vae"]
