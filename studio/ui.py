@@ -5,6 +5,7 @@ studio with `bind`, which also turns any failure into a plain message.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -110,10 +111,15 @@ def build_ui(studio: Studio) -> gr.Blocks:
                     )  # fmt: skip
                     lib_refresh = gr.Button("Refresh", scale=1, min_width=100)
                 lib_grid = gr.Gallery(
-                    label="Clips, newest first", columns=5, height="auto", fit_columns=False, object_fit="cover",
+                    label="Clips, newest first", columns=6, height="auto", fit_columns=False, object_fit="cover",
                     allow_preview=False,
                     buttons=[], interactive=False, elem_id="library-grid",
                 )  # fmt: skip
+                with gr.Row(equal_height=True, elem_id="library-pager"):
+                    lib_newer = gr.Button("◀ Newer", size="sm", scale=0, min_width=90, elem_id="library-newer")
+                    lib_summary = gr.Markdown("", elem_id="library-summary")
+                    lib_older = gr.Button("Older ▶", size="sm", scale=0, min_width=90, elem_id="library-older")
+                lib_page = gr.State(1)  # the grid's page (one page of posters at a time)
                 lib_names = gr.State([])  # the clip name of each grid cell, in order
                 lib_pick = gr.Textbox(visible=False, elem_id="library-pick")  # the clip picked in the grid
                 with gr.Row():
@@ -325,21 +331,31 @@ def build_ui(studio: Studio) -> gr.Blocks:
         q_cancel.click(bind(gen.cancel, studio), q_pick, q_note, concurrency_limit=None, **PRIVATE)
 
         library_lists = [i_from_clip, board_tab.pick]  # the clip pickers outside the Library tab
-        grid_inputs = [lib_search, lib_model, lib_task, lib_pick]
-        grid_outputs = [lib_grid, lib_names, lib_model, lib_pick]
+        grid_inputs = [lib_search, lib_model, lib_task, lib_pick, lib_page]
+        grid_outputs = [lib_grid, lib_names, lib_model, lib_pick, lib_page, lib_summary, lib_newer, lib_older]
 
         def refresh_library():
             names = lib.clip_choices(studio)
             first = names[0][1] if names else None
             return tuple(gr.update(choices=names, value=first) for _ in library_lists)
 
-        def refresh_grid(query: str, model: str, task: str, picked: str | None):
-            cells, names = lib.grid(studio, query, model, task)
+        async def refresh_grid(query: str, model: str, task: str, picked: str | None, page: int):
+            shown = lib.grid(studio, query, model, task, page)
             # the pick is only changed when it left the grid: a refresh started before the user picked another
             # clip must not take that pick back
-            keep = picked if picked in names else (names[0] if names else "")
-            return (gr.update(value=cells, selected_index=names.index(keep) if keep else None), names,
-                    gr.update(choices=lib.filters(studio)), gr.skip() if keep == picked else keep)  # fmt: skip
+            keep = picked if picked in shown.names else (shown.names[0] if shown.names else "")
+            selected = shown.names.index(keep) if keep else None
+            yield (gr.update(value=shown.cells, selected_index=selected), shown.names,
+                   gr.update(choices=lib.filters(studio)), gr.skip() if keep == picked else keep, shown.page,
+                   shown.summary, gr.update(interactive=shown.page > 1),
+                   gr.update(interactive=shown.page < shown.pages))  # fmt: skip
+            if shown.making:  # on screen with placeholders: now its missing posters, as they are made
+                await asyncio.wait([asyncio.wrap_future(f) for f in shown.making])
+                cells = lib.grid(studio, query, model, task, shown.page).cells
+                yield (gr.update(value=cells, selected_index=selected), *(gr.skip(),) * 7)
+
+        def first_page():
+            return 1
 
         def pick_cell(names: list[str], event: gr.SelectData):
             return names[event.index] if 0 <= event.index < len(names) else gr.skip()
@@ -391,7 +407,12 @@ def build_ui(studio: Studio) -> gr.Blocks:
             trigger(refresh_library, None, library_lists, **PRIVATE)
             trigger(refresh_grid, grid_inputs, grid_outputs, show_progress="hidden", **PRIVATE)
         for trigger in (lib_search.change, lib_model.input, lib_task.input):
-            trigger(refresh_grid, grid_inputs, grid_outputs, show_progress="hidden", **PRIVATE)
+            trigger(first_page, None, lib_page, show_progress="hidden", **PRIVATE).then(
+                refresh_grid, grid_inputs, grid_outputs, show_progress="hidden", **PRIVATE)  # fmt: skip
+        for button, step in ((lib_newer, -1), (lib_older, 1)):
+            button.click(lambda page, step=step: page + step, lib_page, lib_page, show_progress="hidden",
+                         **PRIVATE).then(refresh_grid, grid_inputs, grid_outputs, show_progress="hidden",
+                                         **PRIVATE)  # fmt: skip
         lib_grid.select(pick_cell, lib_names, lib_pick, **PRIVATE)
         lib_grid.select(lambda: "", None, lib_status, show_progress="hidden", **PRIVATE)
         lib_pick.change(bind(lib.show_clip, studio), lib_pick, [lib_video, lib_details, lib_info],
