@@ -6,6 +6,7 @@ import argparse
 import os
 import secrets
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -50,6 +51,8 @@ class Studio:
         self.include_test_models = include_test_models or get_spec(settings.model).is_test or not self.has_gpu
         self.library = Library.open(Path(settings.output_dir))  # LibraryError when it cannot be written
         self.output_dir = self.library.root
+        # the library's index is read now, beside the start-up, so the first look at a big library is quick
+        threading.Thread(target=self.library.clips, name="library-index", daemon=True).start()
         self.loras = LoraFolder(settings.lora_dir or None)
         if zero:
             workers = [ZeroGpuWorker(self.manager)]
