@@ -66,7 +66,7 @@ def test_a_refused_lora_upload_is_a_sentence_for_the_status_line(studio, tmp_pat
     assert settings.lora_choices(studio) == [] and "notes" not in settings.lora_table(studio)  # nothing kept
     assert settings.add_lora(studio, None).startswith("Choose a `.safetensors` LoRA file")
     good = lora_for(TINY, tmp_path, "ink.safetensors")
-    assert settings.add_lora(studio, str(good)).startswith("Kept 'ink.safetensors'")
+    assert settings.add_lora(studio, good).startswith("Kept 'ink.safetensors'")  # a Path, not only its name
     assert settings.lora_choices(studio) == ["ink.safetensors"]
 
 

@@ -133,7 +133,7 @@ def keep_lora(studio: Studio, upload: Any) -> str:
     """Check an uploaded file and keep it in the LoRA folder; the sentence that says what happened."""
     if not upload:
         return "Choose a `.safetensors` LoRA file first."
-    path = Path(upload if isinstance(upload, str) else getattr(upload, "name", ""))
+    path = Path(upload if isinstance(upload, (str, Path)) else getattr(upload, "name", ""))  # a path, or a file
     name = studio.loras.keep(path)  # LoraError / LibraryError with the reason
     return f"Kept '{name}' in the LoRA folder: pick it in the LoRAs section of either form."
 
