@@ -328,6 +328,7 @@ _TEST_WAN21 = replace(
     description="Random weights built on this machine (16-channel VAE, Wan2.1 layout). Output is noise.",
     transformer_width=24,
     family="the tiny Wan2.1 test layout",
+    shared_components="test-wan21-vae-umt5",  # with the A14B test layouts, as the real ones (testmodels)
     fast=FastPreset(
         label="test distillation LoRA (4 steps)",
         source="built on this machine (random weights), with Lightning's schedule",

@@ -96,6 +96,17 @@ def _wan21_vae():
     )  # fmt: skip
 
 
+def _wan21_shared_parts() -> dict:
+    """The tokenizer, text encoder and VAE of the Wan2.1-VAE test layouts (Wan2.1, A14B, I2V-A14B): the same
+    weights in each, as the real A14B pair and Wan2.1 1.3B share theirs, so their catalogue entries share
+    `shared_components` and a switch between them keeps these loaded. Seeded here; the caller's transformers
+    are drawn next from the same generator, as they always were."""
+    torch.manual_seed(0)
+    vae = _wan21_vae()
+    tokenizer = _tokenizer()
+    return {"tokenizer": tokenizer, "text_encoder": _text_encoder(len(tokenizer)), "vae": vae.eval()}
+
+
 def _save(pipe, folder: Path, model_id: str) -> None:
     pipe.save_pretrained(folder, safe_serialization=True)
     (folder / "wan_studio_test_model.json").write_text(
@@ -129,16 +140,7 @@ def build_wan21(folder: Path) -> None:
     """Wan2.1 layout: 16-channel VAE (8x spatial), one transformer, text-to-video."""
     from diffusers import WanPipeline
 
-    torch.manual_seed(0)
-    vae = _wan21_vae()
-    tokenizer = _tokenizer()
-    pipe = WanPipeline(
-        tokenizer=tokenizer,
-        text_encoder=_text_encoder(len(tokenizer)),
-        vae=vae.eval(),
-        scheduler=_scheduler(3.0),
-        transformer=_transformer(16),
-    )
+    pipe = WanPipeline(**_wan21_shared_parts(), scheduler=_scheduler(3.0), transformer=_transformer(16))
     _save(pipe, folder, TEST_TINY_WAN21)
 
 
@@ -147,13 +149,8 @@ def build_a14b(folder: Path) -> None:
     blocks are 20 wide (not the other test models' 24), so a LoRA for one test layout does not fit the other."""
     from diffusers import WanPipeline
 
-    torch.manual_seed(0)
-    vae = _wan21_vae()
-    tokenizer = _tokenizer()
     pipe = WanPipeline(
-        tokenizer=tokenizer,
-        text_encoder=_text_encoder(len(tokenizer)),
-        vae=vae.eval(),
+        **_wan21_shared_parts(),
         scheduler=_scheduler(3.0),
         transformer=_transformer(16, heads=2, head_dim=10),
         transformer_2=_transformer(16, heads=2, head_dim=10),
@@ -167,13 +164,8 @@ def build_i2v_a14b(folder: Path) -> None:
     are VAE-encoded and concatenated with a mask: 16 + 4 + 16 input channels), two experts, no image encoder."""
     from diffusers import WanImageToVideoPipeline
 
-    torch.manual_seed(0)
-    vae = _wan21_vae()
-    tokenizer = _tokenizer()
     pipe = WanImageToVideoPipeline(
-        tokenizer=tokenizer,
-        text_encoder=_text_encoder(len(tokenizer)),
-        vae=vae.eval(),
+        **_wan21_shared_parts(),
         scheduler=_scheduler(5.0),
         transformer=_transformer(16, heads=2, head_dim=10, in_channels=36),
         transformer_2=_transformer(16, heads=2, head_dim=10, in_channels=36),

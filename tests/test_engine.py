@@ -266,3 +266,72 @@ def test_fast_mode_runs_the_distilled_transformers_weights_not_the_base_models(m
     own = manager.pipeline.transformer.state_dict()
     assert all(torch.equal(own[name].to(tensor.dtype), tensor) for name, tensor in base.items())
     assert base_run.fast is None
+
+
+def test_switching_between_models_that_share_a_text_encoder_and_vae_keeps_those():
+    """The test Wan2.1 and A14B layouts share their text encoder and VAE (as the real Wan2.1 1.3B and A14B pair
+    do): a switch reads only the new transformers from disk, and the kept modules give the new model's clip."""
+    manager = PipelineManager(offline=True)
+    manager.generate(valid(model="test-tiny-wan21", frames=5))
+    kept = {name: getattr(manager.pipeline, name) for name in ("tokenizer", "text_encoder", "vae")}
+    old_transformer = manager.pipeline.transformer
+    events = []
+    switched = manager.generate(valid(model="test-tiny-a14b", frames=5), on_progress=events.append)
+    assert manager.loaded[0] == "test-tiny-a14b" and manager.loads == 2
+    assert all(getattr(manager.pipeline, name) is module for name, module in kept.items())
+    assert manager.pipeline.transformer is not old_transformer
+    read = [e.message.split(" (")[0] for e in events if e.message.startswith("Loading the")]
+    assert read == ["Loading the transformer", "Loading the second transformer"]  # nothing else from disk
+    fresh = PipelineManager(offline=True).generate(valid(model="test-tiny-a14b", frames=5))
+    assert np.array_equal(switched.frames, fresh.frames)  # the kept modules are the new model's own
+    manager.generate(valid(frames=5))  # TI2V layout: nothing shared, its own text encoder and VAE
+    assert manager.pipeline.text_encoder is not kept["text_encoder"] and manager.pipeline.vae is not kept["vae"]
+
+
+def test_models_load_one_at_a_time_whichever_manager_asks():
+    """One load at a time in the process (diffusers' lazy imports are not thread-safe, and two loads at once
+    double the host-RAM peak): a second manager's load waits while the first is held inside its own."""
+    first, second = PipelineManager(offline=True), PipelineManager(offline=True)
+    inside, release, second_arrived = threading.Event(), threading.Event(), threading.Event()
+    log: list[tuple[str, str]] = []
+
+    def watched(manager: PipelineManager, name: str) -> None:
+        load = manager._from_pretrained
+
+        def wrapper(*args, **kwargs):
+            log.append((name, "in"))
+            if name == "first":
+                inside.set()
+                release.wait(60)
+            else:
+                second_arrived.set()
+            try:
+                return load(*args, **kwargs)
+            finally:
+                log.append((name, "out"))
+
+        manager._from_pretrained = wrapper
+
+    watched(first, "first")
+    watched(second, "second")
+
+    def on_second(progress):
+        if "one load at a time" in progress.message:
+            second_arrived.set()  # told to wait for the other load
+
+    runs = [
+        threading.Thread(target=first.generate, args=(valid(frames=5),)),
+        threading.Thread(target=second.generate, args=(valid(frames=5),), kwargs={"on_progress": on_second}),
+    ]
+    runs[0].start()
+    assert inside.wait(60)
+    runs[1].start()
+    try:
+        assert second_arrived.wait(60)
+        assert log == [("first", "in")]  # the second load has not begun while the first is under way
+    finally:
+        release.set()
+        for run in runs:
+            run.join(120)
+    assert log == [("first", "in"), ("first", "out"), ("second", "in"), ("second", "out")]
+    assert first.loaded and second.loaded
