@@ -44,7 +44,10 @@ START_TIMEOUT_S = 300
 class SplitWorker:
     """One group of GPUs that runs each clip together, seen by the job queue as one worker."""
 
-    def __init__(self, devices: list[str], profile: str, speed: SpeedOptions, offline: bool = False):
+    def __init__(self, devices: list[str], profile: str, speed: SpeedOptions, offline: bool = False,
+                 rank_module: str = "studio.split_worker"):  # fmt: skip
+        """`rank_module`: what each rank runs (tests pass one that wraps `serve` to hold a run at a step)."""
+        self.rank_module = rank_module
         self.devices = devices
         self.degree = len(devices)  # each clip's attention is split this many ways
         names = worker_labels(devices)
@@ -98,7 +101,7 @@ class SplitWorker:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                 f"--nproc-per-node={len(self.devices)}", "-m", "studio.split_worker"],
+                 f"--nproc-per-node={len(self.devices)}", "-m", self.rank_module],
                 cwd=ROOT, env=env,
             )  # fmt: skip
             accepted: list[Connection] = []

@@ -128,3 +128,37 @@ def test_a_studio_worker_spanning_two_ranks_runs_jobs_with_previews_and_stops_on
     after = jobs.submit(request(seed=13, steps=2, frames=9))  # no rank was left waiting in a collective
     wait_until(lambda: jobs.get(after.id).finished, timeout=120)
     assert jobs.get(after.id).status == DONE and split_worker._process.pid == pid
+
+
+def test_a_split_group_that_dies_mid_job_is_started_again_and_the_job_runs_again(tmp_path, monkeypatch, out_dir):
+    """A rank that dies (a GPU fault, the OOM killer) takes its group down: the job goes back to the queue once
+    and runs on a group started afresh; the clip is published once."""
+    import signal
+
+    from library import Library
+    from library.clips import list_clips
+    from pipelines.speed import SpeedOptions
+    from studio.jobs import DONE, JobQueue
+    from studio.split_worker import SplitWorker
+    from tests.test_jobs import request, wait_until
+
+    hold = tmp_path / "held"
+    monkeypatch.setenv("WAN_STUDIO_TEST_HOLD", str(hold))
+    worker = SplitWorker(["cpu", "cpu"], "auto", SpeedOptions(), offline=True, rank_module="tests.held_rank")
+    try:
+        jobs = JobQueue([worker], Library.open(out_dir))
+        job = jobs.submit(request(seed=21, steps=4, frames=9))
+        # rank 0 holds in step 2 (tests/held_rank.py) until killed: the job cannot end first
+        wait_until(lambda: hold.is_file() and jobs.get(job.id).step >= 2, timeout=240)
+        first_group = worker._process.pid
+        os.kill(int(hold.read_text()), signal.SIGKILL)
+        wait_until(lambda: jobs.get(job.id).finished, timeout=300)
+        again = jobs.get(job.id)
+        assert again.status == DONE and again.retried, again.message
+        assert worker._process.pid != first_group  # a new group ran it
+        clips = list_clips(out_dir)
+        assert [c.settings["seed"] for c in clips] == [21] and clips[0].sidecar["context_parallel"] == 2
+        frames, _ = decode_video(clips[0].video)
+        assert frames.shape == (9, 64, 96, 3)
+    finally:
+        worker.close()
