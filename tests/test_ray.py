@@ -8,7 +8,6 @@ import contextlib
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -164,11 +163,11 @@ def test_an_actor_killed_mid_job_is_replaced_and_the_job_runs_again_elsewhere(po
 
 def test_an_unreachable_cluster_is_refused_at_start_with_what_to_do(tmp_path):
     env = dict(os.environ, WAN_STUDIO_HOME=str(tmp_path / "home"))
-    started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "app.py", "--ray", "127.0.0.1:9", "--output-dir", str(tmp_path / "out"), "--port", "0"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 2, done.stderr[-2000:]
-    assert "Could not reach the Ray cluster at 127.0.0.1:9" in done.stderr and "ray start --head" in done.stderr
-    assert time.monotonic() - started < 60  # refused at once, not after Ray's own minutes of retrying
+    assert "ray start --head" in done.stderr
+    # refused by the plain TCP check before Ray is asked (Ray itself retries such an address for minutes)
+    assert "Could not reach the Ray cluster at 127.0.0.1:9 (Connection refused)" in done.stderr, done.stderr[-2000:]
