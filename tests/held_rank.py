@@ -1,7 +1,11 @@
-"""A split worker's rank (`studio.split_worker.serve`) whose run can be held: while the file named by
-WAN_STUDIO_TEST_HOLD does not exist, rank 0 stops in the run's second denoising step (after reporting it),
-writes its process id there, and waits to be killed. A test kills a group mid-job this way without racing the
-job's end; the group started again finds the file and runs through."""
+"""A split worker's rank (`studio.split_worker.serve`) whose run a test can hold in its second denoising step
+(after reporting it), by the request's prompt, so a cancel or a kill finds the job under way, never finished:
+
+- "hold until cancel…": rank 0 waits there for the studio's cancel flag; then every rank stops at the next
+  check, together (the flag is rank 0's, broadcast).
+- "hold until killed…": unless the file named by WAN_STUDIO_TEST_HOLD exists, rank 0 writes its process id
+  there and waits to be killed; a group started again finds the file and runs through.
+"""
 
 from __future__ import annotations
 
@@ -15,20 +19,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipelines.manager import PipelineManager  # noqa: E402
 from studio import split_worker  # noqa: E402
 
-HOLD = Path(os.environ["WAN_STUDIO_TEST_HOLD"])
-HELD_FOR_S = 300  # longer than any test waits: the test kills the process first
+HELD_FOR_S = 300  # longer than any test waits: the test cancels or kills first
 
 
 def held(generate):
     def wrapper(self, request, on_progress=None, cancel=None, wait=True):
-        hold = os.environ.get("RANK") == "0" and not HOLD.exists()
+        leader = os.environ.get("RANK") == "0"
+        marker = Path(os.environ.get("WAN_STUDIO_TEST_HOLD", "/nonexistent/hold"))
+        until_cancel = leader and request.prompt.startswith("hold until cancel")
+        until_killed = leader and request.prompt.startswith("hold until killed") and not marker.exists()
 
         def hooked(progress):
             on_progress(progress)
-            if hold and progress.stage == "denoise" and progress.step == 2:
-                staging = HOLD.with_suffix(".partial")
+            if progress.stage != "denoise" or progress.step != 2:
+                return
+            if until_cancel:
+                cancel.local.wait(HELD_FOR_S)  # rank 0's flag, set by the studio's message
+            if until_killed:
+                staging = marker.with_suffix(".partial")
                 staging.write_text(str(os.getpid()))
-                staging.replace(HOLD)
+                staging.replace(marker)
                 threading.Event().wait(HELD_FOR_S)
 
         return generate(self, request, on_progress=hooked, cancel=cancel, wait=wait)

@@ -96,7 +96,7 @@ def split_worker():
     from pipelines.speed import SpeedOptions
     from studio.split_worker import SplitWorker
 
-    worker = SplitWorker(["cpu", "cpu"], "auto", SpeedOptions(), offline=True)
+    worker = SplitWorker(["cpu", "cpu"], "auto", SpeedOptions(), offline=True, rank_module="tests.held_rank")
     yield worker
     worker.close()
 
@@ -119,12 +119,12 @@ def test_a_studio_worker_spanning_two_ranks_runs_jobs_with_previews_and_stops_on
     pid = split_worker._process.pid
 
     # the group stays up between jobs (weights loaded); cancel stops every rank at the same step
-    slow = jobs.submit(request(seed=12, steps=60, frames=17))
-    wait_until(lambda: jobs.get(slow.id).step >= 2, timeout=120)
+    slow = jobs.submit(request(seed=12, steps=60, frames=17, prompt="hold until cancel: a red cat"))
+    wait_until(lambda: jobs.get(slow.id).step >= 2, timeout=120)  # rank 0 holds there until the cancel arrives
     assert split_worker._process.pid == pid
     assert jobs.cancel(slow.id)
-    wait_until(lambda: jobs.get(slow.id).finished, timeout=60)
-    assert jobs.get(slow.id).status == CANCELLED and jobs.get(slow.id).step < 60
+    wait_until(lambda: jobs.get(slow.id).finished, timeout=240)
+    assert (jobs.get(slow.id).status, jobs.get(slow.id).step) == (CANCELLED, 2)  # stopped at the next check
     after = jobs.submit(request(seed=13, steps=2, frames=9))  # no rank was left waiting in a collective
     wait_until(lambda: jobs.get(after.id).finished, timeout=120)
     assert jobs.get(after.id).status == DONE and split_worker._process.pid == pid
@@ -147,7 +147,7 @@ def test_a_split_group_that_dies_mid_job_is_started_again_and_the_job_runs_again
     worker = SplitWorker(["cpu", "cpu"], "auto", SpeedOptions(), offline=True, rank_module="tests.held_rank")
     try:
         jobs = JobQueue([worker], Library.open(out_dir))
-        job = jobs.submit(request(seed=21, steps=4, frames=9))
+        job = jobs.submit(request(seed=21, steps=4, frames=9, prompt="hold until killed: a red cat"))
         # rank 0 holds in step 2 (tests/held_rank.py) until killed: the job cannot end first
         wait_until(lambda: hold.is_file() and jobs.get(job.id).step >= 2, timeout=240)
         first_group = worker._process.pid
