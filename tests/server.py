@@ -184,10 +184,16 @@ def studio(
     output_dir = tmp / "outputs"
     tmp.mkdir(parents=True, exist_ok=True)
     log = tmp / f"studio-{port}.log"
-    env = dict(os.environ, WAN_STUDIO_HOME=str(home), PYTHONUNBUFFERED="1", **(env or {}))
+    asked = env or {}  # a login (WAN_STUDIO_AUTH) or an address (GRADIO_SERVER_*) only when the test asks
+    env = dict(os.environ, WAN_STUDIO_HOME=str(home), PYTHONUNBUFFERED="1")
     env.pop("WAN_STUDIO_AUTH", None)
     env.pop(GATE_ENV, None)
+    env.update(asked)
     cmd = [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)]
+    host = "127.0.0.1"
+    if "GRADIO_SERVER_PORT" in asked:  # as on a Space: the studio takes its address from the environment
+        host, port = asked.get("GRADIO_SERVER_NAME", host), int(asked["GRADIO_SERVER_PORT"])
+        del cmd[2:]
     if gate is not None:
         env[GATE_ENV] = gate.address
         cmd[1:2] = ["-m", "tests.server"]
@@ -202,7 +208,7 @@ def studio(
         cmd += ["--output-dir", str(output_dir)]
     with open(log, "w") as log_file:
         proc = subprocess.Popen([*cmd, *args], cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
+    url = f"http://{host}:{port}/"
     try:
         deadline = time.monotonic() + timeout
         while True:  # no event says the port is open: ask it until it answers

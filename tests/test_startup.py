@@ -115,3 +115,78 @@ def test_a_restart_resumes_the_queued_job_and_marks_the_running_one_interrupted(
         assert records()["the long one"] == "interrupted"
         assert [clip.settings["prompt"] for clip in list_clips(out)] == ["waits its turn"]
         assert "Traceback" not in second.log.read_text()
+
+
+def test_the_spaces_login_secret_wan_studio_auth_turns_the_login_on(tmp_path):
+    """README, Space step 5: the secret `WAN_STUDIO_AUTH=user:password` is the login, as `--auth` would be."""
+    import urllib.error
+    import urllib.request
+
+    with studio(tmp_path, env={"WAN_STUDIO_AUTH": "space:a-long-secret"}) as s:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{s.url}config", timeout=10)
+        assert refused.value.code == 401
+        with pytest.raises(ValueError, match="credentials were not provided"):
+            Client(s.url, verbose=False)
+        with pytest.raises(ValueError, match="Could not login"):
+            Client(s.url, verbose=False, auth=("space", "a-wrong-secret"))
+        signed_in = Client(s.url, verbose=False, auth=("space", "a-long-secret"))
+        assert "Done" in signed_in.predict(prompt="behind the Space's login", steps=2, frames=5,
+                                           api_name="/text_to_video")[1]  # fmt: skip
+        signed_in.close()
+
+
+def test_the_studio_listens_where_gradio_server_name_and_port_say(tmp_path):
+    """README: a Space sets GRADIO_SERVER_NAME and GRADIO_SERVER_PORT, which the studio follows (started here
+    without --host and --port, on a loopback address that is not the default one)."""
+    import urllib.error
+    import urllib.request
+
+    from tests.server import free_port
+
+    port = free_port()
+    with studio(tmp_path, env={"GRADIO_SERVER_NAME": "127.0.0.2", "GRADIO_SERVER_PORT": str(port)}) as s:
+        assert s.url == f"http://127.0.0.2:{port}/"
+        with urllib.request.urlopen(f"{s.url}config", timeout=10) as answer:
+            assert answer.status == 200 and "text_to_video" in answer.read().decode()
+        with pytest.raises(urllib.error.URLError):  # not on the default address
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=10)
+        assert f"Wan Studio on http://127.0.0.2:{port}" in s.log.read_text()
+
+
+def model_choices(argv: list[str], monkeypatch, gpu: bool) -> list[str]:
+    """The model ids the page's model dropdown offers after `python app.py ARGV` (launch itself not run), on a
+    machine with one CUDA GPU (`gpu`) or none."""
+    import gradio as gr
+    import torch
+
+    from studio.server import main
+
+    if gpu:  # what the studio asks of a GPU before its page is built
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 9))
+    launched = []
+    monkeypatch.setattr(gr.Blocks, "launch", lambda demo, **kwargs: launched.append(demo))
+    assert main(["--offline", *argv]) == 0
+    dropdowns = [c["props"] for c in launched[0].get_config_file()["components"]
+                 if c.get("props", {}).get("label") == "Model" and c["props"].get("choices")]  # fmt: skip
+    assert len(dropdowns) == 1, dropdowns
+    return [value for _, value in dropdowns[0]["choices"]]
+
+
+def test_the_test_models_are_offered_with_show_test_models_or_without_a_gpu(tmp_path, monkeypatch):
+    """README: `--show-test-models` lists the tiny random-weight models; without it a machine with a GPU
+    offers the real models only, and one without a GPU offers the test model too (one click gives it)."""
+    from pipelines.catalogue import DEFAULT_MODEL
+
+    monkeypatch.setenv("WAN_STUDIO_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # restored after the test (main sets it for --offline)
+    tests = {"test-tiny", "test-tiny-wan21", "test-tiny-a14b", "test-tiny-i2v-a14b"}
+    out = ["--output-dir", str(tmp_path / "outputs")]
+    plain = model_choices(out, monkeypatch, gpu=True)
+    assert DEFAULT_MODEL in plain and not tests & set(plain), plain
+    assert tests <= set(model_choices([*out, "--show-test-models"], monkeypatch, gpu=True))
+    monkeypatch.undo()
+    monkeypatch.setenv("WAN_STUDIO_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert tests <= set(model_choices(out, monkeypatch, gpu=False))
