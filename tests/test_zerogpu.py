@@ -50,6 +50,25 @@ def test_the_gpu_functions_arguments_and_every_yield_survive_pickle(kind, manage
     assert 60 <= zerogpu.duration(data) <= zerogpu.MAX_DURATION_S
 
 
+# Set by a test to let a run held in its second step (a prompt starting "hold") go on. Made before the fork,
+# so the forked GPU worker shares it.
+RELEASE = zerogpu_harness.FORK.Event()
+
+
+def held_at_step_2(generate):
+    """The manager's generate, holding a "hold" run after reporting its second step until RELEASE is set."""
+
+    def wrapper(request_, on_progress=None, cancel=None, wait=True):
+        def hooked(progress):
+            on_progress(progress)
+            if progress.stage == "denoise" and progress.step == 2 and request_.prompt.startswith("hold"):
+                RELEASE.wait(120)
+
+        return generate(request_, on_progress=hooked, cancel=cancel, wait=wait)
+
+    return wrapper
+
+
 @pytest.fixture(scope="module")
 def forked_worker():
     """A worker whose GPU function runs in a forked process, the way ZeroGPU runs it; the model is loaded
@@ -57,6 +76,7 @@ def forked_worker():
     manager = PipelineManager(offline=True, device="cpu")
     zerogpu.preload(manager, "test-tiny", "t2v", say=lambda line: None)
     assert manager.loads == 1
+    manager.generate = held_at_step_2(manager.generate)  # before the fork: the forked worker inherits it
     return zerogpu.ZeroGpuWorker(manager, gpu=zerogpu_harness.GPU)
 
 
@@ -84,12 +104,14 @@ def test_a_forked_gpu_worker_streams_previews_in_order_and_the_clip_lands_signed
 
 def test_cancel_on_zerogpu_stops_the_forked_run_within_a_step_and_the_gpu_is_free_again(forked_worker, out_dir):
     jobs = JobQueue([forked_worker], Library.open(out_dir))
-    job = jobs.submit(request(seed=22, steps=100, frames=17))
-    wait_until(lambda: jobs.get(job.id).step >= 2, timeout=120)
+    RELEASE.clear()
+    job = jobs.submit(request(seed=22, steps=100, frames=17, prompt="hold: a red cat"))
+    wait_until(lambda: jobs.get(job.id).step >= 2, timeout=120)  # the forked run waits there for RELEASE
     assert jobs.cancel(job.id)
-    wait_until(lambda: jobs.get(job.id).finished, timeout=60)
+    RELEASE.set()  # the cancel is asked while the run is under way; the studio acts on it at the next report
+    wait_until(lambda: jobs.get(job.id).finished, timeout=120)
     stopped = jobs.get(job.id)
-    assert stopped.status == CANCELLED and stopped.step < 100, stopped.message
+    assert (stopped.status, stopped.step) == (CANCELLED, 3), stopped.message  # the very next step's report
     assert list_clips(out_dir) == []
     after = jobs.submit(request(seed=23, steps=2, frames=9))  # the same forked worker takes the next call
     wait_until(lambda: jobs.get(after.id).finished, timeout=120)
