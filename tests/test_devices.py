@@ -16,6 +16,7 @@ import contextlib
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -198,7 +199,13 @@ def _compatible(input: torch.Tensor, from_: torch.Tensor) -> bool:  # noqa: A002
 @pytest.fixture
 def second_device(monkeypatch) -> SecondDevice:
     """The second device, used inside `with second_device.on():`; outside it the CPU runs at its own speed
-    (a reference run). Torch's runtime module for the device, its autocast and its module moves are patched."""
+    (a reference run)."""
+    return with_second_device(monkeypatch)
+
+
+def with_second_device(monkeypatch: pytest.MonkeyPatch) -> SecondDevice:
+    """Torch's runtime module for the device, its autocast and its module moves, patched until `monkeypatch`
+    undoes them."""
     runtime = types.SimpleNamespace(
         empty_cache=lambda: None, synchronize=lambda device=None: None, is_available=lambda: True,
         device_count=lambda: 1, current_device=lambda: 0,
@@ -466,3 +473,57 @@ def test_a_lora_fused_on_the_gpu_keeps_its_originals_on_the_host_and_comes_off_e
     assert weights_on(manager.pipeline.transformer) == {DEVICE}
     assert [np.array_equal(a, b) for a, b in zip((unfused, fused, base_again), expected, strict=True)] == [True] * 3
     assert not np.array_equal(unfused, base_again)  # the LoRA changed the clip
+
+
+# ---- one clip split over two ranks (context parallelism) -------------------------------------------------------
+
+
+def split_runs(saved: Path) -> None:
+    """One rank of `test_a_clip_split_over_two_ranks_on_the_gpu_is_the_cpus_split_clip`, started by
+    torch.distributed.run: the same split run on the CPU and on the second device; rank 0 saves both."""
+    from pipelines import parallel
+    from pipelines.manager import PipelineManager
+    from pipelines.request import GenerationRequest, validate_request
+    from tests.cp_rank import REQUEST
+
+    rank = parallel.launched_rank()
+    parallel.init_group(HOST)  # gloo: the ranks' collectives run on the host tensors
+    request = validate_request(GenerationRequest(**REQUEST), "test-tiny")
+    try:
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            second_device = with_second_device(monkeypatch)
+            frames = {}
+            for device in (HOST, DEVICE):
+                manager = PipelineManager(profile="gpu", device=str(device), memory_probe=lambda _: GPU_MEMORY,
+                                          offline=True, context_parallel=rank.world)  # fmt: skip
+                with second_device.on() if device == DEVICE else contextlib.nullcontext():
+                    result = manager.generate(request)
+                assert result.context_parallel == rank.world and weights_on(manager.pipeline.transformer) == {device}
+                frames[device.type] = result.frames
+        if rank.leader:
+            np.savez(saved, **frames)
+    finally:
+        parallel.close_group()
+
+
+def test_a_clip_split_over_two_ranks_on_the_gpu_is_the_cpus_split_clip(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_cli import ROOT
+
+    saved = tmp_path / "frames.npz"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           "-m", "tests.test_devices", str(saved)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    frames = np.load(saved)
+    assert frames["lazy"].shape == (9, 64, 96, 3) and np.array_equal(frames["lazy"], frames["cpu"])
+
+
+if __name__ == "__main__":
+    import sys
+
+    split_runs(Path(sys.argv[1]))
