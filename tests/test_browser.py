@@ -694,7 +694,29 @@ def test_image_to_video_with_an_end_frame_where_the_model_takes_one(page, runnin
 
 
 def test_nothing_left_the_machine(page, running, outbound_log):
-    """Every flow above ran with the server online; neither it nor the page reached beyond this machine."""
+    """With the server online, neither it nor the page reached beyond this machine: through this test's own
+    journey (a clip made in the page and played, every tab opened), so it proves something when run alone,
+    and in the whole file through every flow above too."""
+    seen = len(page.requested)
+    page.reload()
+    page.wait_for_selector("#t2v-prompt textarea", timeout=60_000)
+    open_tab(page, "Text to video")
+    page.fill("#t2v-prompt textarea", "a kite over the dunes")
+    steps = page.locator("#t2v-steps input[type=number]")
+    steps.fill("4")
+    steps.press("Enter")
+    page.click("#t2v-generate")
+    page.wait_for_function(  # this test's own clip, playing (a reload may first show an earlier one)
+        """() => { const v = document.querySelector('#t2v-video video');
+                   return v && v.currentSrc.includes('kite-over-the-dunes') && v.readyState >= 1; }""",
+        timeout=120_000,
+    )
+    for name in TABS:
+        open_tab(page, name)
+        settled(page)
+    own = page.requested[seen:]
+    assert any("/gradio_api/queue/join" in u for u in own), own[:20]  # the page asked for the clip
+    assert any("kite-over-the-dunes" in u and u.endswith(".mp4") for u in own), own[:20]  # and fetched it
     assert not outbound_log.exists(), outbound_log.read_text()
     # positive controls: the guard was loaded into the studio's process, and it does refuse and log
     loaded = outbound_log.with_name(outbound_log.name + ".loaded").read_text().split()
@@ -707,3 +729,10 @@ def test_nothing_left_the_machine(page, running, outbound_log):
     origin = running.url.rstrip("/")
     outside = [u for u in page.requested if not u.startswith((origin, "data:", "blob:"))]
     assert page.requested and not outside, outside[:5]
+    # and the page's recorder sees a request to another origin when one is made (in a page of its own)
+    control = page.context.browser.new_page()
+    asked: list[str] = []
+    control.on("request", lambda request: asked.append(request.url))
+    control.evaluate("() => fetch('http://example.com/control').catch(() => null)")
+    control.close()
+    assert "http://example.com/control" in asked, asked
