@@ -226,24 +226,20 @@ def on_device(value: torch.Tensor | np.ndarray) -> OnDevice:
 
 def test_the_second_device_refuses_what_a_gpu_refuses_and_allows_what_it_allows(second_device):
     with second_device.on():
-        check_the_rules(second_device)
-
-
-def check_the_rules(second_device: SecondDevice) -> None:
-    x = torch.arange(6.0, device="lazy").view(2, 3)
-    assert x.device == DEVICE and torch.equal(x.cpu(), torch.arange(6.0).view(2, 3))
-    with pytest.raises(DeviceMismatchError, match="lazy:0 and cpu"):
-        x + torch.ones(2, 3)
-    with pytest.raises(DeviceMismatchError):
-        torch.nn.Linear(3, 2).to(DEVICE)(torch.ones(3))
-    with pytest.raises(TypeError):
-        x.numpy()  # as a CUDA tensor, it must come to the host first
-    assert torch.equal((x * torch.tensor(2.0)).cpu(), torch.arange(0.0, 12, 2).view(2, 3))  # a CPU scalar is fine
-    assert torch.equal(x[:, torch.tensor([0, 2])].cpu(), torch.tensor([[0.0, 2], [3, 5]]))  # CPU indices are fine
-    second_device.crossings.clear()
-    x[0].copy_(torch.full((3,), 9.0))  # a copy between devices is fine, and recorded
-    assert second_device.crossings == [Crossing(HOST, DEVICE, torch.float32, 3)]
-    assert x[0].tolist() == [9.0, 9.0, 9.0] and x.sum().item() == 39.0
+        x = torch.arange(6.0, device="lazy").view(2, 3)
+        assert x.device == DEVICE and torch.equal(x.cpu(), torch.arange(6.0).view(2, 3))
+        with pytest.raises(DeviceMismatchError, match="lazy:0 and cpu"):
+            x + torch.ones(2, 3)
+        with pytest.raises(DeviceMismatchError):
+            torch.nn.Linear(3, 2).to(DEVICE)(torch.ones(3))
+        with pytest.raises(TypeError):
+            x.numpy()  # as a CUDA tensor, it must come to the host first
+        assert torch.equal((x * torch.tensor(2.0)).cpu(), torch.arange(0.0, 12, 2).view(2, 3))  # a CPU scalar
+        assert torch.equal(x[:, torch.tensor([0, 2])].cpu(), torch.tensor([[0.0, 2], [3, 5]]))  # CPU indices
+        second_device.crossings.clear()
+        x[0].copy_(torch.full((3,), 9.0))  # a copy between devices is fine, and recorded
+        assert second_device.crossings == [Crossing(HOST, DEVICE, torch.float32, 3)]
+        assert x[0].tolist() == [9.0, 9.0, 9.0] and x.sum().item() == 39.0
 
 
 # ---- colour matching and end frames ----------------------------------------------------------------------------
