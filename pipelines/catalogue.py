@@ -60,6 +60,14 @@ class FastLora:
 
 
 @dataclass(frozen=True)
+class FastWeights:
+    """A fast preset's files on this machine."""
+
+    transformer: Path | None  # a distilled checkpoint's folder holding transformer/ (and transformer_2/)
+    loras: tuple[tuple[Path, str], ...]  # (file, experts) of its step-distillation LoRAs
+
+
+@dataclass(frozen=True)
 class FastPreset:
     """Published step-distilled weights for a model family, with the settings their authors prescribe."""
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from pipelines import attention, caching, parallel
-from pipelines.catalogue import IMAGE_TO_VIDEO, TASK_NAMES, ModelSpec
+from pipelines.catalogue import IMAGE_TO_VIDEO, TASK_NAMES, FastWeights, ModelSpec
 from pipelines.colour import match_colours
 from pipelines.decode import decode_latents, to_host, video_to_uint8
 from pipelines.errors import UserError
@@ -50,7 +50,7 @@ from pipelines.request import ValidRequest
 from pipelines.samplers import scheduler_for
 from pipelines.speed import SpeedOptions, compile_blocks, uncompile_blocks
 from pipelines.testmodels import cache_root
-from pipelines.weights import FastWeights, ResolvedWeights, fetch_fast, human_size, resolve_weights
+from pipelines.weights import ResolvedWeights, fetch_fast, human_size, resolve_weights
 
 
 @dataclass

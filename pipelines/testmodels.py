@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from pipelines.catalogue import TEST_TINY, TEST_TINY_A14B, TEST_TINY_I2V_A14B, TEST_TINY_WAN21
+from pipelines.catalogue import TEST_TINY, TEST_TINY_A14B, TEST_TINY_I2V_A14B, TEST_TINY_WAN21, FastWeights
 
 # Bump when the layout below changes so cached folders are rebuilt.
 BUILD_VERSION = 1
@@ -347,7 +347,6 @@ def ensure_fast_test_weights(model_id: str):
     from diffusers import WanTransformer3DModel
 
     from pipelines.catalogue import CATALOGUE
-    from pipelines.weights import FastWeights
 
     folder = cache_root() / f"fast-v{BUILD_VERSION}"
     base = ensure_test_model(model_id)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from pipelines.catalogue import ModelSpec
+from pipelines.catalogue import FastWeights, ModelSpec
 from pipelines.errors import UserError
 from pipelines.testmodels import BUILD_VERSION, ensure_test_model
 
@@ -233,14 +233,6 @@ def download(
         raise ModelUnavailableError(f"Downloading {repo} failed: {err}") from err
     report(1.0, f"{repo} is ready")
     return ResolvedWeights(Path(path), Path(path).name)
-
-
-@dataclass(frozen=True)
-class FastWeights:
-    """A fast preset's files on this machine."""
-
-    transformer: Path | None  # a distilled checkpoint's folder holding transformer/ (and transformer_2/)
-    loras: tuple[tuple[Path, str], ...]  # (file, experts) of its step-distillation LoRAs
 
 
 def fetch_fast(spec: ModelSpec, offline: bool, on_progress: DownloadCallback | None = None) -> FastWeights:
