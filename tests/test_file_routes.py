@@ -106,8 +106,8 @@ def served(tmp_path_factory):
 
 
 def probes(served):
-    s, targets, door, routes, _ = served
-    for template, operations in sorted(routes.items()):
+    """(template, method) for each GET or HEAD route of the studio that takes a parameter."""
+    for template, operations in sorted(served[3].items()):
         if "{" not in template:
             continue  # no parameter: no path from the caller
         for method in ("get", "head"):
