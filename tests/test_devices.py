@@ -276,8 +276,9 @@ def i2v_request(model: str = "test-tiny", **fields):
     from pipelines.request import GenerationRequest, validate_request
     from tests.test_colour import scene
 
-    fields = {"width": 64, "height": 64, "frames": 5, "steps": 2, "seed": 11, **fields}
-    asked = GenerationRequest(prompt="the disc rolls", model=model, image=scene(), **fields)
+    fields = {"prompt": "the disc rolls", "width": 64, "height": 64, "frames": 5, "steps": 2, "seed": 11,
+              "image": scene(), **fields}  # fmt: skip
+    asked = GenerationRequest(model=model, **fields)
     return validate_request(asked, default_model=model)
 
 
@@ -370,6 +371,25 @@ def test_an_end_frame_clip_on_the_gpu_is_the_cpus_clip(second_device):
     with second_device.on():
         result = manager.generate(request)
     assert result.frames.shape == (5, 64, 64, 3) and np.array_equal(result.frames, expected)
+
+
+def test_switching_task_and_fast_mode_under_model_offload_keeps_each_clip_the_cpus(second_device):
+    """A task switch wraps the same modules in another pipeline (its offload hooks set again), Fast mode swaps
+    the transformer: each run still computes on the GPU and makes the CPU's clip."""
+    runs = [i2v_request(image=None), i2v_request(prompt="the disc stops"), i2v_request(fast=True)]
+    cpu = manager_on(HOST, "offload")
+    expected = [cpu.generate(r).frames for r in runs]
+    manager = manager_on(DEVICE, "offload")
+    with second_device.on():
+        clips = [manager.generate(runs[0]).frames]
+        computed, handles = record_compute(manager.pipeline)  # on the modules the task switch keeps
+        clips += [manager.generate(r).frames for r in runs[1:]]
+    for handle in handles:
+        handle.remove()
+    assert [r.task for r in runs] == ["t2v", "i2v", "i2v"]
+    assert computed == {"text_encoder": {DEVICE}, "transformer": {DEVICE}, "vae": {DEVICE}}
+    assert [np.array_equal(c, e) for c, e in zip(clips, expected, strict=True)] == [True] * 3
+    assert manager._loaded.variant == "fast" and weights_on(manager.pipeline.transformer) == {HOST}
 
 
 # ---- previews, the decode and uint8, the host RAM a model holds ------------------------------------------------
