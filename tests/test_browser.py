@@ -174,6 +174,11 @@ def ensure_storyboard(running, tmp: Path) -> None:
 
 
 def test_generate_in_the_browser_shows_changing_previews_and_a_playable_video(page):
+    page.set_viewport_size({"width": 1280, "height": 1000})
+    page.reload()  # a fresh page on the form's tab, whatever ran before
+    page.wait_for_selector("#t2v-prompt textarea", timeout=60_000)
+    open_tab(page, "Text to video")
+    settled(page)  # the form's last job, shown again on load, is in before previews are counted
     # Record every preview image the page shows, from before the click on.
     page.evaluate(
         r"""() => {
@@ -226,20 +231,24 @@ def test_the_library_lists_the_clip_after_a_reload(page, running):
     page.get_by_role("tab", name="Library").click()
     page.wait_for_selector("#library-video video", timeout=30_000)
     page.wait_for_selector("#library-grid img", timeout=30_000)  # a poster frame per clip
+    page.fill("#library-search textarea", "paper boat")  # the clip, whatever else an earlier test made
+    page.wait_for_function("() => document.querySelector('#library-details')?.innerText.includes('paper boat')")
     details = page.inner_text("#library-details")
     assert "paper boat" in details and "Seed:" in details and "Steps, guidance: 40" in details
     assert "Content Credentials: signed by this studio" in details and '"format"' not in details
     page.screenshot(path=str(SCREENSHOTS / "studio-library.png"), full_page=True)
     page.fill("#library-search textarea", "no such words")  # search by prompt: nothing matches
     page.wait_for_function("() => !document.querySelector('#library-grid img')", timeout=10_000)
-    page.fill("#library-search textarea", "BOAT")
+    page.fill("#library-search textarea", "PAPER BOAT")
     page.wait_for_selector("#library-grid img", timeout=10_000)
     page.locator("#library-task input").click()
-    page.get_by_role("option", name="Image to video").click()  # the only clip is text to video
+    page.get_by_role("option", name="Image to video").click()  # the paper boat is text to video
     page.wait_for_function("() => !document.querySelector('#library-grid img')", timeout=10_000)
     page.locator("#library-task input").click()
     page.get_by_role("option", name="Both kinds").click()
     page.fill("#library-search textarea", "")
+    page.wait_for_selector("#library-grid img", timeout=10_000)
+    page.fill("#library-search textarea", "paper boat")
     page.wait_for_selector("#library-grid img", timeout=10_000)
     page.locator("#library-grid img").first.click()
     page.wait_for_function("() => document.querySelector('#library-details')?.innerText.includes('paper boat')")
@@ -263,6 +272,11 @@ TABS = ["Text to video", "Image to video", "Library", "Storyboard", "Settings", 
 
 def open_tab(page, name: str) -> None:
     """A tab by its name, from the tab bar or, on a narrow screen, from its "More tabs" menu."""
+    page.wait_for_function(  # the bar is drawn: the tab, or the menu holding it, is shown
+        """(name) => [...document.querySelectorAll('[role=tab]')].some(t => t.innerText === name && t.checkVisibility())
+                     || document.querySelector("button[aria-label='More tabs']")?.checkVisibility()""",
+        arg=name,
+    )
     tab = page.get_by_role("tab", name=name)
     if tab.count() and tab.is_visible():
         tab.click()
@@ -302,11 +316,16 @@ def test_every_tab_at_desktop_and_phone_width(page, running):
 
 
 def test_storyboard_extend_a_shot_then_export_a_film(page, running):
+    from library import Library, Storyboard
+
     ensure_boat(running)
+    Library(running.output_dir).storyboard.save(Storyboard())  # an empty storyboard, whatever ran before
     page.set_viewport_size({"width": 1280, "height": 1000})
     page.reload()
     page.get_by_role("tab", name="Storyboard").click()
-    page.locator("#storyboard-add").click()  # the library's newest clip
+    page.locator("#storyboard-pick input").click()
+    page.get_by_role("option", name=re.compile("paper boat")).first.click()
+    page.locator("#storyboard-add").click()
     page.wait_for_function(
         "() => document.querySelector('#storyboard-summary').innerText.includes('1 shot,')", timeout=30_000
     )
@@ -379,6 +398,8 @@ def test_image_to_video_from_a_library_clips_last_frame(page, running):
     page.reload()
     page.get_by_role("tab", name="Library").click()
     page.wait_for_selector("#library-video video", timeout=30_000)
+    page.fill("#library-search textarea", "paper boat")  # its clip, whatever an earlier test made since
+    page.wait_for_function("() => document.querySelector('#library-details')?.innerText.includes('paper boat')")
     page.get_by_role("button", name="Continue from its last frame").click()
     # the Image to video tab is shown, its example picture replaced by the clip's last frame
     page.wait_for_function(
