@@ -38,10 +38,11 @@ def running(tmp_path_factory, outbound_log):
 
 
 # Counts the page's Gradio events still under way: a queue/join (or run) request starts one, its
-# process_completed message on the queue's event stream (read from a copy of the stream) ends it.
+# process_completed message on the queue's event stream (read from a copy of the stream) ends it; and which
+# event functions have started (`started`, by fn_index), so a fresh page's load events are known to be in.
 TRACK_EVENTS = r"""(() => {
     const fetched = window.fetch.bind(window);
-    const events = {joining: 0, open: new Set(), ended: new Set(), seq: 0};
+    const events = {joining: 0, open: new Map(), ended: new Set(), started: new Set(), seq: 0};  // open: id -> fn
     const change = () => { events.seq += 1; };
     const end = (id) => { events.ended.add(id); if (events.open.delete(id)) change(); };
     const read = async (body) => {
@@ -63,12 +64,18 @@ TRACK_EVENTS = r"""(() => {
     window.fetch = async (input, init) => {
         const url = typeof input === 'string' ? input : input.url;
         const starts = /\/queue\/join|\/run\//.test(url);
-        if (starts) { events.joining += 1; change(); }
+        let fn = null;
+        if (starts) {
+            try { fn = JSON.parse(init.body).fn_index; } catch (e) {}
+            events.started.add(fn);
+            events.joining += 1;
+            change();
+        }
         try {
             const response = await fetched(input, init);
             if (starts) {
                 const id = url.includes('/queue/join') && response.ok && (await response.clone().json()).event_id;
-                if (id && !events.ended.has(id)) events.open.add(id);
+                if (id && !events.ended.has(id)) events.open.set(id, fn);
             } else if (url.includes('/queue/data') && response.body) {
                 const [mine, theirs] = response.body.tee();
                 read(mine);
@@ -83,10 +90,14 @@ TRACK_EVENTS = r"""(() => {
     window.__events = events;
 })();"""
 
-# True once no event is under way and none started or ended since the last look, a task queued after it
-# having run (the page applies an event's result in a task of its own, and what it sets off joins then).
+# True once the page's load events have all started, none is under way and none started or ended since the
+# last look, a task queued after it having run (the page applies an event's result in a task of its own,
+# and what it sets off joins then).
 EVENTS_SETTLED = """() => {
     const e = window.__events;
+    const loads = (window.gradio_config?.dependencies || [])
+        .filter((d) => d.backend_fn && d.targets.some((t) => t[1] === 'load')).map((d) => d.id);
+    if (!loads.every((id) => e.started.has(id))) return false;
     if (e.joining || e.open.size) { e.mark = null; return false; }
     if (!e.mark || e.mark.seq !== e.seq) {
         const mark = {seq: e.seq, ran: false};
@@ -101,7 +112,36 @@ EVENTS_SETTLED = """() => {
 def settled(page) -> None:
     """Wait until every event the page has started has ended, and nothing it set off is still to come: the
     event to wait on before checking that something did NOT happen."""
-    page.wait_for_function(EVENTS_SETTLED, timeout=60_000)
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(EVENTS_SETTLED, timeout=60_000)
+    except PlaywrightTimeout:
+        still = page.evaluate(
+            """() => [...window.__events.open.values()].map((fn) => {
+                const dep = (window.gradio_config?.dependencies || []).find((d) => d.id === fn) || {};
+                return {fn_index: fn, targets: dep.targets, outputs: dep.outputs};
+            })"""
+        )
+        raise AssertionError(f"the page's events never settled; still under way: {still}") from None
+
+
+def shown_clip(page, player: str) -> str | None:
+    """The URL of the clip a player shows now, to tell the next clip from it."""
+    return page.evaluate("(player) => document.querySelector(`${player} video`)?.src || null", player)
+
+
+def wait_for_new_clip(page, player: str, before: str | None, named: str) -> None:
+    """Wait until the player shows, loaded, a clip other than `before` whose file name holds `named` (its
+    prompt's words): a reloaded form shows its last job's clip again, which must not pass for this one."""
+    page.wait_for_function(
+        """([player, before, named]) => {
+            const v = document.querySelector(`${player} video`);
+            return v && v.src && v.src !== before && v.src.includes(named) && v.readyState >= 1;
+        }""",
+        arg=[player, before, named],
+        timeout=120_000,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +219,7 @@ def test_generate_in_the_browser_shows_changing_previews_and_a_playable_video(pa
     page.wait_for_selector("#t2v-prompt textarea", timeout=60_000)
     open_tab(page, "Text to video")
     settled(page)  # the form's last job, shown again on load, is in before previews are counted
+    before = shown_clip(page, "#t2v-video")
     # Record every preview image the page shows, from before the click on.
     page.evaluate(
         r"""() => {
@@ -199,12 +240,7 @@ def test_generate_in_the_browser_shows_changing_previews_and_a_playable_video(pa
     steps.press("Enter")
     page.click("#t2v-generate")
 
-    video = page.locator("#t2v-video video")
-    video.wait_for(timeout=120_000)
-    page.wait_for_function(
-        "() => { const v = document.querySelector('#t2v-video video'); return v && v.readyState >= 1; }",
-        timeout=60_000,
-    )
+    wait_for_new_clip(page, "#t2v-video", before, "a-paper-boat-drifts")
     info = page.evaluate(
         """() => {
             const v = document.querySelector('#t2v-video video');
@@ -409,11 +445,10 @@ def test_image_to_video_from_a_library_clips_last_frame(page, running):
     )
     assert page.locator("#i2v-prompt textarea").is_visible()
     page.fill("#i2v-prompt textarea", "the boat turns towards the camera")
+    settled(page)
+    before = shown_clip(page, "#i2v-video")  # the form's last job, shown again since the reload
     page.click("#i2v-generate")
-    page.wait_for_function(
-        "() => { const v = document.querySelector('#i2v-video video'); return v && v.readyState >= 1; }",
-        timeout=120_000,
-    )
+    wait_for_new_clip(page, "#i2v-video", before, "the-boat-turns-towards")
     size = page.evaluate(
         "() => { const v = document.querySelector('#i2v-video video'); return [v.videoWidth, v.videoHeight]; }"
     )
@@ -620,6 +655,7 @@ def test_after_a_reload_the_form_shows_its_own_queued_job_and_follows_it_to_the_
 def test_a_bad_request_shows_one_message_in_the_status_line_and_nothing_else(page):
     page.reload()
     page.wait_for_selector("#t2v-prompt textarea", timeout=60_000)
+    settled(page)  # the form's last job, shown again on load, lands before the refusal, not over it
     page.fill("#t2v-prompt textarea", "a lighthouse in a storm")
     page.locator("#t2v-size input").fill("1000x10")
     page.locator("#t2v-size input").press("Enter")
