@@ -57,7 +57,7 @@ def measure(out: Path) -> dict:
     from concurrent.futures import wait
 
     from library import Library
-    from studio.handlers import library as lib
+    from studio.page.handlers import library as lib
 
     def timed(work):
         t0 = time.perf_counter()

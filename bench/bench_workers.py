@@ -24,8 +24,8 @@ os.environ.setdefault("WAN_STUDIO_HOME", tempfile.mkdtemp(prefix="wan-bench-home
 from library import Library  # noqa: E402
 from pipelines.manager import PipelineManager  # noqa: E402
 from pipelines.request import GenerationRequest, validate_request  # noqa: E402
-from studio.jobs import DONE, JobQueue  # noqa: E402
-from studio.workers import LocalWorker, worker_labels  # noqa: E402
+from studio.jobs.queue import DONE, JobQueue  # noqa: E402
+from studio.jobs.workers import LocalWorker, worker_labels  # noqa: E402
 
 
 def run(devices: list[str], jobs: int, steps: int, frames: int, size: str) -> float:

@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     from library.media import estimate_mp4_mb
     from pipelines import parallel
     from pipelines.manager import GenerationCancelled, PipelineManager
-    from studio.workers import parse_devices
+    from studio.jobs.workers import parse_devices
 
     rank = parallel.launched_rank() if args.context_parallel else None
     leader = rank is None or rank.leader

@@ -1,4 +1,5 @@
-"""`python app.py`: start the studio. Flags beat saved settings; saved settings beat defaults."""
+"""`python app.py`: the launcher. Reads the flags (they beat saved settings; saved settings beat defaults), makes
+the `Studio` (studio/core.py), builds the page from it and serves it behind the guard."""
 
 from __future__ import annotations
 
@@ -6,86 +7,17 @@ import argparse
 import os
 import secrets
 import sys
-import threading
 from dataclasses import replace
-from pathlib import Path
 
-from library import Library
-from library.lora_folder import LoraFolder
-from pipelines.catalogue import TEXT_TO_VIDEO, get_spec
+from pipelines.catalogue import TEXT_TO_VIDEO
 from pipelines.errors import UserError
-from pipelines.manager import PipelineManager
-from pipelines.parallel import check_request
-from pipelines.request import GenerationRequest, validate_request
-from studio.jobs import Job, JobQueue
-from studio.settings import Settings, config_dir, load_settings, save_settings
-from studio.workers import GpuWorker, LocalWorker, parse_devices, worker_labels
-from studio.zerogpu import ZEROGPU_PROFILE, ZeroGpuWorker, on_zerogpu, preload
+from studio.core import Studio
+from studio.jobs.workers import parse_devices
+from studio.jobs.zerogpu import on_zerogpu, preload
+from studio.settings import config_dir, load_settings
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
 AUTH_ENV = "WAN_STUDIO_AUTH"
 MAX_UPLOAD = "250mb"  # pictures are checked against 50 MB by the engine, audio against 200 MB by the library
-
-
-class Studio:
-    """What the page works on: the settings, the library (output folder), one pipeline manager, and the
-    job queue in front of them."""
-
-    def __init__(self, settings: Settings, offline: bool = False, include_test_models: bool = False,
-                 settings_warning: str | None = None, flags: dict | None = None, devices: list[str] | None = None,
-                 workers: list[GpuWorker] | None = None):  # fmt: skip
-        """`settings` are the saved settings with the start-up `flags` (--model, --output-dir) applied;
-        `devices` one local worker each (default: every visible GPU); `workers` remote ones instead (Ray)."""
-        self.settings = settings
-        self.flags = dict(flags or {})
-        self.saved = settings if not self.flags else replace(settings, **{
-            name: getattr(load_settings()[0], name) for name in self.flags})  # fmt: skip
-        zero = on_zerogpu()
-        devices = ["cuda"] if zero else devices or parse_devices(None)  # ZeroGPU: one GPU, lent per call
-        self.managers = [PipelineManager(profile=ZEROGPU_PROFILE if zero else settings.profile_choice,
-                                         offline=offline, speed=settings.speed, device=device)
-                         for device in devices]  # fmt: skip
-        self.manager = self.managers[0]  # the first device: memory estimates and backend checks
-        # without a GPU the real models cannot run: the test model is offered beside them
-        self.has_gpu = self.manager.device.type == "cuda" or bool(workers)
-        self.include_test_models = include_test_models or get_spec(settings.model).is_test or not self.has_gpu
-        self.library = Library.open(Path(settings.output_dir))  # LibraryError when it cannot be written
-        self.output_dir = self.library.root
-        # the library's index is read now, beside the start-up, so the first look at a big library is quick
-        threading.Thread(target=self.library.clips, name="library-index", daemon=True).start()
-        self.loras = LoraFolder(settings.lora_dir or None)
-        if zero:
-            workers = [ZeroGpuWorker(self.manager)]
-        elif not workers:
-            labels = worker_labels([m.device for m in self.managers])
-            workers = [LocalWorker(m, label=label) for m, label in zip(self.managers, labels, strict=True)]
-        self.jobs = JobQueue(workers, self.library, clip_options=settings.clip_options)
-        self.warnings = [w for w in (settings_warning, *self.library.warnings, *self.jobs.warnings) if w]
-
-    def submit(self, request: GenerationRequest, append_to_storyboard: bool = False) -> Job:
-        """Validate now (bad input is answered at once, the seed is drawn once) and queue."""
-        valid = validate_request(request, self.settings.model)
-        for worker in self.jobs.workers:  # a clip split over GPUs has its own limits: refused now, not later
-            check_request(valid, getattr(worker, "degree", 1))
-        return self.jobs.submit(valid, append_to_storyboard=append_to_storyboard)
-
-    def keep_settings(self, settings: Settings) -> Path:
-        """Save `settings` (already checked) and apply them. A value that only a start-up flag set, and the
-        user left as it was, is saved as it was before: flags hold for this run, never for the next."""
-        stored = replace(settings, **{name: getattr(self.saved, name) for name, value in self.flags.items()
-                                      if getattr(settings, name) == value})  # fmt: skip
-        path = save_settings(stored)
-        self.saved = stored
-        self.apply_settings(settings)
-        return path
-
-    def apply_settings(self, settings: Settings) -> None:
-        """Model, profile, speed and form defaults apply to the next job; the output folder after a restart."""
-        self.settings = settings
-        for worker in self.jobs.workers:
-            worker.configure(settings.profile_choice, settings.speed)
-        self.loras = LoraFolder(settings.lora_dir or None)
-        self.jobs.clip_options = settings.clip_options
 
 
 def parse_auth(value: str | None) -> tuple[str, str] | None:
@@ -148,17 +80,17 @@ def main(argv: list[str] | None = None) -> int:
     from starlette.middleware import Middleware
 
     from studio.guard import Guard
-    from studio.ui import PAGE_CSS, build_ui
+    from studio.page.layout import ASSETS, PAGE_CSS, build_ui
 
     try:
         devices = parse_devices(args.gpus)
         workers = None
         if args.ray:
-            from studio.ray_workers import ray_pool
+            from studio.jobs.ray_actors import ray_pool
 
             workers = ray_pool(args.ray, settings.profile_choice, settings.speed, offline=args.offline)
         elif args.context_parallel > 1:
-            from studio.split_worker import split_workers
+            from studio.jobs.split import split_workers
 
             workers = split_workers(devices, args.context_parallel, settings.profile_choice, settings.speed,
                                     offline=args.offline)  # fmt: skip
@@ -169,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for line in studio.warnings:
         print(f"warning: {line}", file=sys.stderr, flush=True)
-    if on_zerogpu():  # weights onto "cuda" in this process, before the page opens (see studio/zerogpu.py)
+    if on_zerogpu():  # weights onto "cuda" in this process, before the page opens (see studio/jobs/zerogpu.py)
         try:
             preload(studio.manager, settings.model, TEXT_TO_VIDEO, say=lambda line: print(line, flush=True))
         except UserError as err:

@@ -1,4 +1,4 @@
-"""A split worker's rank (`studio.split_worker.serve`) whose run a test can hold in its second denoising step
+"""A split worker's rank (`studio.jobs.split.serve`) whose run a test can hold in its second denoising step
 (after reporting it), by the request's prompt, so a cancel or a kill finds the job under way, never finished:
 
 - "hold until cancel…": rank 0 waits there for the studio's cancel flag; then every rank stops at the next
@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.manager import PipelineManager  # noqa: E402
-from studio import split_worker  # noqa: E402
+from studio.jobs import split as split_worker  # noqa: E402
 
 HELD_FOR_S = 300  # longer than any test waits: the test cancels or kills first
 

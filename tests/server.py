@@ -125,7 +125,7 @@ def install_gate(address: str) -> None:
     """In the studio's process: each clip job, once its first denoising step is reported (the page and the
     API see "Step 1/N"), asks the test's gate and waits for its answer. A cancel set meanwhile stops the job
     at the next step, as it would any job."""
-    from studio.workers import LocalWorker
+    from studio.jobs.workers import LocalWorker
 
     plain = LocalWorker.generate
 

@@ -19,7 +19,7 @@ from tests.test_browser import CHROMIUM, open_tab
 pytestmark = pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian's chromium is not installed")
 
 CLIPS = 300
-PAGE = 24  # studio.handlers.library.PAGE_SIZE, restated: the test says what a user sees
+PAGE = 24  # studio.page.handlers.library.PAGE_SIZE, restated: the test says what a user sees
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from library.layout import TMP_PREFIX
 from pipelines import APP_NAME
 from pipelines.errors import UserError
 from pipelines.request import GenerationRequest, validate_request
-from studio.jobs import CANCELLED, DONE, FAILED, JobQueue, default_generate
+from studio.jobs.queue import CANCELLED, DONE, FAILED, JobQueue, default_generate
 from tests.tmpfs import remount, tmpfs
 
 TINY = "test-tiny"
@@ -153,7 +153,7 @@ def test_a_cancelled_export_leaves_no_film_and_the_film_worker_goes_on(manager, 
 @pytest.fixture
 def studio_on_a_disk(tmp_path, monkeypatch):
     """An in-process studio whose output folder is on its own 20 MB tmpfs, which a test can turn read-only."""
-    from studio.server import Studio
+    from studio.core import Studio
     from studio.settings import Settings
 
     monkeypatch.setenv("WAN_STUDIO_HOME", str(tmp_path / "home"))
@@ -191,7 +191,7 @@ def collect(stream) -> list:
 
 
 def test_an_output_folder_turned_read_only_under_a_generation_is_named_in_the_page(studio_on_a_disk, monkeypatch):
-    from studio.handlers import generate
+    from studio.page.handlers import generate
     from tests.test_jobs import paused_on_entry
 
     studio, disk = studio_on_a_disk
@@ -221,7 +221,7 @@ def test_an_output_folder_turned_read_only_under_a_generation_is_named_in_the_pa
 
 
 def test_an_output_folder_turned_read_only_under_an_export_is_named_in_the_page(studio_on_a_disk, monkeypatch):
-    from studio.handlers import storyboard
+    from studio.page.handlers import storyboard
     from tests.test_jobs import paused_on_entry
 
     studio, disk = studio_on_a_disk

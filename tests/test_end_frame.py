@@ -87,7 +87,7 @@ def test_colour_matching_keeps_the_way_from_the_start_picture_to_the_end_picture
 def test_a_queued_job_keeps_its_end_frame_across_a_restart(tmp_path):
     from library import Library
     from pipelines.manager import PipelineManager
-    from studio.jobs import JobQueue
+    from studio.jobs.queue import JobQueue
 
     library = Library.open(tmp_path / "outputs")
     hold = threading.Event()

@@ -370,7 +370,7 @@ class HeldInterpolation:
 def test_cancel_while_ffmpeg_interpolates_kills_it_and_writes_nothing(manager, out_dir, monkeypatch, change):
     import signal
 
-    from studio.jobs import CANCELLED, JobQueue
+    from studio.jobs.queue import CANCELLED, JobQueue
     from tests.test_jobs import wait_until
 
     clip = moving_clip(out_dir, "slide")

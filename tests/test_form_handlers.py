@@ -10,9 +10,9 @@ import pytest
 
 from pipelines.catalogue import get_spec
 from pipelines.request import GenerationRequest
-from studio.handlers import generate, library, settings
-from studio.jobs import DONE
-from studio.server import Studio
+from studio.core import Studio
+from studio.jobs.queue import DONE
+from studio.page.handlers import generate, library, settings
 from studio.settings import Settings
 
 TINY, A14B = "test-tiny", "test-tiny-a14b"

@@ -14,9 +14,9 @@ import pytest
 
 from library import LibraryError, Shot, Storyboard, StoryboardConflict, StoryboardError
 from pipelines.request import GenerationRequest, RequestError
-from studio.handlers import generate, library, queue, settings, storyboard
-from studio.jobs import DONE
-from studio.server import Studio
+from studio.core import Studio
+from studio.jobs.queue import DONE
+from studio.page.handlers import generate, library, queue, settings, storyboard
 from studio.settings import Settings, settings_path
 
 TINY = "test-tiny"

@@ -15,7 +15,7 @@ from library import Library, LibraryError, Shot, Storyboard
 from library.clips import list_clips
 from library.files import read_json
 from pipelines.request import GenerationRequest, ValidRequest, validate_request
-from studio.jobs import CANCELLED, CLIP, DONE, FAILED, FILM, INTERRUPTED, QUEUED, Job, JobQueue, default_generate
+from studio.jobs.queue import CANCELLED, CLIP, DONE, FAILED, FILM, INTERRUPTED, QUEUED, Job, JobQueue, default_generate
 
 TINY = "test-tiny"
 
@@ -148,7 +148,7 @@ def test_a_failure_is_recorded_and_the_worker_keeps_going(manager, out_dir):
 
 
 def test_the_worker_survives_its_own_bookkeeping_failing(manager, out_dir, monkeypatch):
-    from studio import jobs as jobs_module
+    from studio.jobs import queue as jobs_module
 
     jobs = JobQueue(manager, Library.open(out_dir))
     real = jobs_module.write_json
@@ -256,7 +256,7 @@ def test_cancel_during_the_decode_is_honoured_and_nothing_is_published(manager, 
 
 
 def test_cancel_while_the_clip_is_written_is_refused_and_says_so(manager, out_dir, monkeypatch):
-    from studio.handlers.generate import cancel
+    from studio.page.handlers.generate import cancel
 
     library = Library.open(out_dir)
     slow_save, writing, gate = paused_on_entry(library.save_clip)
@@ -298,7 +298,7 @@ STOPPED_MID_EXPORT = """
 import sys, threading
 from pathlib import Path
 from library import Library, Shot, Storyboard
-from studio.jobs import JobQueue
+from studio.jobs.queue import JobQueue
 
 library = Library.open(Path(sys.argv[1]))
 export, exporting = library.export_film, threading.Event()

@@ -94,7 +94,7 @@ def test_the_cli_runs_one_clip_over_two_ranks_and_rank_0_publishes_it(tmp_path):
 @pytest.fixture(scope="module")
 def split_worker():
     from pipelines.speed import SpeedOptions
-    from studio.split_worker import SplitWorker
+    from studio.jobs.split import SplitWorker
 
     worker = SplitWorker(["cpu", "cpu"], "auto", SpeedOptions(), offline=True, rank_module="tests.held_rank")
     yield worker
@@ -104,7 +104,7 @@ def split_worker():
 def test_a_studio_worker_spanning_two_ranks_runs_jobs_with_previews_and_stops_on_cancel(split_worker, out_dir):
     from library import Library, provenance
     from library.clips import list_clips
-    from studio.jobs import CANCELLED, DONE, JobQueue
+    from studio.jobs.queue import CANCELLED, DONE, JobQueue
     from tests.test_jobs import request, wait_until
 
     jobs = JobQueue([split_worker], Library.open(out_dir))
@@ -138,8 +138,8 @@ def test_a_split_group_that_dies_mid_job_is_started_again_and_the_job_runs_again
     from library import Library
     from library.clips import list_clips
     from pipelines.speed import SpeedOptions
-    from studio.jobs import DONE, JobQueue
-    from studio.split_worker import SplitWorker
+    from studio.jobs.queue import DONE, JobQueue
+    from studio.jobs.split import SplitWorker
     from tests.test_jobs import request, wait_until
 
     hold = tmp_path / "held"

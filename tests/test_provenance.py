@@ -245,8 +245,8 @@ def test_a_broken_signing_identity_is_named_and_the_file_kept_unsigned(tmp_path,
 def test_when_signing_fails_the_page_says_why(tmp_path, monkeypatch):
     import asyncio
 
-    from studio.handlers import generate, library, storyboard
-    from studio.server import Studio
+    from studio.core import Studio
+    from studio.page.handlers import generate, library, storyboard
     from studio.settings import Settings
 
     monkeypatch.setenv("WAN_STUDIO_HOME", str(tmp_path / "home"))

@@ -14,13 +14,13 @@ import pytest
 
 from library import Library, provenance
 from library.clips import list_clips
-from studio.jobs import CANCELLED, DONE, JobQueue
+from studio.jobs.queue import CANCELLED, DONE, JobQueue
 from tests.test_jobs import request, wait_until
 
 ray = pytest.importorskip("ray")
 ROOT = Path(__file__).resolve().parents[1]
 
-from studio.ray_workers import GenerationActor  # noqa: E402  (after the skip: it needs no Ray, the tests do)
+from studio.jobs.ray_actors import GenerationActor  # noqa: E402  (after the skip: it needs no Ray, the tests do)
 
 
 class HeldActor(GenerationActor):
@@ -97,7 +97,7 @@ def named(body: type, name: str, *args):
 def pool():
     from ray.cluster_utils import Cluster
 
-    from studio.ray_workers import ray_pool
+    from studio.jobs.ray_actors import ray_pool
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "object_store_memory": 150 * 2**20})
     try:

@@ -9,8 +9,8 @@ import pytest
 from library import Library
 from library.clips import list_clips
 from pipelines.manager import PipelineManager
-from studio.jobs import DONE, JobQueue
-from studio.workers import DevicesError, LocalWorker, parse_devices, worker_labels
+from studio.jobs.queue import DONE, JobQueue
+from studio.jobs.workers import DevicesError, LocalWorker, parse_devices, worker_labels
 from tests.test_jobs import TINY, request, wait_until
 
 WAN21 = "test-tiny-wan21"
@@ -104,7 +104,7 @@ def test_two_workers_run_two_jobs_at_once_and_a_job_goes_to_the_worker_holding_i
 
 
 def test_the_queue_panel_says_which_worker_runs_each_job(two_workers, tmp_path):
-    from studio.handlers.queue import table
+    from studio.page.handlers.queue import table
 
     class Studio:  # the part of the studio the panel reads
         jobs = JobQueue(two_workers, Library.open(tmp_path / "outputs"))

@@ -15,8 +15,8 @@ from library.clips import list_clips
 from pipelines.catalogue import IMAGE_TO_VIDEO
 from pipelines.manager import PipelineManager, Progress
 from pipelines.request import GenerationRequest
-from studio import zerogpu
-from studio.jobs import CANCELLED, DONE, JobQueue
+from studio.jobs import zerogpu
+from studio.jobs.queue import CANCELLED, DONE, JobQueue
 from tests import zerogpu_harness
 from tests.test_jobs import picture, request, wait_until
 
@@ -121,9 +121,9 @@ def test_cancel_on_zerogpu_stops_the_forked_run_within_a_step_and_the_gpu_is_fre
 
 def test_with_the_real_spaces_package_and_no_zerogpu_the_studio_is_unchanged(tmp_path, monkeypatch):
     spaces = pytest.importorskip("spaces")  # the real package (requirements-dev), not a stand-in
-    from studio.server import Studio
+    from studio.core import Studio
+    from studio.jobs.workers import LocalWorker
     from studio.settings import Settings
-    from studio.workers import LocalWorker
 
     monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
     assert spaces.__file__ and not zerogpu.on_zerogpu()

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 from library import LibraryError, Shot, Storyboard, StoryboardError
 from pipelines.catalogue import IMAGE_TO_VIDEO, image_to_video_model_for
 from pipelines.request import GenerationRequest
-from studio.jobs import CANCELLED, DONE
-from studio.watch import POLL_S, status_text, watch
+from studio.jobs.queue import CANCELLED, DONE
+from studio.page.watch import POLL_S, status_text, watch
 
 if TYPE_CHECKING:
-    from studio.server import Studio
+    from studio.core import Studio
 
 SHOT_HEADERS = ["clip", "start_s", "end_s", "transition", "crossfade_s"]
 FPS_CHOICES = ["source", "16", "24", "30"]

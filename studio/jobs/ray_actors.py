@@ -24,10 +24,10 @@ from pipelines.errors import UserError
 from pipelines.manager import GenerationResult, PipelineManager
 from pipelines.request import ValidRequest
 from pipelines.speed import SpeedOptions
-from studio.workers import Report, WorkerLost, run_as_messages, settle
+from studio.jobs.workers import Report, WorkerLost, run_as_messages, settle
 
 log = logging.getLogger("wan_studio")
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = Path(__file__).resolve().parents[2]
 CONNECT_TIMEOUT_S = 20
 START_HINT = ("Start it with 'ray start --head' on one machine and 'ray start --address <head>:6379' on the "
               "others, then pass the head's address (see docs/SCALING.md).")  # fmt: skip

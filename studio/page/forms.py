@@ -9,10 +9,10 @@ from typing import Any
 import gradio as gr
 
 from pipelines.catalogue import ModelSpec
-from studio.handlers.generate import frames_note, seed_info
-from studio.handlers.settings import fast_label, negative_default, size_choices
+from studio.page.handlers.generate import frames_note, seed_info
+from studio.page.handlers.settings import fast_label, negative_default, size_choices
+from studio.page.widgets import Number, Slider
 from studio.settings import Settings
-from studio.widgets import Number, Slider
 
 LORA_SLOTS = 4
 

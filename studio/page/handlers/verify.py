@@ -9,7 +9,7 @@ from library import LibraryError
 from studio.verify import report
 
 if TYPE_CHECKING:
-    from studio.server import Studio
+    from studio.core import Studio
 
 
 def verify(studio: Studio, path: str | None) -> tuple[str, dict]:

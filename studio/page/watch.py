@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 import numpy as np
 
-from studio.jobs import CANCELLED, DONE, FILM, QUEUED, RUNNING, Job
+from studio.jobs.queue import CANCELLED, DONE, FILM, QUEUED, RUNNING, Job
 
 if TYPE_CHECKING:
-    from studio.server import Studio
+    from studio.core import Studio
 
 POLL_S = 0.1  # how often a watching page looks at its job
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from studio.jobs import RUNNING, Job
-from studio.watch import status_text
+from studio.jobs.queue import RUNNING, Job
+from studio.page.watch import status_text
 
 if TYPE_CHECKING:
-    from studio.server import Studio
+    from studio.core import Studio
 
 SHOWN = 12  # jobs in the table
 

@@ -1,5 +1,5 @@
 """The page's handlers: plain functions taking the `Studio` first, in small modules by tab, importable and
-tested without a server. `bind` turns one into a Gradio event handler; the Blocks layout (studio/ui.py)
+tested without a server. `bind` turns one into a Gradio event handler; the Blocks layout (studio/page/layout.py)
 only wires them to widgets."""
 
 from __future__ import annotations
@@ -11,7 +11,10 @@ from typing import TYPE_CHECKING
 from studio.errors import shown_in_page
 
 if TYPE_CHECKING:
-    from studio.server import Studio
+    from studio.core import Studio
+
+# What more than one handler needs, here so that handlers never import each other:
+AUTO_SIZE = "auto (match the picture)"  # the image-to-video size choice that follows the picture
 
 
 def bind(handler: Callable, studio: Studio) -> Callable:

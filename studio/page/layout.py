@@ -1,5 +1,5 @@
 """The Gradio Blocks page: Text to video, Image to video, Library, Storyboard, Settings, Verify, and the
-live queue. Layout and wiring only: every handler is a plain function in studio/handlers/, bound to the
+live queue. Layout and wiring only: every handler is a plain function in studio/page/handlers/, bound to the
 studio with `bind`, which also turns any failure into a plain message.
 """
 
@@ -15,22 +15,22 @@ from pipelines import attention
 from pipelines.catalogue import IMAGE_TO_VIDEO, TEXT_TO_VIDEO, get_spec
 from pipelines.memory import AUTO, PROFILES
 from studio.errors import shown_in_page
-from studio.forms import build_form
-from studio.handlers import bind
-from studio.handlers import generate as gen
-from studio.handlers import library as lib
-from studio.handlers import queue as que
-from studio.handlers import settings as sett
-from studio.handlers import storyboard as board
-from studio.handlers import verify as ver
+from studio.page.forms import build_form
+from studio.page.handlers import bind
+from studio.page.handlers import generate as gen
+from studio.page.handlers import library as lib
+from studio.page.handlers import queue as que
+from studio.page.handlers import settings as sett
+from studio.page.handlers import storyboard as board
+from studio.page.handlers import verify as ver
+from studio.page.storyboard_tab import build_storyboard_tab
+from studio.page.widgets import Picture, Upload
 from studio.settings import PRECISIONS, model_choices
-from studio.storyboard_tab import build_storyboard_tab
-from studio.widgets import Picture, Upload
 
 if TYPE_CHECKING:
-    from studio.server import Studio
+    from studio.core import Studio
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
 PRIVATE = dict(api_visibility="private")
 # Phone width: posters two (library) or three (storyboard) to a row instead of tiny cells. Gradio sets the
 # column count inline; a stylesheet rule marked important wins over it.

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines import attention, caching
 from pipelines.catalogue import IMAGE_TO_VIDEO, TEXT_TO_VIDEO, ModelSpec, UnknownModelError, get_spec
-from studio.handlers.generate import AUTO_SIZE
+from studio.page.handlers import AUTO_SIZE
 from studio.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
-    from studio.server import Studio
+    from studio.core import Studio
 
 
 def save(

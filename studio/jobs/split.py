@@ -31,10 +31,10 @@ from typing import Any
 from pipelines.manager import GenerationResult
 from pipelines.request import ValidRequest
 from pipelines.speed import SpeedOptions
-from studio.workers import Report, WorkerLost, run_as_messages, settle, worker_labels
+from studio.jobs.workers import Report, WorkerLost, run_as_messages, settle, worker_labels
 
 log = logging.getLogger("wan_studio")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ADDRESS_ENV, KEY_ENV, DEVICES_ENV, OFFLINE_ENV = (
     "WAN_STUDIO_SPLIT_ADDRESS", "WAN_STUDIO_SPLIT_KEY", "WAN_STUDIO_SPLIT_DEVICES", "WAN_STUDIO_SPLIT_OFFLINE",
 )  # fmt: skip
@@ -45,7 +45,7 @@ class SplitWorker:
     """One group of GPUs that runs each clip together, seen by the job queue as one worker."""
 
     def __init__(self, devices: list[str], profile: str, speed: SpeedOptions, offline: bool = False,
-                 rank_module: str = "studio.split_worker"):  # fmt: skip
+                 rank_module: str = "studio.jobs.split"):  # fmt: skip
         """`rank_module`: what each rank runs (tests pass one that wraps `serve` to hold a run at a step)."""
         self.rank_module = rank_module
         self.devices = devices

@@ -1,7 +1,7 @@
 """The Storyboard tab's layout: a strip of shots (poster frames) with an editor for the picked one (trim
 with the frames at the in and out points, transition, move, remove), a title card, audio, export options,
 a quick preview, "extend the last shot", and the `/assemble` API endpoint. The handlers live in
-studio/handlers/storyboard.py."""
+studio/page/handlers/storyboard.py."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 import gradio as gr
 
 from studio.errors import shown_in_page
-from studio.handlers import bind
-from studio.handlers import storyboard as h
+from studio.page.handlers import bind
+from studio.page.handlers import storyboard as h
 
 if TYPE_CHECKING:
-    from studio.server import Studio
+    from studio.core import Studio
 
 
 @dataclass

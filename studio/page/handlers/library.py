@@ -13,7 +13,7 @@ from library import Clip
 from pipelines.catalogue import IMAGE_TO_VIDEO
 
 if TYPE_CHECKING:
-    from studio.server import Studio
+    from studio.core import Studio
 
 
 ALL = "all"

@@ -12,13 +12,13 @@ from library import LibraryError
 from pipelines.catalogue import IMAGE_TO_VIDEO, TEXT_TO_VIDEO, ModelSpec
 from pipelines.loras import EXPERTS, MAX_LORAS, LoraChoice
 from pipelines.request import GenerationRequest, RequestError
-from studio.jobs import FILM
-from studio.watch import watch
+from studio.jobs.queue import FILM
+from studio.page.handlers import AUTO_SIZE
+from studio.page.watch import watch
 
 if TYPE_CHECKING:
-    from studio.server import Studio
+    from studio.core import Studio
 
-AUTO_SIZE = "auto (match the picture)"
 Update = tuple[Any, str, str | None, str, int | None]
 
 

@@ -2,7 +2,7 @@
 job at a time and says which model it holds, so the queue can send a job where no reload is needed.
 
 - `LocalWorker`: a `PipelineManager` bound to one device of this machine (`--gpus 0,1`: one each).
-- `studio.ray_workers.RayWorker`: a Ray actor on a cluster (`--ray ADDRESS`), same contract.
+- `studio.jobs.ray_actors.RayWorker`: a Ray actor on a cluster (`--ray ADDRESS`), same contract.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from pipelines.manager import GenerationCancelled, GenerationResult, PipelineMan
 from pipelines.parallel import tokens
 from pipelines.request import ValidRequest
 from pipelines.speed import SpeedOptions
-from studio.workers import LocalWorker, Report, run_as_messages, settle
+from studio.jobs.workers import LocalWorker, Report, run_as_messages, settle
 
 log = logging.getLogger("wan_studio")
 ZEROGPU_PROFILE = "gpu"  # a ZeroGPU slice (H200 MIG, about 70 GB) holds every model whole

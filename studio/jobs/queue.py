@@ -32,8 +32,8 @@ from pipelines.errors import UserError
 from pipelines.manager import GenerationCancelled, PipelineManager, Progress
 from pipelines.request import ValidRequest
 from studio.errors import internal_error
-from studio.workers import GenerateFn, GpuWorker, LocalWorker, WorkerLost
-from studio.workers import default_generate as default_generate  # where callers have always found it
+from studio.jobs.workers import GenerateFn, GpuWorker, LocalWorker, WorkerLost
+from studio.jobs.workers import default_generate as default_generate  # where callers have always found it
 
 log = logging.getLogger("wan_studio")
 

@@ -1,0 +1,81 @@
+"""`Studio`: what the page, the API and the launcher work on: the settings, the library (output folder), the
+pipeline managers and the job queue in front of them. It knows nothing of the page: `studio.server` builds
+the page from it (`studio.page.layout.build_ui`), and tests use it without a server."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+from library import Library
+from library.lora_folder import LoraFolder
+from pipelines.catalogue import get_spec
+from pipelines.manager import PipelineManager
+from pipelines.parallel import check_request
+from pipelines.request import GenerationRequest, validate_request
+from studio.jobs.queue import Job, JobQueue
+from studio.jobs.workers import GpuWorker, LocalWorker, parse_devices, worker_labels
+from studio.jobs.zerogpu import ZEROGPU_PROFILE, ZeroGpuWorker, on_zerogpu
+from studio.settings import Settings, load_settings, save_settings
+
+
+class Studio:
+    """What the page works on: the settings, the library (output folder), one pipeline manager, and the
+    job queue in front of them."""
+
+    def __init__(self, settings: Settings, offline: bool = False, include_test_models: bool = False,
+                 settings_warning: str | None = None, flags: dict | None = None, devices: list[str] | None = None,
+                 workers: list[GpuWorker] | None = None):  # fmt: skip
+        """`settings` are the saved settings with the start-up `flags` (--model, --output-dir) applied;
+        `devices` one local worker each (default: every visible GPU); `workers` remote ones instead (Ray)."""
+        self.settings = settings
+        self.flags = dict(flags or {})
+        self.saved = settings if not self.flags else replace(settings, **{
+            name: getattr(load_settings()[0], name) for name in self.flags})  # fmt: skip
+        zero = on_zerogpu()
+        devices = ["cuda"] if zero else devices or parse_devices(None)  # ZeroGPU: one GPU, lent per call
+        self.managers = [PipelineManager(profile=ZEROGPU_PROFILE if zero else settings.profile_choice,
+                                         offline=offline, speed=settings.speed, device=device)
+                         for device in devices]  # fmt: skip
+        self.manager = self.managers[0]  # the first device: memory estimates and backend checks
+        # without a GPU the real models cannot run: the test model is offered beside them
+        self.has_gpu = self.manager.device.type == "cuda" or bool(workers)
+        self.include_test_models = include_test_models or get_spec(settings.model).is_test or not self.has_gpu
+        self.library = Library.open(Path(settings.output_dir))  # LibraryError when it cannot be written
+        self.output_dir = self.library.root
+        # the library's index is read now, beside the start-up, so the first look at a big library is quick
+        threading.Thread(target=self.library.clips, name="library-index", daemon=True).start()
+        self.loras = LoraFolder(settings.lora_dir or None)
+        if zero:
+            workers = [ZeroGpuWorker(self.manager)]
+        elif not workers:
+            labels = worker_labels([m.device for m in self.managers])
+            workers = [LocalWorker(m, label=label) for m, label in zip(self.managers, labels, strict=True)]
+        self.jobs = JobQueue(workers, self.library, clip_options=settings.clip_options)
+        self.warnings = [w for w in (settings_warning, *self.library.warnings, *self.jobs.warnings) if w]
+
+    def submit(self, request: GenerationRequest, append_to_storyboard: bool = False) -> Job:
+        """Validate now (bad input is answered at once, the seed is drawn once) and queue."""
+        valid = validate_request(request, self.settings.model)
+        for worker in self.jobs.workers:  # a clip split over GPUs has its own limits: refused now, not later
+            check_request(valid, getattr(worker, "degree", 1))
+        return self.jobs.submit(valid, append_to_storyboard=append_to_storyboard)
+
+    def keep_settings(self, settings: Settings) -> Path:
+        """Save `settings` (already checked) and apply them. A value that only a start-up flag set, and the
+        user left as it was, is saved as it was before: flags hold for this run, never for the next."""
+        stored = replace(settings, **{name: getattr(self.saved, name) for name, value in self.flags.items()
+                                      if getattr(settings, name) == value})  # fmt: skip
+        path = save_settings(stored)
+        self.saved = stored
+        self.apply_settings(settings)
+        return path
+
+    def apply_settings(self, settings: Settings) -> None:
+        """Model, profile, speed and form defaults apply to the next job; the output folder after a restart."""
+        self.settings = settings
+        for worker in self.jobs.workers:
+            worker.configure(settings.profile_choice, settings.speed)
+        self.loras = LoraFolder(settings.lora_dir or None)
+        self.jobs.clip_options = settings.clip_options
