@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,25 @@ class LibraryError(UserError):
     """A problem with the output folder a user can act on: not found, full, not writable."""
 
 
+def _machine_tag() -> str:
+    """Eight hex digits naming this host, boot and process-id namespace: a process id in a temporary's name
+    means something only where this tag is the same (another container or machine may share the folder)."""
+    parts = [socket.gethostname()]
+    for source in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
+        try:
+            parts.append(Path(source).read_text().strip() if "boot_id" in source else os.readlink(source))
+        except OSError:
+            parts.append("?")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:8]
+
+
+MACHINE_TAG = _machine_tag()
+
+
 def temporary(folder: Path, suffix: str) -> Path:
-    """A fresh temporary name in `folder` (unique per process and call, so concurrent writers never share)."""
-    return Path(folder) / f"{TMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}{suffix}"
+    """A fresh temporary name in `folder` (unique per process and call, so concurrent writers never share),
+    naming the machine and the process writing it (`clean_temporaries` reads them)."""
+    return Path(folder) / f"{TMP_PREFIX}{MACHINE_TAG}-{os.getpid()}-{time.monotonic_ns()}{suffix}"
 
 
 def link_no_overwrite(src: Path, dst: Path) -> None:
@@ -201,11 +218,13 @@ def clean_temporaries(root: Path, older_than_s: float = 3600) -> int:
 def _writer_gone(name: str, mtime: float) -> bool:
     """Whether the process named in a temporary's name (`temporary`) no longer runs. One with this
     process's id from before it started was an earlier run's (a container's studio is often process 1
-    each time). False when unknown: other names, or no POSIX process check (Windows' os.kill would kill)."""
-    match = re.match(rf"{re.escape(TMP_PREFIX)}(\d+)-", name)
-    if match is None or os.name != "posix":
+    each time). False when unknown: other names, a temporary of another machine or container (its process
+    ids are not ours to check: it may be writing still), or no POSIX process check (Windows' os.kill would
+    kill)."""
+    match = re.match(rf"{re.escape(TMP_PREFIX)}([0-9a-f]{{8}})-(\d+)-", name)
+    if match is None or match.group(1) != MACHINE_TAG or os.name != "posix":
         return False
-    pid = int(match.group(1))
+    pid = int(match.group(2))
     if pid == os.getpid():
         return mtime < _STARTED - 2  # a margin for filesystems that keep whole seconds
     try:

@@ -109,15 +109,21 @@ def test_a_recent_temporary_is_cleaned_once_the_process_writing_it_is_gone(out_d
 
     out_dir.mkdir(parents=True)
     exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    gone = out_dir / f"{TMP_PREFIX}{int(exited.stdout)}-1.mp4"  # its writer was killed, say, a minute ago
-    earlier_run = out_dir / f"{TMP_PREFIX}{os.getpid()}-2.mp4"  # this process id, but an earlier run's
+    here = f"{TMP_PREFIX}{files.MACHINE_TAG}"
+    gone = out_dir / f"{here}-{int(exited.stdout)}-1.mp4"  # its writer was killed, say, a minute ago
+    earlier_run = out_dir / f"{here}-{os.getpid()}-2.mp4"  # this process id, but an earlier run's
     ours = files.temporary(out_dir, ".mp4")  # a write of this process, under way
-    for path in (gone, earlier_run, ours):
+    # another container or machine sharing the folder: its process ids mean nothing here, it may be writing
+    elsewhere = (
+        out_dir / f"{TMP_PREFIX}{'0' * 8 if files.MACHINE_TAG != '0' * 8 else '1' * 8}-{int(exited.stdout)}-3.mp4"
+    )
+    for path in (gone, earlier_run, ours, elsewhere):
         path.write_bytes(b"x")
     before = files._STARTED - 60
     os.utime(earlier_run, (before, before))
+    os.utime(elsewhere, (before, before))
     assert clean_temporaries(out_dir) == 2
-    assert not gone.exists() and not earlier_run.exists() and ours.exists()
+    assert not gone.exists() and not earlier_run.exists() and ours.exists() and elsewhere.exists()
 
 
 def test_encoder_refuses_what_browsers_cannot_play(tmp_path):
