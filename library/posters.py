@@ -2,9 +2,10 @@
 
 A clip's poster is made when the clip is saved. A clip without one (from before, from another machine, a
 restored backup) shows a placeholder while one background thread makes its poster: the grid asks for the
-posters of the page it shows, newest first, and waits for them only after it is on screen. Decoding a
-clip's middle frame takes about 80 ms on two cores, so 10,000 missing posters made before the first view
-would keep a creator waiting for minutes.
+posters of the page it shows, and the page asked for last is served first. Decoding a clip's middle frame
+takes about 80 ms on two cores (more for a large clip), so 10,000 missing posters made before the first view
+would keep a creator waiting for minutes. A clip that cannot be read is remembered (until it changes) and
+not decoded again on every look.
 """
 
 from __future__ import annotations
@@ -12,17 +13,13 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
-
-from PIL import Image, ImageDraw
 
 from library.clips import Clip
 from library.files import write_png
 from library.layout import POSTER_WIDTH, POSTERS_DIR
 from library.media import middle_frame
-
-PLACEHOLDER = "placeholder.png"  # clip stems start with a time stamp, so no poster can take this name
 
 
 class Posters:
@@ -31,9 +28,11 @@ class Posters:
 
     def __init__(self, root: Path):
         self.folder = Path(root) / POSTERS_DIR
-        self._pending: dict[str, Future] = {}
-        self._lock = threading.Lock()
-        self._maker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="posters")
+        self._lock = threading.Condition()
+        self._queue: list[str] = []  # clip names, the next to make first
+        self._pending: dict[str, tuple[Clip, Future]] = {}
+        self._unreadable: dict[str, tuple[int, int]] = {}  # clip name -> the video's (mtime_ns, size) then
+        self._thread: threading.Thread | None = None
 
     def ready(self, clip: Clip) -> Path | None:
         """The clip's poster if it is there and not older than the clip; never decodes anything."""
@@ -45,9 +44,15 @@ class Posters:
             pass
         return None
 
+    def unreadable(self, clip: Clip) -> bool:
+        """Whether making this clip's poster failed, and the clip has not changed since."""
+        with self._lock:
+            stamp = self._unreadable.get(clip.video.name)
+        return stamp is not None and stamp == _stamp(clip.video)
+
     def make(self, clip: Clip) -> Path | None:
         """The clip's poster, made now (atomically) when it is missing or stale; None when the clip cannot be
-        read, so one bad file never empties the grid."""
+        read (remembered, see `unreadable`), so one bad file never empties the grid."""
         poster = self.ready(clip)
         if poster is not None:
             return poster
@@ -62,38 +67,57 @@ class Posters:
                 os.utime(poster, ns=(made, made))
             return poster
         except (OSError, ValueError, RuntimeError):
+            with self._lock:
+                self._unreadable[clip.video.name] = _stamp(clip.video)
             return None
 
     def request(self, clips: Iterable[Clip]) -> list[Future]:
-        """Have the missing posters of `clips` made in the background, in the order given; one future per
-        clip that had none (a clip already asked for shares its future)."""
+        """Have the missing posters of `clips` made in the background, in the order given and before any asked
+        for earlier (the page on screen comes first); one future per clip still without a poster."""
+        wanted = [c for c in clips if self.ready(c) is None and not self.unreadable(c)]
         futures = []
         with self._lock:
-            for clip in clips:
-                if self.ready(clip) is not None:
-                    continue
-                key = clip.video.name
-                future = self._pending.get(key)
-                if future is None or future.done():
-                    future = self._maker.submit(self.make, clip)
-                    future.add_done_callback(lambda done, key=key: self._forget(key, done))
-                    self._pending[key] = future
-                futures.append(future)
+            first = []  # to the front of the queue; a poster being made now keeps its place (none)
+            for clip in wanted:
+                name = clip.video.name
+                if name not in self._pending:
+                    self._pending[name] = (clip, Future())
+                    first.append(name)
+                elif name in self._queue:
+                    self._queue.remove(name)
+                    first.append(name)
+                futures.append(self._pending[name][1])
+            self._queue[:0] = first
+            if wanted and (self._thread is None or not self._thread.is_alive()):
+                self._thread = threading.Thread(target=self._make_queued, name="posters", daemon=True)
+                self._thread.start()
+            self._lock.notify()
         return futures
 
-    def placeholder(self) -> Path:
-        """The picture a grid cell shows until its poster is made (made once in the posters folder)."""
-        path = self.folder / PLACEHOLDER
-        if not path.is_file():
-            picture = Image.new("RGB", (POSTER_WIDTH, POSTER_WIDTH * 9 // 16), (58, 58, 66))
-            draw = ImageDraw.Draw(picture)
-            draw.text((POSTER_WIDTH // 2, POSTER_WIDTH * 9 // 32), "Making the poster...", fill=(200, 200, 210),
-                      anchor="mm")  # fmt: skip
-            self.folder.mkdir(parents=True, exist_ok=True)
-            write_png(path, picture)
-        return path
+    def _make_queued(self) -> None:
+        """The background maker: one poster at a time, the most recently asked for first; a daemon thread, so
+        quitting the studio never waits for posters."""
+        while True:
+            with self._lock:
+                while not self._queue:
+                    self._lock.wait()
+                name = self._queue.pop(0)
+                clip, future = self._pending[name]
+            try:
+                made, failure = self.make(clip), None
+            except Exception as err:  # never a dead maker with futures left waiting
+                made, failure = None, err
+            with self._lock:
+                del self._pending[name]
+            if failure is None:
+                future.set_result(made)
+            else:
+                future.set_exception(failure)
 
-    def _forget(self, key: str, done: Future) -> None:
-        with self._lock:
-            if self._pending.get(key) is done:
-                del self._pending[key]
+
+def _stamp(video: Path) -> tuple[int, int] | None:
+    try:
+        stat = video.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size

@@ -376,7 +376,7 @@ def test_the_library_grid_searches_filters_and_reads_like_settings(studio):
     fox_frame = np.asarray(Image.open(poster).convert("RGB"), dtype=np.int16)
     poster.unlink()
     page = library.grid(studio)  # at once, with a placeholder where the poster is missing
-    assert page.cells[1][0] == str(studio.library.posters.placeholder()) and len(page.making) == 1
+    assert page.cells[1][0] == str(library.MAKING) and len(page.making) == 1
     assert page.making[0].result(timeout=60) == poster  # then made again in the background
     assert np.abs(np.asarray(Image.open(poster).convert("RGB"), dtype=np.int16) - fox_frame).max() <= 2
     assert library.grid(studio).cells[1][0] == str(poster)
@@ -406,7 +406,7 @@ def test_the_library_grid_shows_one_page_at_a_time_and_makes_only_that_pages_pos
     first = library.grid(studio)
     assert first.names == newest[: library.PAGE_SIZE] and (first.page, first.pages, first.total) == (1, 2, 32)
     assert first.summary == "32 clips · page 1 of 2"
-    placeholder = str(studio.library.posters.placeholder())
+    placeholder = str(library.MAKING)
     assert [cell[0] for cell in first.cells] == [placeholder] * library.PAGE_SIZE
     assert len(first.making) == library.PAGE_SIZE
     for done in first.making:
@@ -418,6 +418,16 @@ def test_the_library_grid_shows_one_page_at_a_time_and_makes_only_that_pages_pos
     assert second.names == [*newest[library.PAGE_SIZE :], source.name] and second.page == 2
     assert [c[0] for c in second.cells[-1:]] != [placeholder]  # the generated clip's poster was made when saved
     assert library.grid(studio, page=99).page == 2 and library.grid(studio, page="x").page == 1
+    # a clip that cannot be read says so, and is not decoded again on every look until it changes
+    broken = studio.output_dir / f"{Path(newest[0]).stem}.mp4"
+    broken.unlink()
+    broken.write_bytes(b"not a video")
+    shown = library.grid(studio)
+    assert len(shown.making) == 1 and shown.making[0].result(timeout=60) is None
+    again = library.grid(studio)
+    assert again.cells[0][0] == str(library.UNREADABLE) and again.making == []
+    os.utime(broken, ns=(broken.stat().st_mtime_ns + 10**9,) * 2)  # changed: tried again
+    assert len(library.grid(studio).making) == 1
     assert library.grid(studio, "COPY 30 lighthouse").names == [names[30]]
 
 

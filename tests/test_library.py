@@ -153,3 +153,25 @@ def test_a_poster_older_than_its_clip_is_made_again_from_the_new_clip(tmp_path):
         library.poster(library.clip(name)).stat().st_mtime_ns == dated
         and library.posters.request([library.clip(name)]) == []
     )  # ready: not made on every view
+
+
+def test_posters_asked_for_again_while_one_is_being_made_share_its_work_and_never_hang(tmp_path):
+    library = Library.open(tmp_path / "out")
+    clips = [library.clip(clip(library, f"c{n}")) for n in range(3)]
+    posters = library.posters
+    inside, go_on = threading.Event(), threading.Event()
+    make = posters.make
+
+    def held(one):  # the background maker, held inside its first poster
+        inside.set()
+        assert go_on.wait(60)
+        return make(one)
+
+    posters.make = held
+    first = posters.request(clips)
+    assert inside.wait(60) and len(first) == 3
+    assert posters.request(clips) == first  # the page asked for again meanwhile: the same work, no error
+    go_on.set()
+    made = [future.result(timeout=60) for future in first]
+    assert made == [library.root / "posters" / f"{c.video.stem}.png" for c in clips] and all(p.is_file() for p in made)
+    assert posters.request(clips) == []  # all there: nothing to make

@@ -5,8 +5,6 @@ studio with `bind`, which also turns any failure into a plain message.
 
 from __future__ import annotations
 
-import asyncio
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import gradio as gr
@@ -16,7 +14,7 @@ from pipelines.catalogue import IMAGE_TO_VIDEO, TEXT_TO_VIDEO, get_spec
 from pipelines.memory import AUTO, PROFILES
 from studio.errors import shown_in_page
 from studio.page.forms import build_form
-from studio.page.handlers import bind
+from studio.page.handlers import ASSETS, bind
 from studio.page.handlers import generate as gen
 from studio.page.handlers import library as lib
 from studio.page.handlers import queue as que
@@ -30,7 +28,6 @@ from studio.settings import PRECISIONS, model_choices
 if TYPE_CHECKING:
     from studio.core import Studio
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
 PRIVATE = dict(api_visibility="private")
 # Phone width: posters two (library) or three (storyboard) to a row instead of tiny cells. Gradio sets the
 # column count inline; a stylesheet rule marked important wins over it.
@@ -120,6 +117,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
                     lib_summary = gr.Markdown("", elem_id="library-summary")
                     lib_older = gr.Button("Older ▶", size="sm", scale=0, min_width=90, elem_id="library-older")
                 lib_page = gr.State(1)  # the grid's page (one page of posters at a time)
+                lib_posters = gr.Timer(1.0, active=False)  # redraws the page while its posters are being made
                 lib_names = gr.State([])  # the clip name of each grid cell, in order
                 lib_pick = gr.Textbox(visible=False, elem_id="library-pick")  # the clip picked in the grid
                 with gr.Row():
@@ -332,27 +330,27 @@ def build_ui(studio: Studio) -> gr.Blocks:
 
         library_lists = [i_from_clip, board_tab.pick]  # the clip pickers outside the Library tab
         grid_inputs = [lib_search, lib_model, lib_task, lib_pick, lib_page]
-        grid_outputs = [lib_grid, lib_names, lib_model, lib_pick, lib_page, lib_summary, lib_newer, lib_older]
+        grid_outputs = [lib_grid, lib_names, lib_model, lib_pick, lib_page, lib_summary, lib_newer, lib_older,
+                        lib_posters]  # fmt: skip
+        grid_event = dict(show_progress="hidden", concurrency_limit=None, **PRIVATE)  # reads only: never waits
 
         def refresh_library():
             names = lib.clip_choices(studio)
             first = names[0][1] if names else None
             return tuple(gr.update(choices=names, value=first) for _ in library_lists)
 
-        async def refresh_grid(query: str, model: str, task: str, picked: str | None, page: int):
+        def refresh_grid(query: str, model: str, task: str, picked: str | None, page: int):
+            # on screen at once, with placeholders where posters are still being made; the timer then redraws
+            # the page (read afresh: the page, search and clips as they are then) until they are all there
             shown = lib.grid(studio, query, model, task, page)
             # the pick is only changed when it left the grid: a refresh started before the user picked another
             # clip must not take that pick back
             keep = picked if picked in shown.names else (shown.names[0] if shown.names else "")
             selected = shown.names.index(keep) if keep else None
-            yield (gr.update(value=shown.cells, selected_index=selected), shown.names,
-                   gr.update(choices=lib.filters(studio)), gr.skip() if keep == picked else keep, shown.page,
-                   shown.summary, gr.update(interactive=shown.page > 1),
-                   gr.update(interactive=shown.page < shown.pages))  # fmt: skip
-            if shown.making:  # on screen with placeholders: now its missing posters, as they are made
-                await asyncio.wait([asyncio.wrap_future(f) for f in shown.making])
-                cells = lib.grid(studio, query, model, task, shown.page).cells
-                yield (gr.update(value=cells, selected_index=selected), *(gr.skip(),) * 7)
+            return (gr.update(value=shown.cells, selected_index=selected), shown.names,
+                    gr.update(choices=lib.filters(studio)), gr.skip() if keep == picked else keep, shown.page,
+                    shown.summary, gr.update(interactive=shown.page > 1),
+                    gr.update(interactive=shown.page < shown.pages), gr.Timer(active=bool(shown.making)))  # fmt: skip
 
         def first_page():
             return 1
@@ -405,28 +403,28 @@ def build_ui(studio: Studio) -> gr.Blocks:
         refresh_library, refresh_grid = shown_in_page(refresh_library), shown_in_page(refresh_grid)
         for trigger in (lib_refresh.click, demo.load):
             trigger(refresh_library, None, library_lists, **PRIVATE)
-            trigger(refresh_grid, grid_inputs, grid_outputs, show_progress="hidden", **PRIVATE)
+            trigger(refresh_grid, grid_inputs, grid_outputs, **grid_event)
+        lib_posters.tick(refresh_grid, grid_inputs, grid_outputs, **grid_event)
         for trigger in (lib_search.change, lib_model.input, lib_task.input):
-            trigger(first_page, None, lib_page, show_progress="hidden", **PRIVATE).then(
-                refresh_grid, grid_inputs, grid_outputs, show_progress="hidden", **PRIVATE)  # fmt: skip
+            trigger(first_page, None, lib_page, **grid_event).then(refresh_grid, grid_inputs, grid_outputs,
+                                                                   **grid_event)  # fmt: skip
         for button, step in ((lib_newer, -1), (lib_older, 1)):
-            button.click(lambda page, step=step: page + step, lib_page, lib_page, show_progress="hidden",
-                         **PRIVATE).then(refresh_grid, grid_inputs, grid_outputs, show_progress="hidden",
-                                         **PRIVATE)  # fmt: skip
+            button.click(lambda page, step=step: page + step, lib_page, lib_page, **grid_event).then(
+                refresh_grid, grid_inputs, grid_outputs, **grid_event)  # fmt: skip
         lib_grid.select(pick_cell, lib_names, lib_pick, **PRIVATE)
         lib_grid.select(lambda: "", None, lib_status, show_progress="hidden", **PRIVATE)
         lib_pick.change(bind(lib.show_clip, studio), lib_pick, [lib_video, lib_details, lib_info],
                         show_progress="hidden", **PRIVATE)  # fmt: skip
         for form in (t2v, i2v):
             form.video.change(refresh_library, None, library_lists, **PRIVATE)
-            form.video.change(refresh_grid, grid_inputs, grid_outputs, show_progress="hidden", **PRIVATE)
+            form.video.change(refresh_grid, grid_inputs, grid_outputs, **grid_event)
         all_form_controls = [*t2v.by_name.values(), *i2v.by_name.values(), *t2v.lora_inputs, *i2v.lora_inputs,
                              t2v.kept, i2v.kept, s_cache, s_cache_threshold, i_image, i_match, i_end,
                              tabs]  # fmt: skip
         lib_reuse.click(shown_in_page(reuse), lib_pick, all_form_controls, **PRIVATE)
         lib_continue.click(shown_in_page(use_last_frame), lib_pick, [i_image, tabs], **PRIVATE)
         lib_delete.click(shown_in_page(trash), lib_pick, [lib_pick, lib_status], **PRIVATE).success(
-            refresh_grid, grid_inputs, grid_outputs, show_progress="hidden", **PRIVATE
+            refresh_grid, grid_inputs, grid_outputs, **grid_event
         ).then(refresh_library, None, library_lists, **PRIVATE)
         i_use_frame.click(shown_in_page(use_last_frame), i_from_clip, [i_image, tabs], **PRIVATE)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from studio.errors import shown_in_page
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
 
 # What more than one handler needs, here so that handlers never import each other:
 AUTO_SIZE = "auto (match the picture)"  # the image-to-video size choice that follows the picture
+ASSETS = Path(__file__).resolve().parents[3] / "assets"  # pictures the page shows (served beside the output)
 
 
 def bind(handler: Callable, studio: Studio) -> Callable:

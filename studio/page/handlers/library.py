@@ -11,6 +11,7 @@ from PIL import Image
 
 from library import Clip
 from pipelines.catalogue import IMAGE_TO_VIDEO
+from studio.page.handlers import ASSETS
 
 if TYPE_CHECKING:
     from studio.core import Studio
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 
 ALL = "all"
 PAGE_SIZE = 24  # grid cells a page holds: four rows of six on a desktop, and no more posters than that
+MAKING, UNREADABLE = ASSETS / "poster-making.png", ASSETS / "poster-unreadable.png"  # a cell without its poster
 
 
 def clip_choices(studio: Studio) -> list[tuple[str, str]]:
@@ -49,7 +51,7 @@ class GridPage:
 def grid(studio: Studio, query: Any = "", model: Any = ALL, task: Any = ALL, page: Any = 1) -> GridPage:
     """Page `page` of the library grid (PAGE_SIZE cells), narrowed to the clips whose prompt holds every word
     of `query` (any case), made by `model` and of `task`. Only this page's posters are looked at: a missing one
-    shows the placeholder while the background maker makes it (`making`)."""
+    shows MAKING while the background maker makes it (`making`), a clip that cannot be read UNREADABLE."""
     model = None if model in (None, "", ALL) else model
     task = None if task in (None, "", ALL) else task
     found = studio.library.search(str(query or ""), model=model, task=task)
@@ -61,13 +63,12 @@ def grid(studio: Studio, query: Any = "", model: Any = ALL, task: Any = ALL, pag
     shown = found[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
     posters = studio.library.posters
     making = posters.request(shown)
-    placeholder = str(posters.placeholder()) if making else ""
     cells = []
     for clip in shown:
-        poster = posters.ready(clip)
+        poster = posters.ready(clip) or (UNREADABLE if posters.unreadable(clip) else MAKING)
         prompt = str(clip.settings.get("prompt", ""))
         caption = prompt if len(prompt) <= 48 else prompt[:45] + "..."
-        cells.append((str(poster) if poster is not None else placeholder, caption))
+        cells.append((str(poster), caption))
     filtered = bool(str(query or "").strip()) or model is not None or task is not None
     return GridPage(cells, [clip.name for clip in shown], page, pages, len(found), filtered, making)
 
