@@ -25,6 +25,7 @@ from library.files import (
     LibraryError,
     check_writable,
     clean_temporaries,
+    discard,
     disk_error,
     publish,
     sha256_file,
@@ -55,6 +56,7 @@ class Library:
         self.root = Path(root).expanduser().resolve()
         self.storyboard = StoryboardStore(self.root / STORYBOARD_FILE)
         self.index = ClipIndex(self.root)
+        self._digests: dict[Path, tuple[tuple[int, int], str]] = {}  # audio files' SHA-256 by (mtime, size)
         self.posters = Posters(self.root)
 
     @classmethod
@@ -176,7 +178,7 @@ class Library:
             try:
                 return publish(tmp, self.audio_dir, Path(name).stem, Path(name).suffix).name
             finally:
-                tmp.unlink(missing_ok=True)
+                discard(tmp)
         except OSError as err:
             raise disk_error(err, self.audio_dir) from None
 
@@ -190,10 +192,20 @@ class Library:
         for kept in sorted(self.audio_dir.iterdir()):
             if not pattern.fullmatch(kept.name) or not kept.is_file() or kept.stat().st_size != size:
                 continue
-            digest = digest or sha256_file(upload)
-            if sha256_file(kept) == digest:
+            digest = digest or self._sha256(upload)
+            if self._sha256(kept) == digest:
                 return kept.name
         return None
+
+    def _sha256(self, path: Path) -> str:
+        """A file's SHA-256, kept while its (mtime, size) stay the same: the storyboard's summary checks its
+        audio on every edit, and a 200 MB track is not read again each time."""
+        stat = path.stat()
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        known = self._digests.get(path)
+        if known is None or known[0] != stamp:
+            known = self._digests[path] = (stamp, sha256_file(path))
+        return known[1]
 
     def audio_path(self, name: str) -> Path:
         return film.audio_path(self.root, name)

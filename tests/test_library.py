@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -175,3 +176,20 @@ def test_posters_asked_for_again_while_one_is_being_made_share_its_work_and_neve
     made = [future.result(timeout=60) for future in first]
     assert made == [library.root / "posters" / f"{c.video.stem}.png" for c in clips] and all(p.is_file() for p in made)
     assert posters.request(clips) == []  # all there: nothing to make
+
+
+def test_the_storyboards_audio_is_read_once_while_it_stays_the_same(tmp_path, monkeypatch):
+    """The storyboard's summary keeps its audio on every edit: a 200 MB track must not be hashed each time."""
+    from library import files, folder
+
+    library = Library.open(tmp_path / "out")
+    track = tmp_path / "music.wav"
+    track.write_bytes(b"RIFF" + bytes(range(256)) * 64)
+    hashed = []
+    monkeypatch.setattr(folder, "sha256_file", lambda path: hashed.append(Path(path).name) or files.sha256_file(path))
+    first = library.keep_audio(track)
+    assert library.keep_audio(track) == first and sorted(hashed) == ["music.wav", "music.wav"]  # each file once
+    hashed.clear()
+    assert [library.keep_audio(track) for _ in range(5)] == [first] * 5 and hashed == []
+    track.write_bytes(b"RIFF" + bytes(range(255, -1, -1)) * 64)  # edited, same size: read again, kept beside it
+    assert library.keep_audio(track) == "music-2.wav" and "music.wav" in hashed
