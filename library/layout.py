@@ -4,7 +4,7 @@
     <output>/<same stem>.json                   its sidecar       (settings, seed, model, timings, provenance)
     <output>/<same stem>.input.png              its fitted input picture, image-to-video only (served)
     <output>/<same stem>.end.png                its fitted end frame, when it was given one (served)
-    <output>/posters/<clip stem>.png            a clip's poster frame for the library grid, made when first shown
+    <output>/posters/<clip stem>.png            a clip's poster frame for the library grid, made when it is saved
                                                 (served; made again if missing or older than its clip)
     <output>/films/<stamp>_<title>.<fmt>        a film, with <film>.json beside it (served)
     <output>/previews/<stamp>_<title>.mp4       the latest quick preview of the storyboard (served; replaced)
