@@ -1,9 +1,9 @@
 """Start the real studio (`python app.py`) on a free loopback port for API and browser tests.
 
 A test that must catch a job at a stage (running while another is queued, cancelled mid-run, stopped with
-the studio) starts the studio with a `Gate`: the studio's process then reports every clip job's first
-denoising step to the test over a local socket, and a job whose prompt the test holds waits there until the
-test lets it go. No test has to hope that a job outlasts a round trip."""
+the studio) starts the studio with a `Gate`: the studio's process then reports every clip job's denoising
+steps to the test over a local socket, and a job whose prompt the test holds waits at the steps held until
+the test lets it go. No test has to hope that a job outlasts a round trip."""
 
 from __future__ import annotations
 
@@ -28,32 +28,40 @@ GATE_ENV = "WAN_STUDIO_TEST_GATE"  # the gate's socket, for the studio's process
 
 
 class Hold:
-    """The jobs with one prompt, held at their first denoising step until `release` (or the hold ends)."""
+    """The jobs with one prompt, held at each of `steps` (reported, so the page and the API show it) until the
+    test lets them go on (`go_on`) or `release`s them (or the hold ends)."""
 
-    def __init__(self, prompt: str):
-        self.prompt = prompt
-        self._reached = threading.Event()
+    def __init__(self, prompt: str, steps: tuple[int, ...] = (1,)):
+        self.prompt, self.steps = prompt, frozenset(steps)
+        self._reached = {step: threading.Event() for step in self.steps}
         self._waiting: list[socket.socket] = []
         self._released = False
         self._lock = threading.Lock()
 
-    def wait(self, timeout: float = 120) -> None:
-        """Return once a job with this prompt is held: running, at step 1, and staying there."""
-        assert self._reached.wait(timeout), f"no job {self.prompt!r} reached its first denoising step"
+    def wait(self, timeout: float = 120, step: int | None = None) -> None:
+        """Return once a job with this prompt is held at `step` (the first held step by default): running,
+        at that step, and staying there."""
+        step = min(self.steps) if step is None else step
+        assert self._reached[step].wait(timeout), f"no job {self.prompt!r} reached its denoising step {step}"
+
+    def go_on(self) -> None:
+        """Let the held jobs go on to the next step this hold holds them at."""
+        with self._lock:
+            waiting, self._waiting = self._waiting, []
+        for connection in waiting:
+            _answer(connection)
 
     def release(self) -> None:
         """Let every held job go on; later jobs with this prompt are not held."""
         with self._lock:
             self._released = True
-            waiting, self._waiting = self._waiting, []
-        for connection in waiting:
-            _answer(connection)
+        self.go_on()
 
-    def _arrived(self, connection: socket.socket) -> None:
+    def _arrived(self, connection: socket.socket, step: int) -> None:
         with self._lock:
-            if not self._released:
+            if not self._released and step in self.steps:
                 self._waiting.append(connection)
-                self._reached.set()
+                self._reached[step].set()
                 return
         _answer(connection)
 
@@ -72,10 +80,10 @@ class Gate:
         threading.Thread(target=self._serve, name="test-gate", daemon=True).start()
 
     @contextlib.contextmanager
-    def holding(self, prompt: str) -> Iterator[Hold]:
-        """Hold the jobs with this prompt at their first step for the block; released when it ends, whatever
-        happens in it (a failed test leaves no job blocking the studio for the tests after it)."""
-        hold = Hold(prompt)
+    def holding(self, prompt: str, steps: tuple[int, ...] = (1,)) -> Iterator[Hold]:
+        """Hold the jobs with this prompt at these steps (the first by default) for the block; released when it
+        ends, whatever happens in it (a failed test leaves no job blocking the studio for the tests after it)."""
+        hold = Hold(prompt, steps)
         with self._lock:
             assert prompt not in self._holds, f"{prompt!r} is held already"
             self._holds[prompt] = hold
@@ -106,13 +114,13 @@ class Gate:
 
     def _judge(self, connection: socket.socket) -> None:
         with connection.makefile("r") as lines:
-            prompt = json.loads(lines.readline() or "{}").get("prompt")
+            asked = json.loads(lines.readline() or "{}")
         with self._lock:
-            hold = self._holds.get(prompt)
+            hold = self._holds.get(asked.get("prompt"))
         if hold is None:
             _answer(connection)
         else:
-            hold._arrived(connection)
+            hold._arrived(connection, asked.get("step", 1))
 
 
 def _answer(connection: socket.socket) -> None:
@@ -122,9 +130,9 @@ def _answer(connection: socket.socket) -> None:
 
 
 def install_gate(address: str) -> None:
-    """In the studio's process: each clip job, once its first denoising step is reported (the page and the
-    API see "Step 1/N"), asks the test's gate and waits for its answer. A cancel set meanwhile stops the job
-    at the next step, as it would any job."""
+    """In the studio's process: each clip job, once each denoising step is reported (the page and the API see
+    "Step n/N"), asks the test's gate and waits for its answer. A cancel set meanwhile stops the job at the
+    next step, as it would any job."""
     from studio.jobs.workers import LocalWorker
 
     plain = LocalWorker.generate
@@ -132,21 +140,21 @@ def install_gate(address: str) -> None:
     def generate(self, request, report, cancel):
         def reported(progress) -> None:
             report(progress)
-            if progress.stage == "denoise" and progress.step == 1:
-                _ask(address, request.prompt)
+            if progress.stage == "denoise":
+                _ask(address, request.prompt, progress.step)
 
         return plain(self, request, reported, cancel)
 
     LocalWorker.generate = generate
 
 
-def _ask(address: str, prompt: str) -> None:
+def _ask(address: str, prompt: str, step: int) -> None:
     with socket.socket(socket.AF_UNIX) as asking:
         try:
             asking.connect(address)
         except OSError:  # the test's gate is closed: nothing holds this job
             return
-        asking.sendall(json.dumps({"prompt": prompt}).encode() + b"\n")
+        asking.sendall(json.dumps({"prompt": prompt, "step": step}).encode() + b"\n")
         asking.recv(16)  # the answer, or the test's end closing the socket
 
 

@@ -213,7 +213,7 @@ def ensure_storyboard(running, tmp: Path) -> None:
     board.append(Shot(clip=drift, start_s=1 / 8))
 
 
-def test_generate_in_the_browser_shows_changing_previews_and_a_playable_video(page):
+def test_generate_in_the_browser_shows_changing_previews_and_a_playable_video(page, running):
     page.set_viewport_size({"width": 1280, "height": 1000})
     page.reload()  # a fresh page on the form's tab, whatever ran before
     page.wait_for_selector("#t2v-prompt textarea", timeout=60_000)
@@ -234,11 +234,20 @@ def test_generate_in_the_browser_shows_changing_previews_and_a_playable_video(pa
             new MutationObserver(seen).observe(document.body, {subtree: true, childList: true, attributes: true});
         }"""
     )
-    page.fill("#t2v-prompt textarea", "a paper boat drifts down a rainy street")
+    page.fill("#t2v-prompt textarea", BOAT)
     steps = page.locator("#t2v-steps input[type=number]")
     steps.fill("40")
     steps.press("Enter")
-    page.click("#t2v-generate")
+    # held at three steps until the page shows each, so no sampling (a loaded machine) can miss them
+    with running.gate.holding(BOAT, steps=(1, 15, 30)) as held:
+        page.click("#t2v-generate")
+        for n, step in enumerate((1, 15, 30), start=1):
+            held.wait(step=step)
+            page.wait_for_function(
+                "([step, n]) => window.__steps.includes(step) && new Set(window.__previews).size >= n",
+                arg=[step, n], timeout=60_000,
+            )  # fmt: skip
+            held.go_on()
 
     wait_for_new_clip(page, "#t2v-video", before, "a-paper-boat-drifts")
     info = page.evaluate(

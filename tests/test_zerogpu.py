@@ -90,8 +90,14 @@ def test_a_forked_gpu_worker_streams_previews_in_order_and_the_clip_lands_signed
             steps.append(job.step)
         return job.finished
 
-    job_id = jobs.submit(request(seed=21, steps=6, frames=9)).id
-    wait_until(watch, timeout=120)
+    job_id = jobs.submit(request(seed=21, steps=6, frames=9, prompt="hold: stream previews")).id
+    try:  # held after its second step until the studio has seen it there: a poll cannot miss it
+        wait_until(lambda: watch() or 2 in steps, timeout=120)
+        RELEASE.set()
+        wait_until(watch, timeout=120)
+    finally:
+        RELEASE.set()  # never a run left waiting
+    RELEASE.clear()
     done = jobs.get(job_id)
     assert done.status == DONE, done.message
     assert steps == sorted(steps) and steps[-1] == 6 and len(steps) >= 2  # previews arrived, in order
