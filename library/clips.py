@@ -93,6 +93,11 @@ class Clip:
         return float(value) if isinstance(value, (int, float)) and value > 0 else None
 
 
+def is_ours(sidecar: Any) -> bool:
+    """Whether JSON read beside a video is a Wan Studio clip's sidecar (other apps' files may share the folder)."""
+    return isinstance(sidecar, dict) and sidecar.get("app") == APP_NAME
+
+
 def sidecar_for(result: GenerationResult) -> dict:
     """Everything needed to find, credit and reproduce the clip."""
     request = result.request
@@ -252,7 +257,7 @@ def remove_half_published(output_dir: Path, older_than_s: float = 3600) -> list[
             data = read_json(sidecar)
         except (OSError, ValueError):
             continue
-        if not isinstance(data, dict) or data.get("app") != APP_NAME:
+        if not is_ours(data):
             continue  # not ours: left alone
         for key in ("input_image", "end_image"):
             name = data.get(key)
@@ -284,7 +289,7 @@ def list_clips(output_dir: Path) -> list[Clip]:
             data = read_json(sidecar)
         except ValueError:
             continue
-        if isinstance(data, dict) and data.get("app") == APP_NAME:
+        if is_ours(data):
             try:
                 written = sidecar.stat().st_mtime_ns  # orders clips made within the same second
             except OSError:
@@ -303,7 +308,7 @@ def find_clip(output_dir: Path, name: str) -> Clip | None:
         data = read_sidecar(video) if video.is_file() else None
     except ValueError:
         return None
-    return Clip(video, data) if isinstance(data, dict) and data.get("app") == APP_NAME else None
+    return Clip(video, data) if is_ours(data) else None
 
 
 def move_to_trash(output_dir: Path, name: str) -> Path:

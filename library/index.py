@@ -15,10 +15,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from library.clips import Clip
+from library.clips import Clip, is_ours
 from library.files import read_json
 from library.layout import SIDECAR_SUFFIX, plain_name
-from pipelines import APP_NAME
 
 
 @dataclass(frozen=True)
@@ -112,6 +111,4 @@ def _read(video: Path, stamp: tuple[int, int]) -> _Entry:
         data = read_json(video.with_suffix(SIDECAR_SUFFIX))
     except ValueError:
         return _Entry(stamp, None)
-    if not isinstance(data, dict) or data.get("app") != APP_NAME:
-        return _Entry(stamp, None)
-    return _Entry(stamp, Clip(video, data))
+    return _Entry(stamp, Clip(video, data) if is_ours(data) else None)
