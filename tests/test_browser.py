@@ -367,6 +367,7 @@ def test_storyboard_extend_a_shot_then_export_a_film(page, running):
     Library(running.output_dir).storyboard.save(Storyboard())  # an empty storyboard, whatever ran before
     page.set_viewport_size({"width": 1280, "height": 1000})
     page.reload()
+    settled(page)  # the page's load events have filled the clip pickers (their spinner covers the picker)
     page.get_by_role("tab", name="Storyboard").click()
     page.locator("#storyboard-pick input").click()
     page.get_by_role("option", name=re.compile("paper boat")).first.click()
