@@ -352,3 +352,30 @@ def test_restart_runs_a_queued_film_export_and_marks_the_one_exporting_interrupt
     errors = np.abs(frames[:, None].astype(np.int16) - source[None].astype(np.int16)).mean(axis=(2, 3, 4))
     assert errors.argmin(axis=1).tolist() == [0, 1, 2, 3] and (errors.min(axis=1) < 8).all(), errors
     assert read_json(out_dir / ".jobs" / f"{queued}.json")["status"] == DONE
+
+
+def test_a_job_lost_under_a_worker_runs_again_on_another_worker_not_on_the_one_that_lost_it(manager, out_dir):
+    """A worker that died under a job (a Ray actor, restarting) still says it holds the model: the job's run
+    again must go to another worker, or the restarting one loses it a second time and it ends interrupted."""
+    from pipelines.manager import PipelineManager
+    from studio.jobs.workers import LocalWorker, WorkerLost
+
+    manager.generate(request(steps=1, frames=5), wait=True)  # the first worker holds the model: it claims first
+    tried: list[str] = []
+
+    def restarting(manager_, request_, report, cancel):
+        tried.append("restarting")
+        raise WorkerLost("The actor is restarting.")
+
+    def healthy(manager_, request_, report, cancel):
+        tried.append("healthy")
+        return default_generate(manager_, request_, report, cancel)
+
+    workers = [LocalWorker(manager, restarting, label="worker A"),
+               LocalWorker(PipelineManager(offline=True), healthy, label="worker B")]  # fmt: skip
+    jobs = JobQueue(workers, Library.open(out_dir))
+    job = jobs.submit(request(seed=8, steps=2, frames=5))
+    wait_until(lambda: jobs.get(job.id).finished)
+    done = jobs.get(job.id)
+    assert (done.status, done.retried, done.worker) == (DONE, True, "worker B"), done.message
+    assert tried == ["restarting", "healthy"]

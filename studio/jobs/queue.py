@@ -68,6 +68,7 @@ class Job:
     preview: np.ndarray | None = field(default=None, repr=False)  # the latest preview strip, memory only
     worker: str = ""  # the worker that runs or ran it ("GPU 1"); empty while queued
     retried: bool = False  # ran again once after its worker was lost
+    lost_on: str = ""  # the worker lost under it: its run again goes to another worker where there is one
     started: float | None = None
     ended: float | None = None
 
@@ -254,15 +255,21 @@ class JobQueue:
 
     def _claim(self, n: int) -> Job | None:
         """The job for free worker `n`: the oldest whose model it holds (no reload), else the oldest whose
-        model no other free worker holds (that one takes it). Call with the lock held."""
+        model no other free worker holds (that one takes it); never the run again of a job lost under this
+        worker while there is another (a restarting Ray actor would lose it twice). Call with the lock held."""
         self._pending = [i for i in self._pending if self._jobs[i].status == QUEUED]
         if n in self._busy or not self._pending:
             return None
         holds = self.workers[n].holds()
-        free_holders = {self.workers[m].holds() for m in range(len(self.workers)) if m != n and m not in self._busy}
+        free = {m: self.workers[m].holds() for m in range(len(self.workers)) if m != n and m not in self._busy}
         model = {i: self._jobs[i].request.spec.id for i in self._pending}
-        job_id = next((i for i in self._pending if model[i] == holds), None) or next(
-            (i for i in self._pending if model[i] not in free_holders), None
+
+        def may_take(i: str, m: int) -> bool:
+            return self._jobs[i].lost_on != self.workers[m].label or len(self.workers) == 1
+
+        mine = [i for i in self._pending if may_take(i, n)]
+        job_id = next((i for i in mine if model[i] == holds), None) or next(
+            (i for i in mine if not any(held == model[i] and may_take(i, m) for m, held in free.items())), None
         )
         if job_id is None:
             return None
@@ -337,7 +344,7 @@ class JobQueue:
         if job.retried or self._cancels[job.id].is_set():
             self._finish(job, INTERRUPTED, f"Interrupted: {worker.label} stopped while it ran this job ({err}).")
             return
-        job.retried, job.status, job.worker = True, QUEUED, ""
+        job.retried, job.status, job.worker, job.lost_on = True, QUEUED, "", worker.label
         job.step = job.total_steps = 0
         job.preview = None
         job.message = f"{worker.label} stopped while it ran this job; it runs again on another worker"
