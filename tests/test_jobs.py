@@ -293,7 +293,7 @@ def test_cancel_during_the_download_stops_before_the_model_loads(out_dir, monkey
 
 
 # A studio process that stops (is killed) while it exports one film and a second waits behind it: it prints
-# the two job ids once the first export has begun, then holds that export until it is killed.
+# the two job ids once the first export is writing its file, then holds that export until it is killed.
 STOPPED_MID_EXPORT = """
 import sys, threading
 from pathlib import Path
@@ -305,8 +305,9 @@ export, exporting = library.export_film, threading.Event()
 
 def held(board, on_progress=None, cancel=None, **rest):
     def progress(fraction, message):
-        exporting.set()
-        threading.Event().wait()  # mid-film, until the process is killed
+        if list((library.root / "films").glob(".partial-*.mp4")):  # the film's file is being written
+            exporting.set()
+            threading.Event().wait()  # mid-film, until the process is killed
     return export(board, on_progress=progress, cancel=cancel, **rest)
 
 library.export_film = held
