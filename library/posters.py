@@ -66,7 +66,7 @@ class Posters:
             if poster.stat().st_mtime_ns < made:  # a clip dated in the future (copied, clock skew): not stale
                 os.utime(poster, ns=(made, made))
             return poster
-        except (OSError, ValueError, RuntimeError):
+        except Exception:  # whatever the decoder raises: one bad file never breaks the grid, nor is retried
             with self._lock:
                 self._unreadable[clip.video.name] = _stamp(clip.video)
             return None

@@ -193,3 +193,19 @@ def test_the_storyboards_audio_is_read_once_while_it_stays_the_same(tmp_path, mo
     assert [library.keep_audio(track) for _ in range(5)] == [first] * 5 and hashed == []
     track.write_bytes(b"RIFF" + bytes(range(255, -1, -1)) * 64)  # edited, same size: read again, kept beside it
     assert library.keep_audio(track) == "music-2.wav" and "music.wav" in hashed
+
+
+def test_a_clip_whose_decoder_fails_in_any_way_is_unreadable_until_it_changes(tmp_path, monkeypatch):
+    """Whatever the decoder raises, the grid shows the clip as unreadable and stops asking (a poster asked for
+    on every look would keep the page's poster timer running for ever)."""
+    from library import posters as posters_module
+
+    library = Library.open(tmp_path / "out")
+    one = library.clip(clip(library, "odd"))
+
+    def broken(video):
+        raise KeyError("a decoder's own surprise")
+
+    monkeypatch.setattr(posters_module, "middle_frame", broken)
+    assert library.posters.make(one) is None and library.posters.unreadable(one)
+    assert library.posters.request([one]) == []
