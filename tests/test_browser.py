@@ -455,8 +455,8 @@ def test_image_to_video_from_a_library_clips_last_frame(page, running):
     )
     assert page.locator("#i2v-prompt textarea").is_visible()
     page.fill("#i2v-prompt textarea", "the boat turns towards the camera")
-    settled(page)
-    before = shown_clip(page, "#i2v-video")  # the form's last job, shown again since the reload
+    # the form's last job, shown again since the reload, or none: the new clip is told apart by its name too
+    before = shown_clip(page, "#i2v-video")
     page.click("#i2v-generate")
     wait_for_new_clip(page, "#i2v-video", before, "the-boat-turns-towards")
     size = page.evaluate(
