@@ -26,8 +26,9 @@ from studio.jobs.ray_actors import GenerationActor  # noqa: E402  (after the ski
 class HeldActor(GenerationActor):
     """The studio's actor with a test's hand inside each run, in the actor's own process. A prompt starting
     "meet" waits in its first denoising step at the named actor "rendezvous" until every run it expects is in
-    its own; a prompt starting "hold" asks the named actor "gate" at step 2 and, the first time only, waits
-    there for the run's own cancel flag (so a cancel or a kill finds the run under way, never finished)."""
+    its own; a prompt "hold GATE: ..." asks the named actor GATE at step 2 and, the first time only, waits
+    there for the run's own cancel flag (so a cancel or a kill finds the run under way, never finished). Each
+    test names its own gate: a gate killed at the end of one test was seen answering the next one's runs."""
 
     def __init__(self, *args):
         super().__init__(*args)
@@ -39,7 +40,8 @@ class HeldActor(GenerationActor):
                 if progress.stage == "denoise" and progress.step == 1 and request_.prompt.startswith("meet"):
                     ray.get(ray.get_actor("rendezvous").arrive.remote(request_.seed))
                 if progress.stage == "denoise" and progress.step == 2 and request_.prompt.startswith("hold"):
-                    if ray.get(ray.get_actor("gate").enter.remote()):
+                    gate = request_.prompt.split(":")[0].split()[1]  # "hold GATE: ..."
+                    if ray.get(ray.get_actor(gate).enter.remote()):
                         cancel.wait(120)
 
             return run(request_, on_progress=hooked, cancel=cancel, wait=wait)
@@ -81,6 +83,9 @@ class Gate:
     def enter(self) -> bool:
         self.entries += 1
         return self.entries == 1
+
+    def entered(self) -> int:
+        return self.entries
 
 
 @contextlib.contextmanager
@@ -134,9 +139,9 @@ def test_two_jobs_run_on_two_actors_with_previews_and_land_signed_in_the_studios
 
 def test_cancel_reaches_the_actor_within_a_step(pool, out_dir):
     jobs = JobQueue(pool, Library.open(out_dir))
-    with named(Gate, "gate"):
-        job = jobs.submit(request(seed=3, steps=40, frames=17, prompt="hold: cancel me"))
-        wait_until(lambda: jobs.get(job.id).step >= 2, timeout=120)  # held there until its actor hears the cancel
+    with named(Gate, "gate-cancel") as gate:
+        job = jobs.submit(request(seed=3, steps=40, frames=17, prompt="hold gate-cancel: cancel me"))
+        wait_until(lambda: ray.get(gate.entered.remote()) == 1, timeout=120)  # held in step 2 until it hears
         assert jobs.cancel(job.id)
         wait_until(lambda: jobs.get(job.id).finished, timeout=240)
     stopped = jobs.get(job.id)
@@ -147,9 +152,11 @@ def test_cancel_reaches_the_actor_within_a_step(pool, out_dir):
 
 def test_an_actor_killed_mid_job_is_replaced_and_the_job_runs_again_elsewhere(pool, out_dir):
     jobs = JobQueue(pool, Library.open(out_dir))
-    with named(Gate, "gate"):
-        job = jobs.submit(request(seed=4, steps=30, frames=17, prompt="hold: kill me"))
-        wait_until(lambda: jobs.get(job.id).step >= 2, timeout=120)  # held there: it cannot finish first
+    with named(Gate, "gate-kill") as gate:
+        job = jobs.submit(request(seed=4, steps=30, frames=17, prompt="hold gate-kill: kill me"))
+        # held in step 2, so it cannot finish first; killed only once it is in the gate (killed on the step's
+        # report, before it entered, its run again on the other actor took the hold and waited there for 120 s)
+        wait_until(lambda: ray.get(gate.entered.remote()) == 1, timeout=120)
         victim = next(w for w in pool if w.label == jobs.get(job.id).worker)
         ray.kill(victim.actor, no_restart=False)  # as when its machine dies; Ray starts a new one
         wait_until(lambda: jobs.get(job.id).finished, timeout=180)  # run again, through the gate this time
