@@ -51,6 +51,19 @@ def shifted(sigma: float, shift: float) -> float:
 
 
 @dataclass(frozen=True)
+class HubFile:
+    """One pinned file on the Hugging Face Hub (a post-production model's weights): fetched at `revision` and
+    refused unless its SHA-256 is `sha256`, so what runs is exactly what was reviewed."""
+
+    repo: str
+    revision: str  # a commit id, never a branch
+    filename: str
+    sha256: str
+    name: str  # what the page calls it
+    licence: str
+
+
+@dataclass(frozen=True)
 class FastLora:
     """A step-distillation LoRA of a fast preset: a file in a hub repository (or built here for a test model)."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 import threading
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from pipelines.catalogue import FastWeights, ModelSpec
+from pipelines.catalogue import FastWeights, HubFile, ModelSpec
 from pipelines.errors import UserError
 from pipelines.testmodels import BUILD_VERSION, ensure_test_model
 
@@ -102,14 +103,18 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
-def _meter(repo: str, report: DownloadCallback, allow_patterns: list[str] | None = None) -> DownloadMeter | None:
+def _meter(
+    repo: str, report: DownloadCallback, allow_patterns: list[str] | None = None, revision: str | None = None
+) -> DownloadMeter | None:
     """A meter sized from the repository's file listing; None when the Hub cannot be asked (the download
     then falls back to the cache, or fails with its own message)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError
 
     try:
-        plan = snapshot_download(repo, dry_run=True, tqdm_class=_HiddenBar, allow_patterns=allow_patterns)
+        plan = snapshot_download(
+            repo, revision=revision, dry_run=True, tqdm_class=_HiddenBar, allow_patterns=allow_patterns
+        )
     except (HfHubHTTPError, OSError):
         return None
     size = sum(f.file_size or 0 for f in plan)
@@ -184,7 +189,7 @@ def resolve_weights(spec: ModelSpec, offline: bool, on_progress: DownloadCallbac
 
 def download(
     repo: str, what: str, offline: bool, on_progress: DownloadCallback | None = None,
-    allow_patterns: list[str] | None = None,
+    allow_patterns: list[str] | None = None, revision: str | None = None,
 ) -> ResolvedWeights:  # fmt: skip
     """A hub repository (or the files of it matching `allow_patterns`) in the standard HF cache, fetched with
     one byte-based progress report on first use; ModelUnavailableError with what to do otherwise."""
@@ -196,11 +201,12 @@ def download(
     if not offline:
         _hub_client_with_timeouts()
     try:
-        meter = None if offline else _meter(repo, report, allow_patterns)
+        meter = None if offline else _meter(repo, report, allow_patterns, revision)
         if meter is not None:
             _check_disk_space(what, meter.total - meter.cached)
         path = snapshot_download(
             repo,
+            revision=revision,
             local_files_only=offline,
             allow_patterns=allow_patterns,
             tqdm_class=meter.tqdm_class() if meter else None,
@@ -254,3 +260,30 @@ def fetch_fast(spec: ModelSpec, offline: bool, on_progress: DownloadCallback | N
         folder = download(lora.repo, what, offline, on_progress, allow_patterns=[lora.file]).path
         loras.append((folder / lora.file, lora.experts))
     return FastWeights(transformer, tuple(loras))
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, read in 1 MB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fetch_file(file: HubFile, offline: bool, on_progress: DownloadCallback | None = None) -> Path:
+    """A pinned hub file in the standard HF cache, downloaded with the progress report on first use and
+    checked against its SHA-256 (a mismatch is removed and refused: a tampered or truncated file never loads)."""
+    folder = download(
+        file.repo, file.name, offline, on_progress, allow_patterns=[file.filename], revision=file.revision
+    )
+    path = folder.path / file.filename
+    if not path.is_file():
+        raise ModelUnavailableError(f"{file.name}: {file.filename} is not in {file.repo} at {file.revision[:12]}.")
+    found = file_sha256(path)
+    if found != file.sha256:
+        raise ModelUnavailableError(
+            f"{file.name}: the downloaded {file.filename} does not match its published checksum (SHA-256 "
+            f"{found[:16]}…, expected {file.sha256[:16]}…). Delete it from the Hugging Face cache and try again."
+        )
+    return path
