@@ -42,7 +42,8 @@ def running(tmp_path_factory, outbound_log):
 # event functions have started (`started`, by fn_index), so a fresh page's load events are known to be in.
 TRACK_EVENTS = r"""(() => {
     const fetched = window.fetch.bind(window);
-    const events = {joining: 0, open: new Map(), ended: new Set(), started: new Set(), seq: 0};  // open: id -> fn
+    // open: event id -> fn_index
+    const events = {joining: 0, open: new Map(), ended: new Set(), started: new Set(), seq: 0, orphaned: []};
     const change = () => { events.seq += 1; };
     const end = (id) => { events.ended.add(id); if (events.open.delete(id)) change(); };
     const read = async (body) => {
@@ -55,7 +56,13 @@ TRACK_EVENTS = r"""(() => {
             text = parts.pop();
             for (const part of parts) {
                 for (const line of part.split('\n').filter((l) => l.startsWith('data:'))) {
-                    try { const m = JSON.parse(line.slice(5)); if (m.msg === 'process_completed') end(m.event_id); }
+                    try {
+                        const m = JSON.parse(line.slice(5));
+                        if (m.msg === 'process_completed') end(m.event_id);
+                        // the server closed the stream with events of ours still open: their end comes only
+                        // on a later stream (a race of Gradio's; said when settling fails)
+                        if (m.msg === 'close_stream' && events.open.size) events.orphaned.push(...events.open.values());
+                    }
                     catch (e) {}
                 }
             }
@@ -118,10 +125,16 @@ def settled(page) -> None:
         page.wait_for_function(EVENTS_SETTLED, timeout=60_000)
     except PlaywrightTimeout:
         still = page.evaluate(
-            """() => [...window.__events.open.values()].map((fn) => {
-                const dep = (window.gradio_config?.dependencies || []).find((d) => d.id === fn) || {};
-                return {fn_index: fn, targets: dep.targets, outputs: dep.outputs};
-            })"""
+            """() => {
+                const e = window.__events, deps = window.gradio_config?.dependencies || [];
+                const loads = deps.filter((d) => d.backend_fn && d.targets.some((t) => t[1] === 'load'));
+                return {open: [...e.open.values()].map((fn) => {
+                            const dep = deps.find((d) => d.id === fn) || {};
+                            return {fn_index: fn, targets: dep.targets, outputs: dep.outputs};
+                        }),
+                        joining: e.joining, orphaned: e.orphaned,
+                        loads_not_started: loads.filter((d) => !e.started.has(d.id)).map((d) => d.id)};
+            }"""
         )
         raise AssertionError(f"the page's events never settled; still under way: {still}") from None
 

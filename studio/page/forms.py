@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
@@ -47,6 +47,7 @@ class GenerationForm:
     negative_reset: gr.Button
     new_seed: gr.Button  # ⚄ (a die in common fonts): a new seed per clip again, after Reuse put a clip's in
     kept: gr.State  # the steps and guidance the user had when ticking Fast mode, given back when unticking
+    finished: list = field(default_factory=list)  # the events that stream a job to this form: what ends with it
 
     @property
     def lora_inputs(self) -> list:

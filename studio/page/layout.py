@@ -274,11 +274,11 @@ def build_ui(studio: Studio) -> gr.Blocks:
             (i2v, gen.image_to_video, gen.image_to_video_in_page,
              [i_image, *i2v.generate_inputs, i_match, i_end]),
         ):  # fmt: skip
-            form.go.click(gen.slots_to_loras, form.lora_inputs, form.loras_json, concurrency_limit=None,
-                          **PRIVATE).then(
+            form.finished.append(form.go.click(gen.slots_to_loras, form.lora_inputs, form.loras_json,
+                                               concurrency_limit=None, **PRIVATE).then(
                 bind(in_page, studio), inputs, form.outputs, concurrency_limit=None, show_progress="hidden",
                 **PRIVATE,
-            )  # fmt: skip
+            ))  # fmt: skip
             gr.Button(visible=False).click(
                 bind(api, studio), inputs, form.outputs, api_name=api.__name__, concurrency_limit=None
             )
@@ -324,8 +324,8 @@ def build_ui(studio: Studio) -> gr.Blocks:
         for form in (t2v, i2v):
             remembered = gr.BrowserState("", storage_key=f"wan-studio-{form.task}-job")
             form.job.change(lambda job_id: job_id, form.job, remembered, **PRIVATE)
-            demo.load(bind(gen.resume, studio), remembered, form.outputs, show_progress="hidden",
-                      concurrency_limit=None, **PRIVATE)  # fmt: skip
+            form.finished.append(demo.load(bind(gen.resume, studio), remembered, form.outputs,
+                                           show_progress="hidden", concurrency_limit=None, **PRIVATE))  # fmt: skip
         q_cancel.click(bind(gen.cancel, studio), q_pick, q_note, concurrency_limit=None, **PRIVATE)
 
         library_lists = [i_from_clip, board_tab.pick]  # the clip pickers outside the Library tab
@@ -415,9 +415,12 @@ def build_ui(studio: Studio) -> gr.Blocks:
         lib_grid.select(lambda: "", None, lib_status, show_progress="hidden", **PRIVATE)
         lib_pick.change(bind(lib.show_clip, studio), lib_pick, [lib_video, lib_details, lib_info],
                         show_progress="hidden", **PRIVATE)  # fmt: skip
-        for form in (t2v, i2v):
-            form.video.change(refresh_library, None, library_lists, **PRIVATE)
-            form.video.change(refresh_grid, grid_inputs, grid_outputs, **grid_event)
+        # After a form's job has ended, not when its player changes: a change comes with the job's last streamed
+        # update, and an event joined then can land just as the server closes the page's event stream (its
+        # last event done), so the page never hears it end and the Library stays stale until the next event.
+        for event in (*t2v.finished, *i2v.finished):
+            event.then(refresh_library, None, library_lists, **PRIVATE)
+            event.then(refresh_grid, grid_inputs, grid_outputs, **grid_event)
         all_form_controls = [*t2v.by_name.values(), *i2v.by_name.values(), *t2v.lora_inputs, *i2v.lora_inputs,
                              t2v.kept, i2v.kept, s_cache, s_cache_threshold, i_image, i_match, i_end,
                              tabs]  # fmt: skip
