@@ -16,8 +16,9 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 py=.venv/bin/python
-# The CPU build of torch keeps the test install small; requirements.txt's range accepts it.
-"$py" -m pip install -q --disable-pip-version-check "torch==2.13.0"
+# torch and torchvision pinned as a matching pair (spandrel needs torchvision, whose compiled ops load only with
+# the torch they were built for); PyPI's builds run on a machine without a GPU.
+"$py" -m pip install -q --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1"
 "$py" -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
 
 "$py" -m ruff check .
