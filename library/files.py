@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from library.layout import CORRUPT_SUFFIX, TMP_PREFIX
+from pipelines.digests import sha256_of as sha256_file  # noqa: F401  (the library's name for it)
 from pipelines.errors import UserError
 
 MB = 1024 * 1024
@@ -76,15 +77,6 @@ def publish(tmp: Path, folder: Path, stem: str, suffix: str, taken: callable = l
         except FileExistsError:
             continue
     raise LibraryError(f"No free file name for '{stem}' in {folder}.")
-
-
-def sha256_file(path: Path) -> str:
-    """The file's SHA-256: whether two files hold the same content, whatever their names, sizes or dates."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_png(path: Path, picture: Any) -> None:

@@ -13,7 +13,6 @@ what it was made for. On the A14B pair each LoRA says which expert(s) it goes to
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -24,6 +23,7 @@ from typing import Any
 
 import torch
 
+from pipelines.digests import sha256_of
 from pipelines.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -119,22 +119,6 @@ def made_for(width: int) -> str:
 
     names = sorted({spec.family for spec in CATALOGUE.values() if spec.transformer_width == width and spec.family})
     return " or ".join(names) if names else f"a model whose blocks are {width} wide"
-
-
-_hashes: dict[tuple[str, int, int], str] = {}
-
-
-def sha256_of(path: Path) -> str:
-    """The file's SHA-256, remembered per (path, size, modification time): LoRAs are hundreds of MB."""
-    stat = Path(path).stat()
-    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _hashes:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while block := f.read(1 << 20):
-                digest.update(block)
-        _hashes[key] = digest.hexdigest()
-    return _hashes[key]
 
 
 def resolve(choices: list[LoraChoice], spec) -> tuple[ResolvedLora, ...]:

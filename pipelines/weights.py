@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import shutil
 import threading
@@ -15,6 +14,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from pipelines.catalogue import FastWeights, HubFile, ModelSpec
+from pipelines.digests import sha256_of as file_sha256  # noqa: F401  (the post-production modules' name)
 from pipelines.errors import UserError
 from pipelines.testmodels import BUILD_VERSION, ensure_test_model
 
@@ -260,15 +260,6 @@ def fetch_fast(spec: ModelSpec, offline: bool, on_progress: DownloadCallback | N
         folder = download(lora.repo, what, offline, on_progress, allow_patterns=[lora.file]).path
         loras.append((folder / lora.file, lora.experts))
     return FastWeights(transformer, tuple(loras))
-
-
-def file_sha256(path: Path) -> str:
-    """The SHA-256 of a file, read in 1 MB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def fetch_file(file: HubFile, offline: bool, on_progress: DownloadCallback | None = None) -> Path:
