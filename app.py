@@ -4,6 +4,8 @@ python app.py                       start the studio (http://127.0.0.1:7860)
 python app.py generate --prompt ... make one clip headless; prints the MP4's path last
 python app.py calibrate-cache       record MagCache's ratios for a model (then it can be chosen)
 python app.py verify FILE           check a file's Content Credentials and watermark
+python app.py upscale CLIP ...      a clip upscaled by a learned upscaler; prints the new MP4's path last
+python app.py interpolate CLIP ...  a clip's motion smoothed by learned frame interpolation (RIFE)
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
         from studio.cli import calibrate_main
 
         return calibrate_main(argv[1:])
+    if argv and argv[0] in ("upscale", "interpolate"):
+        from studio.post_cli import main as post_main
+
+        return post_main(argv[0], argv[1:])
     if argv and argv[0] == "verify":
         from studio.verify import main as verify_main
 

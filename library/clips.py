@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,18 +166,31 @@ def write_clip(
     input_image: Any | None = None, comment: str | None = None, sign: Any | None = None,
     stamp: str | None = None, end_image: Any | None = None,
 ) -> ClipFiles:  # fmt: skip
-    """Encode and publish a clip under a fresh name `<stamp>_<hint>[-n].mp4` with its sidecar.
+    """Encode `frames` and publish them as a clip (see `publish_clip`)."""
+    return publish_clip(
+        lambda path: encode_mp4(frames, fps, path, comment=comment), estimate_mp4_mb(*frames.shape[:3]),
+        out_dir, stem_hint, sidecar, input_image=input_image, sign=sign, stamp=stamp, end_image=end_image,
+    )  # fmt: skip
+
+
+def publish_clip(
+    encode: Callable[[Path], Any], size_mb: float, out_dir: Path, stem_hint: str, sidecar: dict[str, Any],
+    input_image: Any | None = None, sign: Any | None = None, stamp: str | None = None, end_image: Any | None = None,
+) -> ClipFiles:  # fmt: skip
+    """Encode a clip with `encode(path)` into a temporary file, then publish it under a fresh name
+    `<stamp>_<hint>[-n].mp4` with its sidecar (`encode` may stream frames: the post-production steps do).
 
     `sign(unsigned, signed)` adds Content Credentials; if it fails the unsigned clip is published and the
     sidecar says why, so a signing problem never loses a clip. `stamp` (default: now, taken before
-    encoding) makes names deterministic where a caller needs it."""
+    encoding) makes names deterministic where a caller needs it. Whatever `encode` raises (a cancel) leaves
+    nothing behind."""
     out_dir = Path(out_dir)
     stamp = stamp or time.strftime("%Y%m%d-%H%M%S")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise disk_error(err, out_dir) from None
-    check_room(out_dir, estimate_mp4_mb(*frames.shape[:3]), "the clip")
+    check_room(out_dir, size_mb, "the clip")
     tmp_video, tmp_signed = temporary(out_dir, ".mp4"), temporary(out_dir, ".signed.mp4")
     tmp_sidecar, tmp_image = temporary(out_dir, ".json"), temporary(out_dir, ".png")
     tmp_end = temporary(out_dir, ".png")
@@ -184,7 +198,7 @@ def write_clip(
     published: list[Path] = []
     try:
         try:
-            encode_mp4(frames, fps, tmp_video, comment=comment)
+            encode(tmp_video)
         except RuntimeError as err:  # ffmpeg reports a full disk in its own words
             if "No space left" in str(err):
                 raise OSError(28, "No space left on device") from None

@@ -1,5 +1,6 @@
 """From a storyboard to a film: trimmed shots with cuts or crossfades, an optional title card and audio
-track, exported with moviepy (and ffmpeg's motion interpolation for another frame rate or slow motion).
+track, exported with moviepy; another frame rate or slow motion by learned frame interpolation (RIFE; ffmpeg's
+minterpolate when asked or when no interpolation model is available), and an optional learned upscale.
 
 Frames are streamed from the clip files by moviepy's readers (never an ImageSequenceClip holding the
 whole film in RAM), at most MAX_OPEN_READERS decoders running at once, so memory stays flat however long
@@ -35,9 +36,12 @@ from library.files import (
     write_json,
 )
 from library.layout import AUDIO_DIR, FILMS_DIR
-from library.media import estimate_mp4_mb, ffmpeg_exe, label_args, slugify
-from library.storyboard import MAX_FILM_S, Shot, Storyboard, StoryboardError
+from library.media import Mp4Writer, estimate_mp4_mb, ffmpeg_exe, label_args, read_frames, slugify, video_info
+from library.storyboard import MAX_FILM_S, UPSCALE_TO, Shot, Storyboard, StoryboardError
 from pipelines import APP_NAME, __version__
+from pipelines.errors import UserError
+from pipelines.interpolate import InterpolationCancelled, Interpolator
+from pipelines.upscale import UpscaleCancelled, Upscaler, plan_size
 
 COMMENT = "AI-generated: assembled in Wan Studio from clips made with Wan models"
 FORMATS = {
@@ -58,6 +62,15 @@ FORMATS = {
     ),  # fmt: skip
 }
 GIF_MAX_WIDTH = 480
+
+
+@dataclass(frozen=True)
+class FilmModels:
+    """The learned models an export may use, each loaded only when a step needs it; either raises a UserError
+    when its model is not available (offline and not downloaded: the interpolation then falls back to ffmpeg)."""
+
+    interpolator: Callable[[], Interpolator]
+    upscaler: Callable[[], Upscaler]
 
 
 class ExportCancelled(Exception):
@@ -294,6 +307,50 @@ def _interpolate(
         raise RuntimeError(f"Frame interpolation failed: {stderr.strip()[-400:]}")
 
 
+def _learned(
+    frames_of: Callable[[], object], target: Path, fps: float, count: int, report: Callable[[float], None],
+    cancel: threading.Event | None,
+) -> None:  # fmt: skip
+    """Stream a model's output frames (`frames_of()`) into an intermediate file, `count` expected."""
+    writer = Mp4Writer(target, fps, crf=12)
+    frames = frames_of()
+    try:
+        for n, frame in enumerate(frames, start=1):
+            if cancel is not None and cancel.is_set():
+                raise ExportCancelled()
+            writer.write(frame)
+            report(min(1.0, n / max(count, 1)))
+        writer.close()
+    except (InterpolationCancelled, UpscaleCancelled):
+        writer.abort()
+        raise ExportCancelled() from None
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        frames.close()
+
+
+def _smooth(
+    source: Path, target: Path, fps: float, frames: int, source_fps: float, board: Storyboard,
+    models: FilmModels | None, report: Callable[[float], None], cancel: threading.Event | None,
+) -> str:  # fmt: skip
+    """Interpolate `source` to `fps`: learned (RIFE) unless the storyboard asks for ffmpeg or no interpolation
+    model is available; says which ran (the film's record and the job's message carry it)."""
+    problem = "the storyboard asks for it" if board.interpolation == "ffmpeg" else "no interpolation model was given"
+    if board.interpolation == "learned" and models is not None:
+        try:
+            interpolator = models.interpolator()
+        except UserError as err:
+            problem = f"the interpolation model is not available: {err}"
+        else:
+            _learned(lambda: interpolator.to_fps(read_frames(source), source_fps, fps, cancel=cancel), target, fps,
+                     frames, report, cancel)  # fmt: skip
+            return f"learned ({interpolator.info.name})"
+    _interpolate(source, target, fps, frames, source_fps, report, cancel)
+    return f"ffmpeg minterpolate ({problem})"
+
+
 def export_film(
     board: Storyboard,
     output_dir: Path,
@@ -301,13 +358,15 @@ def export_film(
     sign: bool = True,
     cancel: threading.Event | None = None,
     into: str = FILMS_DIR,
+    models: FilmModels | None = None,
 ) -> Path:
     """Render the storyboard to `<output>/<into>/<time>_<title>.<format>` (`into`: films/, or previews/ for a
     quick look); StoryboardError on bad input,
     ExportCancelled once `cancel` is set, LibraryError when the disk cannot take it.
 
     Stages: compose the shots (moviepy, frames streamed from the clip files); when the frame rate changes
-    or for slow motion, interpolate motion with ffmpeg; then add the audio and encode the chosen format.
+    or for slow motion, interpolate motion (`models`' RIFE, else ffmpeg); upscale when the storyboard asks
+    (`models`' upscaler); then add the audio and encode the chosen format.
     Every intermediate is a temporary file in the films folder, removed whatever happens; the film is
     published only once its file is complete. It is signed with Content Credentials listing its clips as
     ingredients; `<film>.json` records the storyboard and whether signing worked.
@@ -326,7 +385,7 @@ def export_film(
         return temporaries[-1]
 
     try:
-        return _render(board, checked, output_dir, films_dir, scratch, on_progress, sign, cancel)
+        return _render(board, checked, output_dir, films_dir, scratch, on_progress, sign, cancel, models)
     except (OSError, RuntimeError) as err:  # RuntimeError: ffmpeg's own words, e.g. on a read-only disk
         plain = write_error(err, films_dir)
         if plain is err:
@@ -337,7 +396,7 @@ def export_film(
             discard(path)
 
 
-def _render(board, checked, output_dir, films_dir, scratch, on_progress, sign, cancel) -> Path:
+def _render(board, checked, output_dir, films_dir, scratch, on_progress, sign, cancel, models) -> Path:
     from moviepy import CompositeVideoClip, VideoFileClip, vfx
 
     if board.audio:
@@ -350,8 +409,10 @@ def _render(board, checked, output_dir, films_dir, scratch, on_progress, sign, c
         source_fps = clips[0].fps
         target_fps = float(board.fps or source_fps)
         seconds = _duration(board, checked)
-        # the film, and up to two intermediates of about its size while it is made
-        check_room(films_dir, 3 * estimate_mp4_mb(round(seconds * target_fps), *size), "the film")
+        height = UPSCALE_TO[board.upscale]
+        final = size if height is None else tuple(plan_size(size[0], size[1], None, height, 2)[:2])  # or too big
+        # the film, and up to three intermediates of about its size while it is made
+        check_room(films_dir, 4 * estimate_mp4_mb(round(seconds * target_fps), *final), "the film")
         audio = None
         pieces = [_letterbox(c, size) for c in clips]
         for n, shot in enumerate(board.shots[:-1]):
@@ -376,22 +437,37 @@ def _render(board, checked, output_dir, films_dir, scratch, on_progress, sign, c
             audio = _audio_track(audio_path(output_dir, board.audio), video.duration, board.audio_fade_s)
 
         interpolate = board.slow_motion or abs(target_fps - source_fps) > 1e-6
-        if interpolate:
-            composed = scratch("mp4")
+        motion = None
+        if interpolate or height is not None:
+            current = scratch("mp4")
             video.write_videofile(
-                str(composed), fps=sample_fps, codec="libx264", audio=False, preset="veryfast",
+                str(current), fps=sample_fps, codec="libx264", audio=False, preset="veryfast",
                 ffmpeg_params=["-crf", "12", "-pix_fmt", "yuv420p"],
-                logger=_stage_logger(on_progress, 0.0, 0.5, "Composing", cancel),
+                logger=_stage_logger(on_progress, 0.0, 0.4, "Composing", cancel),
             )  # fmt: skip
-            smooth = scratch("mp4")
-            _interpolate(
-                composed, smooth, target_fps, round(video.duration * target_fps), sample_fps,
-                lambda f: on_progress and on_progress(0.5 + 0.3 * f, f"Interpolating to {target_fps:g} fps"),
-                cancel,
-            )  # fmt: skip
-            video = VideoFileClip(str(smooth), audio=False)
+            count = round(video.duration * target_fps)
+            if interpolate:
+                smooth = scratch("mp4")
+                motion = _smooth(
+                    current, smooth, target_fps, count, sample_fps, board, models,
+                    lambda f: on_progress and on_progress(0.4 + 0.2 * f, f"Interpolating to {target_fps:g} fps"),
+                    cancel,
+                )  # fmt: skip
+                current = smooth
+            if height is not None:
+                if models is None:
+                    raise StoryboardError("This export has no upscaler: upscaling is not available here.")
+                upscaler = models.upscaler()
+                big, shown = scratch("mp4"), f"{board.upscale} ({upscaler.info.name})"
+                info = video_info(current)
+                plan = upscaler.plan(info.width, info.height, None, height)
+                _learned(lambda: upscaler.upscale(read_frames(current), plan, cancel=cancel), big, info.fps,
+                         count, lambda f: on_progress and on_progress(0.6 + 0.2 * f, f"Upscaling to {shown}"),
+                         cancel)  # fmt: skip
+                current = big
+            video = VideoFileClip(str(current), audio=False)
             opened.append(video)
-        low = 0.8 if interpolate else 0.0
+        low = 0.8 if interpolate or height is not None else 0.0
         tmp = scratch(board.format)
         if board.format == "gif":
             scale = min(1.0, GIF_MAX_WIDTH / size[0])
@@ -412,7 +488,8 @@ def _render(board, checked, output_dir, films_dir, scratch, on_progress, sign, c
         if not _complete(tmp, board.format):  # ffmpeg can end "successfully" on a full disk
             raise LibraryError("The film could not be written completely; is the output folder's disk full?")
         stem = f"{time.strftime('%Y%m%d-%H%M%S')}_{slugify(board.title or 'film')}"
-        record = {"app": APP_NAME, "app_version": __version__, "storyboard": board.to_json()}
+        record = {"app": APP_NAME, "app_version": __version__, "storyboard": board.to_json(),
+                  "size": list(final), "interpolation": motion}  # fmt: skip
         if sign:
             signed = scratch(board.format)
             sources = [c.video for c in checked]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from library import film
+from library import film, post, post_models
 from library.clips import (
     Clip,
     ClipFiles,
@@ -42,9 +42,10 @@ from library.layout import (
     plain_name,
 )
 from library.media import frame_at, last_frame
+from library.post import PostRequest
 from library.posters import Posters
 from library.storyboard import Shot, Storyboard, StoryboardStore
-from pipelines.manager import GenerationResult
+from pipelines.manager import GenerationResult, Progress
 
 AUDIO_SUFFIXES = (".mp3", ".wav", ".m4a", ".aac", ".ogg", ".opus", ".flac")
 MAX_AUDIO_MB = 200
@@ -58,6 +59,8 @@ class Library:
         self.index = ClipIndex(self.root)
         self._digests: dict[Path, tuple[tuple[int, int], str]] = {}  # audio files' SHA-256 by (mtime, size)
         self.posters = Posters(self.root)
+        # offline unless the studio or the CLI, which know the user's choice, set their own
+        self.post_models = post_models.PostModels(post_models.UpscalerFolder(), offline=True)
 
     @classmethod
     def open(cls, root: Path) -> Library:
@@ -122,6 +125,45 @@ class Library:
         clip = self.index.find(files.video.name)
         if clip is not None:
             self.posters.make(clip)
+        return files
+
+    # ---- post-production ------------------------------------------------------------------------
+    def check_post(self, action: str, name: str, model: str | None, **how: object) -> PostRequest:
+        """A checked upscale (`scale` or `height`) or frame interpolation (`factor` or `fps`) of the clip
+        `name`; PostError (a UserError) naming the field when it cannot be done."""
+        clip = self.index.find(plain_name(name) or "") if isinstance(name, str) else None
+        if clip is None:
+            raise post.PostError(f"'{str(name)[:80]}' is not a clip in the library ({self.root}).")
+        model = model or self.post_models.default
+        if model not in (post_models.DEFAULT, post_models.TEST):  # a file: there now (the defaults come later)
+            find = self.post_models.upscaler_file if action == post.UPSCALE else self.post_models.interpolator_file
+            find(model)
+        if action == post.UPSCALE:
+            scale = 2 if model == post_models.TEST else None  # the test upscaler's; the default's is read later
+            return post.check_upscale(clip, model, how.get("scale"), how.get("height"), model_scale=scale or 2)
+        if action == post.INTERPOLATE:
+            return post.check_interpolate(clip, model, how.get("factor"), how.get("fps"))
+        raise post.PostError(f"'{action}' is not a post-production step (upscale, interpolate).")
+
+    def post(
+        self, request: PostRequest, device: str, options: ClipOptions = ClipOptions(),  # noqa: B008
+        cancel: threading.Event | None = None, report: Callable[[Progress], None] | None = None,
+        downloading: Callable[[float, str], None] | None = None, out_dir: Path | None = None,
+    ) -> ClipFiles:  # fmt: skip
+        """Run a checked post-production request on `device` and publish its clip (into this library, or
+        `out_dir`) with a poster."""
+        clip = self.clip(request.source)
+        out_dir = Path(out_dir) if out_dir is not None else self.root
+        if request.action == post.UPSCALE:
+            upscaler = self.post_models.upscaler(self.post_models.upscaler_file(request.model, downloading), device)
+            files = post.upscale_clip(clip, request, upscaler, out_dir, options, cancel, report)
+        else:
+            path = self.post_models.interpolator_file(request.model, downloading)
+            interpolator = self.post_models.interpolator(path, device)
+            files = post.interpolate_clip(clip, request, interpolator, out_dir, options, cancel, report)
+        made = self.index.find(files.video.name) if out_dir == self.root else None
+        if made is not None:
+            self.posters.make(made)
         return files
 
     def trash(self, name: str) -> Path:
@@ -222,7 +264,12 @@ class Library:
         self, board: Storyboard, on_progress: Callable[[float, str], None] | None = None, sign: bool = True,
         cancel: threading.Event | None = None,
     ) -> Path:  # fmt: skip
-        return film.export_film(board, self.root, on_progress=on_progress, sign=sign, cancel=cancel)
+        device = post_models.post_device()
+        models = film.FilmModels(
+            interpolator=lambda: self.post_models.interpolator(self.post_models.interpolator_file(None), device),
+            upscaler=lambda: self.post_models.upscaler(self.post_models.upscaler_file(None), device),
+        )
+        return film.export_film(board, self.root, on_progress=on_progress, sign=sign, cancel=cancel, models=models)
 
     def preview_film(self, board: Storyboard) -> Path:
         """A quick look at the film before the export: the same cut at most 320 px wide, at the clips' own

@@ -1,12 +1,13 @@
-"""Media through the ffmpeg inside imageio-ffmpeg: frames to a browser-playable H.264 MP4, labels players
-show, and reading a clip's last frame back."""
+"""Media through the ffmpeg inside imageio-ffmpeg: frames to a browser-playable H.264 MP4 (all at once, or
+streamed frame by frame), labels players show, and reading a clip's frames back."""
 
 from __future__ import annotations
 
 import re
 import subprocess
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -23,30 +24,99 @@ def encode_mp4(frames: np.ndarray, fps: float, path: Path, crf: int = 18, commen
     """H.264 in yuv420p with the index at the front (+faststart): plays in every browser and phone."""
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 (F, H, W, 3), got {frames.dtype} {frames.shape}")
-    count, height, width, _ = frames.shape
-    if count == 0:
+    if len(frames) == 0:
         raise ValueError("no frames to encode")
-    if width % 2 or height % 2:
-        raise ValueError(f"H.264 in yuv420p needs even dimensions, got {width}x{height}")
-    args = [
-        ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
-        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", f"{fps}", "-i", "-",
-        "-an", "-c:v", "libx264", "-preset", "medium", "-crf", str(crf), "-pix_fmt", "yuv420p",
-        "-movflags", "+faststart", "-f", "mp4",
-    ]  # fmt: skip
-    if comment:
-        args += label_args(comment)
-    args.append(str(path))
-    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    writer = Mp4Writer(path, fps, crf, comment)
     try:
         for frame in frames:
-            proc.stdin.write(np.ascontiguousarray(frame).tobytes())
-        proc.stdin.close()
-    except BrokenPipeError:
-        pass  # ffmpeg died; its stderr says why
-    stderr = proc.stderr.read().decode(errors="replace")
-    if proc.wait() != 0:
-        raise RuntimeError(f"ffmpeg could not encode the clip: {stderr.strip()[-500:]}")
+            writer.write(frame)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+
+
+class Mp4Writer:
+    """Frames streamed into ffmpeg one at a time as they are made, so memory stays flat in the clip's length
+    (a 4K upscale of a 5 s clip is 3 GB of frames). The encoder starts on the first frame (its size);
+    `close()` finishes the file and raises RuntimeError with ffmpeg's words; `abort()` kills it."""
+
+    def __init__(self, path: Path, fps: float, crf: int = 18, comment: str | None = None):
+        self.path, self.fps, self.crf, self.comment = Path(path), fps, crf, comment
+        self.frames = 0
+        self._proc: subprocess.Popen | None = None
+
+    def write(self, frame: np.ndarray) -> None:
+        if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
+            raise ValueError(f"a frame must be uint8 (H, W, 3), got {frame.dtype} {frame.shape}")
+        height, width, _ = frame.shape
+        if self._proc is None:
+            if width % 2 or height % 2:
+                raise ValueError(f"H.264 in yuv420p needs even dimensions, got {width}x{height}")
+            self.size = (width, height)
+            args = [
+                ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
+                "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", f"{self.fps}", "-i", "-",
+                "-an", "-c:v", "libx264", "-preset", "medium", "-crf", str(self.crf), "-pix_fmt", "yuv420p",
+                "-movflags", "+faststart", "-f", "mp4",
+            ]  # fmt: skip
+            args += label_args(self.comment) if self.comment else []
+            self._proc = subprocess.Popen([*args, str(self.path)], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        elif (width, height) != self.size:
+            raise ValueError(f"frame {self.frames} is {width}x{height}, the clip is {self.size[0]}x{self.size[1]}")
+        try:
+            self._proc.stdin.write(np.ascontiguousarray(frame).tobytes())
+        except BrokenPipeError:
+            self.close()  # raises with ffmpeg's reason
+            raise RuntimeError("ffmpeg stopped taking frames") from None
+        self.frames += 1
+
+    def close(self) -> None:
+        if self._proc is None:
+            raise ValueError("no frames to encode")
+        try:
+            self._proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        stderr = self._proc.stderr.read().decode(errors="replace")
+        if self._proc.wait() != 0:
+            raise RuntimeError(f"ffmpeg could not encode the clip: {stderr.strip()[-500:]}")
+
+    def abort(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    width: int
+    height: int
+    fps: float
+    frames: int  # as the container says (ffmpeg's estimate from duration × fps)
+
+
+def video_info(video: Path) -> VideoInfo:
+    """Size, frame rate and frame count of a video, read from its header only."""
+    reader = imageio_ffmpeg.read_frames(str(video))
+    meta = next(reader)
+    reader.close()
+    width, height = meta["size"]
+    fps = float(meta.get("fps") or 0)
+    return VideoInfo(width, height, fps, round(float(meta.get("duration") or 0) * fps))
+
+
+def read_frames(video: Path) -> Iterator[np.ndarray]:
+    """A video's frames, decoded one at a time as uint8 (H, W, 3) arrays; the decoder stops when the
+    consumer does (the generator is closed)."""
+    reader = imageio_ffmpeg.read_frames(str(video))
+    meta = next(reader)
+    width, height = meta["size"]
+    try:
+        for buffer in reader:
+            yield np.frombuffer(buffer, np.uint8).reshape(height, width, 3).copy()  # writable, as torch wants
+    finally:
+        reader.close()
 
 
 def label_args(comment: str) -> list[str]:

@@ -26,6 +26,7 @@ MIME = {".mp4": "video/mp4", ".webm": "video/webm", ".gif": "image/gif", ".png":
 # The C2PA SDK embeds manifests in these; for WebM it answers "type is unsupported".
 SIGNABLE = (".mp4", ".gif", ".png", ".jpg")
 _keys_lock = threading.Lock()
+PARENT_LABEL = "c2pa.ingredient.parent"  # an edit's source, as its c2pa.opened action refers to it
 
 
 class SigningError(RuntimeError):
@@ -186,12 +187,31 @@ def manifest(
     }
 
 
+def edit_manifest(title: str, source: str, action: str, model: dict, settings: dict) -> dict:
+    """The claim for a clip made from another by a learned model (an upscale, a frame interpolation): the
+    source opened as the parent ingredient, then `action` (c2pa.resized, c2pa.edited) by the model (name,
+    file, SHA-256) with its settings. The source's own credentials travel inside the ingredient."""
+    agent = {"name": APP_NAME, "version": __version__}
+    return {
+        "claim_generator_info": [agent],
+        "title": title,
+        "assertions": [{"label": "c2pa.actions.v2", "data": {"actions": [
+            {"action": "c2pa.opened", "softwareAgent": agent, "parameters": {"ingredientIds": [PARENT_LABEL]}},
+            {"action": action, "digitalSourceType": TRAINED, "softwareAgent": agent,
+             "parameters": {"model": model, **settings}},
+        ]}}],
+    }  # fmt: skip
+
+
 def can_sign(path: Path) -> bool:
     return Path(path).suffix.lower() in SIGNABLE
 
 
-def sign_file(source: Path, target: Path, claim: dict, ingredients: list[Path] = ()) -> None:
-    """Write a signed copy of `source` to `target`; SigningError says why it could not."""
+def sign_file(
+    source: Path, target: Path, claim: dict, ingredients: list[Path] = (), relationship: str = "componentOf"
+) -> None:
+    """Write a signed copy of `source` to `target` listing `ingredients` (a film's clips: componentOf; the
+    clip an edit started from: parentOf); SigningError says why it could not."""
     try:
         import c2pa
 
@@ -206,9 +226,10 @@ def sign_file(source: Path, target: Path, claim: dict, ingredients: list[Path] =
         builder = c2pa.Builder(claim)
         for ingredient in ingredients:
             with open(ingredient, "rb") as stream:
-                builder.add_ingredient(
-                    {"title": ingredient.name, "relationship": "componentOf"}, MIME[ingredient.suffix.lower()], stream
-                )
+                described = {"title": ingredient.name, "relationship": relationship}
+                if relationship == "parentOf":
+                    described["label"] = PARENT_LABEL  # what the edit's c2pa.opened action names
+                builder.add_ingredient(described, MIME[ingredient.suffix.lower()], stream)
         with open(source, "rb") as src, open(target, "w+b") as dst:
             builder.sign(signer, mime, src, dst)
     except SigningError:
@@ -317,5 +338,10 @@ def _declared(active: dict) -> dict:
                     out["action"] = "c2pa.created"
                     out["digital_source_type"] = action.get("digitalSourceType")
                     out.update(action.get("parameters", {}))
-    out["ingredients"] = [i.get("title") for i in active.get("ingredients", [])]
+                elif action.get("action") not in (None, "c2pa.opened"):  # an edit: upscaled, interpolated
+                    out.setdefault("edits", []).append({"action": action["action"], **action.get("parameters", {})})
+                    out["digital_source_type"] = action.get("digitalSourceType")
+    ingredients = active.get("ingredients", [])
+    out["ingredients"] = [i.get("title") for i in ingredients]
+    out["parents"] = [i.get("title") for i in ingredients if i.get("relationship") == "parentOf"]
     return out

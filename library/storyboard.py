@@ -21,6 +21,8 @@ from library.layout import plain_name
 from pipelines.errors import UserError
 
 FORMATS = ("mp4", "webm", "gif")
+UPSCALE_TO = {"none": None, "1080p": 1080, "4k": 2160}  # the film's height after a learned upscale
+INTERPOLATIONS = ("learned", "ffmpeg")  # RIFE, or ffmpeg's minterpolate
 TRANSITIONS = ("cut", "crossfade")
 MAX_SHOTS = 200
 MAX_TITLE_CHARS = 120
@@ -61,6 +63,8 @@ class Storyboard:
     fps: float | None = None  # None: the first shot's frame rate; another rate is motion-interpolated
     slow_motion: bool = False  # half speed, motion-interpolated
     format: str = "mp4"  # "mp4", "webm" or "gif"
+    upscale: str = "none"  # "none", "1080p" or "4k": the film upscaled by the learned upscaler
+    interpolation: str = "learned"  # how a frame-rate change and slow motion are made: "learned" or "ffmpeg"
     revision: int = 0  # bumped by every save; tells a stale page's save from a current one
 
     @classmethod
@@ -125,6 +129,14 @@ class Storyboard:
             raise StoryboardError("slow_motion must be true or false.")
         if self.format not in FORMATS:
             raise StoryboardError(f"The format must be one of {', '.join(FORMATS)}; got {self.format!r}.")
+        if self.upscale not in UPSCALE_TO:
+            raise StoryboardError(f"upscale must be one of {', '.join(UPSCALE_TO)}; got {str(self.upscale)[:20]!r}.")
+        if self.upscale != "none" and self.format == "gif":
+            raise StoryboardError("A GIF is at most 480 pixels wide: upscaling is for MP4 and WebM films.")
+        if self.interpolation not in INTERPOLATIONS:
+            raise StoryboardError(
+                f"interpolation must be one of {', '.join(INTERPOLATIONS)}; got {str(self.interpolation)[:20]!r}."
+            )
         if not isinstance(self.revision, int) or isinstance(self.revision, bool) or self.revision < 0:
             raise StoryboardError("revision must be a whole number.")
         return self

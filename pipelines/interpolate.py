@@ -301,7 +301,7 @@ class InterpolatorInfo:
     """What a clip's sidecar and Content Credentials record about the model that made its in-between frames."""
 
     name: str
-    file: Path
+    path: Path
     sha256: str
     version: str = RIFE_VERSION
     architecture: str = ARCHITECTURE
@@ -324,7 +324,7 @@ def load_interpolator(path: Path, device: str | torch.device = "cpu") -> Interpo
     net = net.to(device=device, dtype=dtype).eval().requires_grad_(False)
     sha256 = file_sha256(path)
     name = _stored_name(path) or (RIFE_WEIGHTS.name if sha256 == RIFE_WEIGHTS.sha256 else f"RIFE ({path.name})")
-    return Interpolator(net, InterpolatorInfo(name=name, file=path, sha256=sha256), device, dtype)
+    return Interpolator(net, InterpolatorInfo(name=name, path=path, sha256=sha256), device, dtype)
 
 
 def _stored_name(path: Path) -> str | None:

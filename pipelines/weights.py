@@ -264,7 +264,8 @@ def fetch_fast(spec: ModelSpec, offline: bool, on_progress: DownloadCallback | N
 
 def fetch_file(file: HubFile, offline: bool, on_progress: DownloadCallback | None = None) -> Path:
     """A pinned hub file in the standard HF cache, downloaded with the progress report on first use and
-    checked against its SHA-256 (a mismatch is removed and refused: a tampered or truncated file never loads)."""
+    checked against its SHA-256 (a mismatch is removed from the cache and refused: a tampered or truncated file
+    never loads, and the next try downloads it again)."""
     folder = download(
         file.repo, file.name, offline, on_progress, allow_patterns=[file.filename], revision=file.revision
     )
@@ -273,8 +274,10 @@ def fetch_file(file: HubFile, offline: bool, on_progress: DownloadCallback | Non
         raise ModelUnavailableError(f"{file.name}: {file.filename} is not in {file.repo} at {file.revision[:12]}.")
     found = file_sha256(path)
     if found != file.sha256:
+        for stale in (path.resolve(), path):  # the cache's blob and the snapshot's link to it
+            stale.unlink(missing_ok=True)
         raise ModelUnavailableError(
             f"{file.name}: the downloaded {file.filename} does not match its published checksum (SHA-256 "
-            f"{found[:16]}…, expected {file.sha256[:16]}…). Delete it from the Hugging Face cache and try again."
+            f"{found[:16]}…, expected {file.sha256[:16]}…), so it was removed. Try again: it is downloaded afresh."
         )
     return path

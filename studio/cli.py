@@ -22,6 +22,7 @@ from pipelines.request import GenerationRequest, RequestError, ValidRequest, val
 from pipelines.speed import VAE_PRECISIONS, SpeedOptions
 
 DEFAULT_OUT_DIR = "outputs"
+COUNTED = {"denoise": "step", "upscale": "frame", "interpolate": "frame"}  # stages with a count of their own
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,25 +119,32 @@ def parse_cache(text: str) -> tuple[str, float | None]:
         raise RequestError({"cache": f"--cache {text}: the threshold after ':' must be a number."}) from None
 
 
-class _Bars:
-    """One tqdm bar per stage on stderr."""
+class Bars:
+    """One tqdm bar per stage on stderr: steps while denoising, frames in post-production, else percent."""
 
     def __init__(self) -> None:
         self.bar: tqdm | None = None
         self.stage: str | None = None
 
     def __call__(self, progress) -> None:
+        counted = progress.stage in COUNTED and progress.total_steps
         if progress.stage != self.stage:
             self.close()
             self.stage = progress.stage
-            total = progress.total_steps if progress.stage == "denoise" else 100
-            unit = "step" if progress.stage == "denoise" else "%"
+            total = progress.total_steps if counted else 100
+            unit = COUNTED.get(progress.stage, "%") if counted else "%"
             self.bar = tqdm(total=total, desc=progress.stage, unit=unit, file=sys.stderr, dynamic_ncols=True)
-        if progress.stage == "denoise" and progress.step is not None:
+        if counted and progress.step is not None:
             self.bar.n = progress.step
         else:
             self.bar.n = round(progress.fraction * 100)
         self.bar.set_postfix_str(progress.message[:100], refresh=True)
+
+    def download(self, fraction: float, message: str) -> None:
+        """A model download's byte-based progress, as a bar of its own."""
+        from pipelines.manager import Progress  # after quiet_libraries(): it imports diffusers
+
+        self(Progress("download", fraction, message))
 
     def close(self) -> None:
         if self.bar is not None:
@@ -196,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         print(describe(request), file=sys.stderr)
     if args.compile and leader:
         print("Compiling the transformer blocks: the first step takes about a minute longer.", file=sys.stderr)
-    bars = _Bars() if leader else (lambda progress: None)
+    bars = Bars() if leader else (lambda progress: None)
     try:
         if rank is not None:
             parallel.init_group(torch.device(device))
@@ -298,7 +306,7 @@ def calibrate_main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"Calibrating MagCache: {describe(request)}", file=sys.stderr)
-    bars = _Bars()
+    bars = Bars()
     recorder = caching.CalibrationRecorder()
     try:
         with recorder.listening():

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from library import Library
 from library.lora_folder import LoraFolder
+from library.post import PostRequest
+from library.post_models import DEFAULT, TEST, PostModels, UpscalerFolder
 from pipelines.catalogue import get_spec
 from pipelines.manager import PipelineManager
 from pipelines.parallel import check_request
@@ -47,6 +49,8 @@ class Studio:
         # the library's index is read now, beside the start-up, so the first look at a big library is quick
         threading.Thread(target=self.library.clips, name="library-index", daemon=True).start()
         self.loras = LoraFolder(settings.lora_dir or None)
+        self.upscalers = UpscalerFolder()
+        self.library.post_models = PostModels(self.upscalers, offline=offline, default=self._post_default(settings))
         if zero:
             workers = [ZeroGpuWorker(self.manager)]
         elif not workers:
@@ -61,6 +65,17 @@ class Studio:
         for worker in self.jobs.workers:  # a clip split over GPUs has its own limits: refused now, not later
             check_request(valid, getattr(worker, "degree", 1))
         return self.jobs.submit(valid, append_to_storyboard=append_to_storyboard)
+
+    def submit_post(self, action: str, clip: str, model: str | None = None, **how: object) -> Job:
+        """Check an upscale (`scale`/`height`) or a frame interpolation (`factor`/`fps`) of a library clip now
+        (a refusal names the field) and queue it for a GPU worker."""
+        request: PostRequest = self.library.check_post(action, clip, model, **how)
+        return self.jobs.submit_post(request)
+
+    @staticmethod
+    def _post_default(settings: Settings) -> str:
+        """The test upscaler and interpolator go with the test video models (noise in, noise out, seconds)."""
+        return TEST if get_spec(settings.model).is_test else DEFAULT
 
     def keep_settings(self, settings: Settings) -> Path:
         """Save `settings` (already checked) and apply them. A value that only a start-up flag set, and the
@@ -78,4 +93,5 @@ class Studio:
         for worker in self.jobs.workers:
             worker.configure(settings.profile_choice, settings.speed)
         self.loras = LoraFolder(settings.lora_dir or None)
+        self.library.post_models.default = self._post_default(settings)
         self.jobs.clip_options = settings.clip_options

@@ -155,7 +155,7 @@ def test_the_mask_takes_frame_0_and_its_flow_samples_ahead(tmp_path):
 
 
 def test_the_test_model_loads_through_the_real_loader(rife):
-    assert rife.info.file == ensure_test_rife() and rife.info.version == "4.26"
+    assert rife.info.path == ensure_test_rife() and rife.info.version == "4.26"
     assert len(rife.info.sha256) == 64 and rife.net.block0.conv0[0][0].weight.dtype == torch.float32
     assert ensure_test_rife().stat().st_size < 30e6
 

@@ -1,4 +1,5 @@
-"""Server-owned jobs: clips on the GPU worker, films on the film worker, state kept on disk.
+"""Server-owned jobs: clips and post-production (upscale, smooth motion) on the GPU workers, films on the
+film worker, state kept on disk.
 
 A job belongs to the server, not to a browser tab: the page only watches it. Closing the page, a
 dropped connection or a client that stops reading never stops a job. A clip job holds its validated
@@ -28,11 +29,12 @@ from PIL import Image
 from library import ClipOptions, Library, Shot, Storyboard
 from library.files import discard, read_json, set_aside, write_json, write_png
 from library.film import ExportCancelled
+from library.post import PostCancelled, PostRequest
 from pipelines.errors import UserError
 from pipelines.manager import GenerationCancelled, PipelineManager, Progress
 from pipelines.request import ValidRequest
 from studio.errors import internal_error
-from studio.jobs.workers import GenerateFn, GpuWorker, LocalWorker, WorkerLost
+from studio.jobs.workers import GenerateFn, GpuWorker, LocalWorker, WorkerLost, post_device
 from studio.jobs.workers import default_generate as default_generate  # where callers have always found it
 
 log = logging.getLogger("wan_studio")
@@ -41,7 +43,7 @@ QUEUED, RUNNING, DONE, FAILED, CANCELLED, INTERRUPTED = (
     "queued", "running", "done", "failed", "cancelled", "interrupted",
 )  # fmt: skip
 FINISHED = (DONE, FAILED, CANCELLED, INTERRUPTED)
-CLIP, FILM = "clip", "film"
+CLIP, FILM, POST = "clip", "film", "post"
 WRITING = "write"  # a clip job's last stage: encoding, signing, publishing (not cancellable)
 RECORD_FORMAT = 2
 
@@ -49,8 +51,9 @@ RECORD_FORMAT = 2
 @dataclass
 class Job:
     id: str
-    kind: str  # CLIP or FILM
+    kind: str  # CLIP, FILM or POST
     request: ValidRequest | None = None  # a clip job's request, validated at submit (its seed is final)
+    post: PostRequest | None = None  # a post-production job's request, checked at submit
     storyboard: Storyboard | None = None  # a film job's storyboard, checked at submit
     append_to_storyboard: bool = False  # a clip job from "extend the last shot": its clip joins the storyboard
     status: str = QUEUED
@@ -85,6 +88,8 @@ class Job:
         """What the queue panel calls the job."""
         if self.request is not None:
             return self.request.prompt
+        if self.post is not None:
+            return self.post.label
         board = self.storyboard
         count = len(board.shots) if board else 0
         return f"Film: {board.title or 'untitled'} ({count} shot{'' if count == 1 else 's'})"
@@ -98,6 +103,7 @@ class Job:
             "end_image": f"{self.id}.end.png" if self.request is not None and self.request.end_image is not None
             else None,
             "storyboard": self.storyboard.to_json() if self.storyboard is not None else None,
+            "post": self.post.record() if self.post is not None else None,
             "append_to_storyboard": self.append_to_storyboard, "status": self.status, "created": self.created,
             "message": self.message, "step": self.step, "total_steps": self.total_steps, "result": self.result,
             "error": self.error, "worker": self.worker, "retried": self.retried, "started": self.started,
@@ -107,7 +113,11 @@ class Job:
     @classmethod
     def from_record(cls, data: dict[str, Any], jobs_dir: Path) -> Job:
         """ValueError (or a UserError) when the record cannot be a job."""
-        if not isinstance(data, dict) or data.get("format") != RECORD_FORMAT or data.get("kind") not in (CLIP, FILM):
+        if (
+            not isinstance(data, dict)
+            or data.get("format") != RECORD_FORMAT
+            or data.get("kind") not in (CLIP, FILM, POST)
+        ):
             raise ValueError("not a job record of this version")
         request = None
         if data["kind"] == CLIP:
@@ -115,8 +125,9 @@ class Job:
                           for key in ("image", "end_image"))  # fmt: skip
             request = ValidRequest.from_record(data["request"], image=image, end_image=end)
         storyboard = Storyboard.from_json(data["storyboard"]) if data["kind"] == FILM else None
+        post = PostRequest(**data["post"]) if data["kind"] == POST else None
         return cls(
-            id=str(data["id"]), kind=data["kind"], request=request, storyboard=storyboard,
+            id=str(data["id"]), kind=data["kind"], request=request, storyboard=storyboard, post=post,
             append_to_storyboard=bool(data.get("append_to_storyboard")), status=data["status"],
             created=float(data["created"]), message=str(data.get("message", "")), step=int(data.get("step", 0)),
             total_steps=int(data.get("total_steps", 0)), result=data.get("result"), error=data.get("error"),
@@ -163,6 +174,10 @@ class JobQueue:
         be written, and then nothing is queued."""
         job = Job(id=uuid.uuid4().hex[:12], kind=CLIP, request=request, append_to_storyboard=append_to_storyboard)
         return self._enqueue(job)
+
+    def submit_post(self, post: PostRequest) -> Job:
+        """Queue an upscale or a frame interpolation the caller has checked (`library.post.check_*`)."""
+        return self._enqueue(Job(id=uuid.uuid4().hex[:12], kind=POST, post=post))
 
     def submit_film(self, board: Storyboard) -> Job:
         """Queue the export of a storyboard the caller has checked (`Library.check_film`)."""
@@ -247,7 +262,7 @@ class JobQueue:
                     self._wake.wait()
                     job = self._claim(n)
             try:
-                self._guarded(job, self._run_clip, job, worker)
+                self._guarded(job, self._run_post if job.kind == POST else self._run_clip, job, worker)
             finally:
                 with self._wake:
                     self._busy.discard(n)
@@ -262,7 +277,7 @@ class JobQueue:
             return None
         holds = self.workers[n].holds()
         free = {m: self.workers[m].holds() for m in range(len(self.workers)) if m != n and m not in self._busy}
-        model = {i: self._jobs[i].request.spec.id for i in self._pending}
+        model = {i: self._jobs[i].request.spec.id if self._jobs[i].request else None for i in self._pending}
 
         def may_take(i: str, m: int) -> bool:
             return self._jobs[i].lost_on != self.workers[m].label or len(self.workers) == 1
@@ -351,6 +366,35 @@ class JobQueue:
         self._touch(job, save=True)
         self._queue(job, first=True)
 
+    def _run_post(self, job: Job, worker: GpuWorker) -> None:
+        """An upscale or a frame interpolation on this worker's device (in the studio's process: the model
+        is small, and the worker's slot keeps a generation off the GPU meanwhile)."""
+        cancel = self._cancels[job.id]
+
+        def downloading(fraction: float, message: str) -> None:
+            with self._lock:
+                job.stage, job.fraction, job.message = "download", fraction, message
+                self._touch(job)
+
+        try:
+            files = self.library.post(job.post, post_device(worker), self.clip_options, cancel,
+                                      lambda p: self._on_progress(job, p), downloading)  # fmt: skip
+        except PostCancelled:
+            with self._lock:
+                where = f"at frame {job.step}/{job.total_steps}" if job.step else "before the first frame"
+                self._finish(job, CANCELLED, f"Cancelled {where}; nothing was published")
+            return
+        except UserError as err:
+            with self._lock:
+                self._finish(job, FAILED, str(err), error=str(err))
+            return
+        signing = self.library.clip(files.video.name).sidecar.get("provenance", {})
+        unsigned = "" if signing.get("signed") else f" Not signed: {signing.get('signing_error')}."
+        with self._lock:
+            job.result = str(files.video)
+            took = time.time() - (job.started or time.time())
+            self._finish(job, DONE, f"Done in {took:.1f} s: {files.video.name}.{unsigned}")
+
     def _run_film(self, job: Job) -> None:
         cancel = self._cancels[job.id]
 
@@ -374,7 +418,8 @@ class JobQueue:
         unsigned = "" if signing.get("signed") else f" Not signed: {signing.get('signing_error')}."
         with self._lock:
             job.result = str(film)
-            self._finish(job, DONE, f"Film ready: {film.name}.{unsigned}")
+            motion = f" Motion interpolated by {record['interpolation']}." if record.get("interpolation") else ""
+            self._finish(job, DONE, f"Film ready: {film.name}.{motion}{unsigned}")
 
     def _on_progress(self, job: Job, progress: Progress) -> None:
         with self._lock:

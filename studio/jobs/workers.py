@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import torch
 
+from library.post_models import post_device as library_post_device
 from pipelines.errors import UserError
 from pipelines.manager import GenerationCancelled, GenerationResult, PipelineManager, Progress
 from pipelines.request import ValidRequest
@@ -56,6 +57,10 @@ class LocalWorker:
         self.generate_fn = generate  # ZeroGPU wraps it so the GPU is taken only for the run
         self.label = label or device_label(manager.device)
 
+    @property
+    def device(self) -> torch.device:
+        return self.manager.device
+
     def holds(self) -> str | None:
         loaded = self.manager.loaded
         return loaded[0] if loaded else None
@@ -65,6 +70,13 @@ class LocalWorker:
 
     def configure(self, profile: str, speed: SpeedOptions) -> None:
         self.manager.requested_profile, self.manager.speed = profile, speed
+
+
+def post_device(worker: GpuWorker) -> str:
+    """Where a post-production job runs: a local worker's own device; for a remote worker (a Ray actor)
+    this machine's first GPU, else its CPU."""
+    device = getattr(worker, "device", None)
+    return str(device) if device is not None else library_post_device()
 
 
 def device_label(device: torch.device | str) -> str:

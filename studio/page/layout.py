@@ -5,6 +5,7 @@ studio with `bind`, which also turns any failure into a plain message.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import gradio as gr
@@ -17,6 +18,7 @@ from studio.page.forms import build_form
 from studio.page.handlers import ASSETS, bind
 from studio.page.handlers import generate as gen
 from studio.page.handlers import library as lib
+from studio.page.handlers import post as pst
 from studio.page.handlers import queue as que
 from studio.page.handlers import settings as sett
 from studio.page.handlers import storyboard as board
@@ -129,6 +131,31 @@ def build_ui(studio: Studio) -> gr.Blocks:
                             lib_continue = gr.Button("Continue from its last frame", elem_id="library-continue")
                             lib_delete = gr.Button("Move to trash", variant="stop", elem_id="library-delete")
                         lib_status = gr.Markdown("", elem_id="library-status")  # where a trashed clip went
+                        with gr.Accordion("Upscale and smooth motion", open=False, elem_id="library-post"):
+                            upscalers = pst.upscaler_choices(studio)
+                            with gr.Row():
+                                lib_up_how = gr.Dropdown(list(pst.UPSCALE_CHOICES), value="×2", label="Upscale",
+                                                         elem_id="library-upscale-how", scale=1)  # fmt: skip
+                                lib_upscaler = gr.Dropdown(upscalers, value=upscalers[0][1], label="Upscaler",
+                                                           elem_id="library-upscaler", scale=2)  # fmt: skip
+                                lib_up_go = gr.Button("Upscale", elem_id="library-upscale", scale=1)
+                            with gr.Row():
+                                lib_smooth_how = gr.Dropdown(
+                                    list(pst.SMOOTH_CHOICES), value="×2 frames", scale=3,
+                                    label="Smooth motion (learned in-between frames, same duration)",
+                                    elem_id="library-smooth-how",
+                                )  # fmt: skip
+                                lib_smooth_go = gr.Button("Smooth motion", elem_id="library-smooth", scale=1)
+                            gr.Markdown("Each makes a new clip beside this one, signed with it as the source.")
+                            lib_post_preview = gr.Image(label="Progress", interactive=False, height=160,
+                                                        format="png", elem_id="library-post-preview")  # fmt: skip
+                            with gr.Row():
+                                lib_post_status = gr.Markdown("", elem_id="library-post-status")
+                                lib_post_cancel = gr.Button("Cancel", size="sm", scale=0, min_width=90,
+                                                            elem_id="library-post-cancel")  # fmt: skip
+                            lib_post_clip = gr.Textbox(visible=False)  # the new clip's path, when done
+                            lib_post_job = gr.Textbox(visible=False)
+                            lib_post_seed = gr.Number(visible=False)
                         with gr.Accordion("All settings and details (JSON)", open=False):
                             lib_info = gr.JSON(show_label=False)
 
@@ -213,6 +240,16 @@ def build_ui(studio: Studio) -> gr.Blocks:
                         s_lora_keep = gr.Button("Add to the LoRA folder", scale=1, elem_id="settings-lora-keep")
                     s_lora_status = gr.Markdown("", elem_id="settings-lora-status")  # kept, or why not
                     s_lora_list = gr.Markdown(sett.lora_table(studio), elem_id="settings-lora-list")
+                with gr.Accordion("Upscalers", open=False, elem_id="settings-upscalers"):
+                    gr.Markdown(f"Upscalers folder: `{studio.upscalers.root}`. Any upscaler spandrel recognises "
+                                "(Real-ESRGAN, SPAN, SwinIR, HAT, DAT…); `.safetensors` preferred, a `.pth` is "
+                                "read as tensors only, never as code.")  # fmt: skip
+                    with gr.Row():
+                        s_up_file = Upload(label="Add an upscaler (.safetensors or .pth)", scale=3,
+                                           file_types=[".safetensors", ".pth", ".pt", ".ckpt"],
+                                           elem_id="settings-upscaler-upload")  # fmt: skip
+                        s_up_keep = gr.Button("Add to the Upscalers folder", scale=1, elem_id="settings-upscaler-keep")
+                    s_up_status = gr.Markdown("", elem_id="settings-upscaler-status")
                 with gr.Row():
                     s_watermark = gr.Checkbox(
                         value=settings.watermark, label="Invisible watermark in new clips (survives re-encoding)"
@@ -487,5 +524,30 @@ def build_ui(studio: Studio) -> gr.Blocks:
             shown_in_page(refresh_lora_choices), lora_pickers, [s_lora_list, *lora_pickers], **PRIVATE
         )
         v_go.click(bind(ver.verify, studio), v_file, [v_report, v_details], api_name="verify")
+
+        # Upscale and Smooth motion: queued jobs the details panel follows; the new clip is then picked.
+        post_outputs = [lib_post_preview, lib_post_status, lib_post_clip, lib_post_job, lib_post_seed]
+        post_buttons = ((lib_up_go, pst.upscale_in_page, [lib_pick, lib_up_how, lib_upscaler]),
+                        (lib_smooth_go, pst.interpolate_in_page, [lib_pick, lib_smooth_how]))  # fmt: skip
+        for button, handler, inputs in post_buttons:
+            button.click(bind(handler, studio), inputs, post_outputs, concurrency_limit=None, show_progress="hidden",
+                         **PRIVATE).then(
+                lambda path: Path(path).name if path else gr.skip(), lib_post_clip, lib_pick, **PRIVATE
+            ).then(refresh_grid, grid_inputs, grid_outputs, **grid_event).then(
+                refresh_library, None, library_lists, **PRIVATE)  # fmt: skip
+        gr.Button(visible=False).click(bind(pst.upscale, studio), [lib_pick, gr.Number(visible=False),
+                                       gr.Number(visible=False), gr.Textbox(visible=False)], post_outputs,
+                                       api_name="upscale", concurrency_limit=None)  # fmt: skip
+        gr.Button(visible=False).click(bind(pst.interpolate, studio), [lib_pick, gr.Number(visible=False),
+                                       gr.Number(visible=False), gr.Textbox(visible=False)], post_outputs,
+                                       api_name="interpolate", concurrency_limit=None)  # fmt: skip
+        lib_post_cancel.click(bind(gen.cancel, studio), lib_post_job, lib_post_status, concurrency_limit=None,
+                              **PRIVATE)  # fmt: skip
+
+        def keep_upscaler(upload):
+            status, choices = pst.add_upscaler(studio, upload)
+            return None, status, gr.update(choices=choices)
+
+        s_up_keep.click(shown_in_page(keep_upscaler), s_up_file, [s_up_file, s_up_status, lib_upscaler], **PRIVATE)
 
     return demo

@@ -75,6 +75,17 @@ def build_storyboard_tab(studio: Studio) -> StoryboardTab:
         fps = gr.Dropdown(h.FPS_CHOICES, value=saved[7], label="Frame rate")
         slow = gr.Checkbox(value=saved[8], label="2x slow motion")
         size = gr.Textbox(value=saved[9], label="Size WxH (empty: first shot's)")
+    with gr.Row():
+        upscale = gr.Dropdown(
+            [("none", "none"), ("1080p", "1080p"), ("4K (2160p)", "4k")], value=saved[10], label="Upscale to",
+            info="A learned upscaler (Settings › Upscalers) after the cut; MP4 and WebM.", elem_id="storyboard-upscale",
+        )  # fmt: skip
+        interpolation = gr.Radio(
+            [("Learned (RIFE)", "learned"), ("ffmpeg minterpolate", "ffmpeg")], value=saved[11],
+            label="Frame-rate changes and slow motion",
+            info="Learned interpolation keeps fast motion sharp; ffmpeg's is the fallback when no model is there.",
+            elem_id="storyboard-interpolation",
+        )  # fmt: skip
     summary = gr.Markdown(elem_id="storyboard-summary")
     with gr.Row():
         save = gr.Button("Save storyboard", elem_id="storyboard-save")
@@ -101,7 +112,7 @@ def build_storyboard_tab(studio: Studio) -> StoryboardTab:
     api_film = gr.File(visible=False)
     base = gr.State("")
 
-    inputs = [table, title, title_colour, title_s, audio, fade, fmt, fps, slow, size]  # handlers' VALUES order
+    inputs = [table, title, title_colour, title_s, audio, fade, fmt, fps, slow, size, upscale, interpolation]
     private = dict(api_visibility="private")
     quiet = dict(show_progress="hidden", **private)
 

@@ -34,6 +34,10 @@ def status_text(job: Job, position: int) -> str:
             eta = f", about {job.eta_s:.0f} s left" if job.eta_s is not None else ""
             bar = text_bar(job.step / job.total_steps)
             return f"**Step {job.step}/{job.total_steps}** {bar}{eta} · seed {job.seed}"
+        if job.stage in ("upscale", "interpolate") and job.total_steps:
+            eta = f", about {job.eta_s:.0f} s left" if job.eta_s is not None else ""
+            what = "Upscaling" if job.stage == "upscale" else "Smoothing"
+            return f"**{what}: frame {job.step}/{job.total_steps}** {text_bar(job.step / job.total_steps)}{eta}"
         if job.stage in ("download", "load"):
             return f"**{job.stage.capitalize()}** {text_bar(job.fraction)} {job.message}"
         return f"**{job.stage.capitalize() or 'Starting'}**: {job.message}"

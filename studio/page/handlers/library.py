@@ -80,23 +80,41 @@ def filters(studio: Studio) -> list[tuple[str, str]]:
     return [("All models", ALL), *sorted(((label, model) for model, label in models.items()), key=lambda c: c[0])]
 
 
+POST_WORDS = {"upscale": "Upscaled", "interpolate": "Smoothed"}
+
+
 def details(clip_sidecar: dict) -> str:
     """A clip's settings as a person reads them (the raw JSON stays one click away)."""
     from html import escape
 
     side = clip_sidecar
     s = side.get("settings", {})
+    video = side.get("video") or {
+        "width": s.get("width"),
+        "height": s.get("height"),
+        "frames": s.get("frames"),
+        "fps": s.get("fps"),
+    }  # a post-production clip's own; else as generated
     lines = [f"**{escape(str(s.get('prompt', '')))}**", ""]
     rows = [
         ("Seed", s.get("seed")),
-        ("Size", f"{s.get('width')}×{s.get('height')}, {s.get('frames')} frames at {s.get('fps')} fps"
-                 f" ({side.get('duration_s', 0):.1f} s)"),
+        ("Size", f"{video.get('width')}×{video.get('height')}, {video.get('frames')} frames at "
+                 f"{video.get('fps')} fps ({side.get('duration_s', 0):.1f} s)"),
         ("Steps, guidance", f"{s.get('steps')}, {s.get('guidance_scale')}"
                             + (f" / {s['guidance_scale_2']}" if s.get("guidance_scale_2") is not None else "")),
         ("Model", side.get("model_name") or side.get("model")),
         ("Made", str(side.get("created_at", "")).replace("T", " ")[:16]),
-        ("Took", f"{side.get('timings', {}).get('total_s', 0):.1f} s on {side.get('device', '?')}"),
     ]  # fmt: skip
+    if side.get("source"):
+        rows.append(("Made from", side["source"]))
+        for step in side.get("post", []):
+            what = POST_WORDS.get(step.get("action"), step.get("action"))
+            how = ", ".join(f"{k} {v}" for k, v in step.get("settings", {}).items())
+            model = step.get("model", {})
+            rows.append((what, f"{how} with {model.get('file')} ({model.get('architecture')}, SHA-256 "
+                               f"{str(model.get('sha256'))[:12]}…)"))  # fmt: skip
+    else:
+        rows.append(("Took", f"{side.get('timings', {}).get('total_s', 0):.1f} s on {side.get('device', '?')}"))
     if side.get("fast_preset"):
         rows.append(("Fast mode", side["fast_preset"]))
     two_experts = s.get("guidance_scale_2") is not None  # the A14B pair: which expert a LoRA went to matters

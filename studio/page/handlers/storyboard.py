@@ -2,8 +2,8 @@
 read-modify-write against the one the page loaded, exported as a film job, extended by a generated shot.
 
 The page's controls, in `VALUES` order: shot rows, title, title colour, title seconds, audio (a file path),
-audio fade, format, frame rate, slow motion, size. `base` is the saved storyboard the page last loaded or
-saved, as JSON: saving against it keeps shots an extension appended meanwhile.
+audio fade, format, frame rate, slow motion, size, upscale, interpolation. `base` is the saved storyboard the
+page last loaded or saved, as JSON: saving against it keeps shots an extension appended meanwhile.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def _seconds(value: Any, empty: float | None) -> float | None:
 
 def board_from(
     studio: Studio, rows: Any, title: Any, colour: Any, card_s: Any, audio: Any, fade_s: Any, fmt: Any, fps: Any,
-    slow: Any, size: Any,
+    slow: Any, size: Any, upscale: Any = "none", interpolation: Any = "learned",
 ) -> Storyboard:  # fmt: skip
     """The page's controls as a checked storyboard (uploaded audio is kept in the library)."""
     try:
@@ -73,7 +73,8 @@ def board_from(
             shots=rows_to_shots(rows), title=(str(title or "")).strip() or None, title_colour=colour or "#101828",
             title_s=float(card_s), audio=studio.library.keep_audio(Path(audio)) if audio else None,
             audio_fade_s=float(fade_s), format=fmt, fps=None if fps in (None, "", "source") else float(fps),
-            slow_motion=bool(slow), size=_parse_size(size),
+            slow_motion=bool(slow), size=_parse_size(size), upscale=upscale or "none",
+            interpolation=interpolation or "learned",
         )  # fmt: skip
     except (TypeError, ValueError) as err:
         if isinstance(err, StoryboardError):
@@ -97,7 +98,7 @@ def values_of(studio: Studio, board: Storyboard) -> tuple:
         board_to_rows(board), board.title or "", board.title_colour, board.title_s,
         str(studio.library.audio_path(board.audio)) if board.audio else None, board.audio_fade_s, board.format,
         str(int(board.fps)) if board.fps else "source", board.slow_motion,
-        "x".join(map(str, board.size)) if board.size else "",
+        "x".join(map(str, board.size)) if board.size else "", board.upscale, board.interpolation,
     )  # fmt: skip
 
 
