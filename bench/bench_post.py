@@ -38,11 +38,10 @@ def full_size_upscaler(folder: Path) -> Path:
     """The default upscaler's architecture (Compact, 64 features, 16 convolutions, x2) at random weights."""
     import torch
     from safetensors.torch import save_file
-    from spandrel.architectures.Compact import CompactDescriptor  # noqa: F401  (spandrel knows the layout)
-    from spandrel.architectures.Compact.__arch.SRVGG import SRVGGNetCompact
+    from spandrel.architectures.Compact import Compact
 
     torch.manual_seed(0)
-    net = SRVGGNetCompact(num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=16, upscale=2)
+    net = Compact(num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=16, upscale=2, act_type="prelu")
     path = folder / "compact-64x16-x2.safetensors"
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
     return path
@@ -69,23 +68,28 @@ def rate(run, count: int) -> float:
     return round(made / (time.perf_counter() - start), 3)
 
 
-def measure(device: str, scratch: Path, count: int = 4) -> dict:
-    """The speed figures (also the GPU suite's `post` section)."""
+def measure(device: str, scratch: Path, count: int = 4, tiny: bool = False) -> dict:
+    """The speed figures (also the GPU suite's `post` section): x2 upscaling at 832x480 and x2 interpolation
+    at 1280x704 with the test models and the full-size architectures; `tiny`: the test models at 96x64."""
     from pipelines.interpolate import ensure_test_rife, load_interpolator
     from pipelines.upscale import ensure_test_upscaler, load_upscaler
 
     out: dict = {}
-    small, big = frames(count + 1, 832, 480), frames(count + 1, 1280, 704)
-    for label, path in (("test", ensure_test_upscaler()), ("full", full_size_upscaler(scratch))):
+    up_size, in_size = ((96, 64), (96, 64)) if tiny else ((832, 480), (1280, 704))
+    small, big = frames(count + 1, *up_size), frames(count + 1, *in_size)
+    upscalers = [("test", ensure_test_upscaler())] + ([] if tiny else [("full", full_size_upscaler(scratch))])
+    for label, path in upscalers:
         upscaler = load_upscaler(path, device)
-        out[f"upscale_x2_832x480_{label}_fps"] = rate(lambda n, u=upscaler: sum(1 for _ in u.upscale(small[:n])), count)
-    for label, path in (("test", ensure_test_rife()), ("full", full_size_rife(scratch))):
+        key = f"upscale_x2_{up_size[0]}x{up_size[1]}_{label}_fps"
+        out[key] = rate(lambda n, u=upscaler: sum(1 for _ in u.upscale(small[:n])), count)
+    interpolators = [("test", ensure_test_rife())] + ([] if tiny else [("full", full_size_rife(scratch))])
+    for label, path in interpolators:
         interpolator = load_interpolator(path, device)
 
         def run(n, i=interpolator):  # n output frames: n/2 pairs at x2
             return sum(1 for _ in i.by_factor(big[: max(2, n // 2 + 1)], 2))
 
-        out[f"interpolate_x2_1280x704_{label}_fps"] = rate(run, count)
+        out[f"interpolate_x2_{in_size[0]}x{in_size[1]}_{label}_fps"] = rate(run, count)
     return out
 
 

@@ -544,6 +544,14 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
             suite.save()
 
+    def post(r: dict) -> None:  # upscaling and interpolation frames a second (bench/bench_post.py's figures)
+        import tempfile
+
+        from bench_post import measure
+
+        with tempfile.TemporaryDirectory() as scratch:
+            r.update(measure(str(device), Path(scratch), count=2 if tiny else 8, tiny=tiny))
+
     tiny = spec.is_test
     suite.run("env", 1, env)
     suite.run("gemm", 10, gemm, needs_cuda=True)
@@ -557,8 +565,9 @@ def main(argv: list[str] | None = None) -> int:
         suite.run("compile", 20 if tiny else 120, compiled)
         suite.run("capped", 60, capped, needs_cuda=True)
         suite.run("profiles", 45, profiles, needs_cuda=True)
+        suite.run("post", 20 if tiny else 60, post)
     else:
-        for name in ("attention", "overhead", "vae", "lora", "fast", "compile", "capped", "profiles"):
+        for name in ("attention", "overhead", "vae", "lora", "fast", "compile", "capped", "profiles", "post"):
             suite.results["sections"][name] = {"status": "skipped: the model could not be built"}
     suite.results["complete"] = True
     suite.save()

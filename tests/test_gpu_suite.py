@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ["env", "gemm", "build", "attention", "overhead", "vae", "lora", "fast", "compile", "capped", "profiles"]
+SECTIONS = ["env", "gemm", "build", "attention", "overhead", "vae", "lora", "fast", "compile", "capped", "profiles",
+            "post"]  # fmt: skip
 
 
 def run_suite(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
@@ -54,6 +55,8 @@ def test_tiny_mode_runs_every_section_that_needs_no_cuda_and_writes_a_complete_j
     # a speed-up is a benchmark figure, not a test verdict (a loaded CI machine made it 0.73): recorded, not judged
     assert fast["speedup_end_to_end"] > 0 and 0 < fast["decode_share"] < 1
     assert sections["compile"]["compiled_s_per_cfg_step"] > 0
+    post = sections["post"]
+    assert post["upscale_x2_96x64_test_fps"] > 0 and post["interpolate_x2_96x64_test_fps"] > 0
     assert "attention" in done.stdout and "overhead" in done.stdout  # the summary table at the end
 
 

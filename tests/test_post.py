@@ -121,6 +121,7 @@ def test_smooth_x2_keeps_the_source_frames_in_place_and_the_duration(library, so
     n = len(original)
     assert len(frames) == 2 * n - 1 and fps == 2 * source_fps
     assert abs(len(frames) / fps - (n - 0.5) / source_fps) < 1e-6  # the last source frame's time is kept
+
     def error(a: np.ndarray, b: np.ndarray) -> float:
         return float(np.abs(a.astype(int) - b).mean())
 

@@ -109,6 +109,11 @@ class ZeroGpuWorker(LocalWorker):
             gpu = spaces.GPU
         self._on_gpu = gpu(duration=duration)(run_on_gpu)
 
+    @property
+    def device(self) -> str:
+        """Post-production's device: the CPU, as the GPU is lent only inside the generation's GPU function."""
+        return "cpu"
+
     def configure(self, profile: str, speed: SpeedOptions) -> None:
         self.manager.speed = speed  # the profile stays ZEROGPU_PROFILE: the slice holds every model whole
 
