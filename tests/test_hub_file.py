@@ -69,8 +69,8 @@ def served_bytes() -> bytes:
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> list[dict]:
-    """One child run of four calls in order: fetched online, the same offline, a wrong checksum, and offline
-    with nothing cached."""
+    """One child run of five calls in order: fetched online, the same offline, a wrong checksum, offline with
+    nothing cached, and the first file offline again (after the wrong checksum removed it)."""
     served = tmp_path_factory.mktemp("served")
     (served / FILE).write_bytes(served_bytes())
     (served / "other-weights.bin").write_bytes(os.urandom(300_000))  # in the repository, never fetched
@@ -80,6 +80,7 @@ def results(tmp_path_factory) -> list[dict]:
         {"file": hub_file(), "offline": True},
         {"file": hub_file(sha256="0" * 64, name="Tampered upscaler"), "offline": False},
         {"file": hub_file(repo="local-test/never-downloaded", name="Absent upscaler"), "offline": True},
+        {"file": hub_file(), "offline": True},  # the refused file was removed: not in the cache any more
     ]
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_ENDPOINT")}
     env.update(HF_HUB_CACHE=str(tmp_path_factory.mktemp("hf-cache")), HF_HUB_DISABLE_TELEMETRY="1")
@@ -129,3 +130,9 @@ def test_offline_with_nothing_cached_says_what_to_do(results):
     assert "path" not in absent and absent["requests"] == []
     assert absent["error"].startswith("Absent upscaler is not downloaded yet and offline mode is on")
     assert "without --offline" in absent["error"]
+
+
+def test_a_refused_file_is_removed_from_the_cache_so_the_next_try_downloads_it_afresh(results):
+    tampered, again = results[2], results[4]
+    assert "so it was removed" in tampered["error"]
+    assert "path" not in again and "not downloaded yet and offline mode is on" in again["error"], again
