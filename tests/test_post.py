@@ -323,3 +323,23 @@ def test_without_an_interpolation_model_a_film_falls_back_to_ffmpeg_and_says_why
     assert record["interpolation"].startswith("ffmpeg minterpolate (the interpolation model is not available:")
     assert "offline" in record["interpolation"]
     assert decode_video(film)[1] == 24
+
+
+def test_the_upscalers_folder_keeps_a_recognised_upscaler_and_refuses_others_by_name(tmp_path):
+    from library.post_models import UpscalerFolder
+    from pipelines.upscale import UpscalerError
+
+    folder = UpscalerFolder(tmp_path / "upscalers")
+    good = build_test_upscaler(tmp_path / "upload", seed=2, name="my-upscaler.safetensors")
+    assert folder.keep(good) == "my-upscaler.safetensors" and folder.names() == ["my-upscaler.safetensors"]
+    assert folder.path_of("my-upscaler.safetensors").read_bytes() == good.read_bytes()
+    foreign = tmp_path / "upload" / "notes.safetensors"
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"some.weight": torch.zeros(3, 3)}, str(foreign))
+    with pytest.raises(UpscalerError, match="'notes.safetensors' is not an upscaler spandrel recognises"):
+        folder.keep(foreign)
+    with pytest.raises(UserError, match="is not in the Upscalers folder"):
+        folder.path_of("../upload/my-upscaler.safetensors")
+    assert folder.names() == ["my-upscaler.safetensors"]  # nothing else was kept
