@@ -90,7 +90,7 @@ def check_interpolate(clip: Clip, model: str, factor: Any = None, fps: Any = Non
     """A valid frame interpolation of `clip`, or PostError naming the field: a factor of 2 or 4, or a target
     frame rate above the clip's and at most MAX_FPS."""
     factor = _whole(factor, "factor")
-    if fps not in (None, ""):
+    if fps not in (None, "", 0):  # 0: none given, as the API's default
         try:
             fps = float(fps)
         except (TypeError, ValueError):

@@ -343,3 +343,12 @@ def test_the_upscalers_folder_keeps_a_recognised_upscaler_and_refuses_others_by_
     with pytest.raises(UserError, match="is not in the Upscalers folder"):
         folder.path_of("../upload/my-upscaler.safetensors")
     assert folder.names() == ["my-upscaler.safetensors"]  # nothing else was kept
+
+
+def test_the_grid_tells_a_made_clip_from_its_source_by_its_caption(library, source):
+    from studio.page.handlers.library import caption
+
+    smooth = library.post(library.check_post("interpolate", source.name, TEST, fps=12), "cpu")
+    prompt = library.clip(source.name).settings["prompt"]
+    assert caption(library.clip(source.name)) == prompt
+    assert caption(library.clip(smooth.video.name)) == f"[smoothed 12.0 fps] {prompt}"

@@ -531,16 +531,16 @@ def build_ui(studio: Studio) -> gr.Blocks:
                         (lib_smooth_go, pst.interpolate_in_page, [lib_pick, lib_smooth_how]))  # fmt: skip
         for button, handler, inputs in post_buttons:
             button.click(bind(handler, studio), inputs, post_outputs, concurrency_limit=None, show_progress="hidden",
-                         **PRIVATE).then(
-                lambda path: Path(path).name if path else gr.skip(), lib_post_clip, lib_pick, **PRIVATE
+                         **PRIVATE).then(  # the new clip picked, on page 1 where the newest clip is
+                lambda path: (Path(path).name, 1) if path else (gr.skip(), gr.skip()), lib_post_clip,
+                [lib_pick, lib_page], **PRIVATE,
             ).then(refresh_grid, grid_inputs, grid_outputs, **grid_event).then(
                 refresh_library, None, library_lists, **PRIVATE)  # fmt: skip
-        gr.Button(visible=False).click(bind(pst.upscale, studio), [lib_pick, gr.Number(visible=False),
-                                       gr.Number(visible=False), gr.Textbox(visible=False)], post_outputs,
-                                       api_name="upscale", concurrency_limit=None)  # fmt: skip
-        gr.Button(visible=False).click(bind(pst.interpolate, studio), [lib_pick, gr.Number(visible=False),
-                                       gr.Number(visible=False), gr.Textbox(visible=False)], post_outputs,
-                                       api_name="interpolate", concurrency_limit=None)  # fmt: skip
+        # the API's parameters have defaults only where their hidden inputs hold a value
+        for api, name in ((pst.upscale, "upscale"), (pst.interpolate, "interpolate")):
+            hidden = [gr.Number(0, visible=False), gr.Number(0, visible=False), gr.Textbox("", visible=False)]
+            gr.Button(visible=False).click(bind(api, studio), [lib_pick, *hidden], post_outputs, api_name=name,
+                                           concurrency_limit=None)  # fmt: skip
         lib_post_cancel.click(bind(gen.cancel, studio), lib_post_job, lib_post_status, concurrency_limit=None,
                               **PRIVATE)  # fmt: skip
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 ALL = "all"
 PAGE_SIZE = 24  # grid cells a page holds: four rows of six on a desktop, and no more posters than that
+POST_WORDS = {"upscale": "Upscaled", "interpolate": "Smoothed"}  # a post-production step, as the page says it
 MAKING, UNREADABLE = ASSETS / "poster-making.png", ASSETS / "poster-unreadable.png"  # a cell without its poster
 
 
@@ -66,11 +67,23 @@ def grid(studio: Studio, query: Any = "", model: Any = ALL, task: Any = ALL, pag
     cells = []
     for clip in shown:
         poster = posters.ready(clip) or (UNREADABLE if posters.unreadable(clip) else MAKING)
-        prompt = str(clip.settings.get("prompt", ""))
-        caption = prompt if len(prompt) <= 48 else prompt[:45] + "..."
-        cells.append((str(poster), caption))
+        cells.append((str(poster), caption(clip)))
     filtered = bool(str(query or "").strip()) or model is not None or task is not None
     return GridPage(cells, [clip.name for clip in shown], page, pages, len(found), filtered, making)
+
+
+def caption(clip: Clip) -> str:
+    """A grid cell's caption: the prompt, shortened, after what post-production made of it ("[upscaled ×2]"),
+    so a clip and the one made from it are told apart."""
+    prompt = str(clip.settings.get("prompt", ""))
+    steps = clip.sidecar.get("post") or []
+    if steps:
+        how = steps[-1].get("settings", {})
+        amount = next((f"×{v}" if k in ("scale", "factor") else f"{v}{'p' if k == 'height' else ' fps'}"
+                       for k, v in how.items()), "")  # fmt: skip
+        word = POST_WORDS.get(steps[-1].get("action"), "edited").lower()
+        prompt = f"[{word} {amount}] {prompt}"
+    return prompt if len(prompt) <= 48 else prompt[:45] + "..."
 
 
 def filters(studio: Studio) -> list[tuple[str, str]]:
@@ -78,9 +91,6 @@ def filters(studio: Studio) -> list[tuple[str, str]]:
     models = {c.sidecar.get("model"): c.sidecar.get("model_name") or c.sidecar.get("model") for c in
               studio.library.clips() if c.sidecar.get("model")}  # fmt: skip
     return [("All models", ALL), *sorted(((label, model) for model, label in models.items()), key=lambda c: c[0])]
-
-
-POST_WORDS = {"upscale": "Upscaled", "interpolate": "Smoothed"}
 
 
 def details(clip_sidecar: dict) -> str:

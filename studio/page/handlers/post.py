@@ -60,7 +60,7 @@ def upscaler_choices(studio: Studio) -> list[tuple[str, str]]:
     choices = [(f"{DEFAULT_UPSCALER_NAME} (default; downloads on first use)", DEFAULT)]
     if studio.include_test_models:
         choices.insert(0 if studio.library.post_models.default == TEST else 1,
-                       ("Test upscaler ×2 [TEST MODEL, random weights]", TEST))  # fmt: skip
+                       ("Test upscaler ×2 (random weights)", TEST))  # fmt: skip
     return choices + [(name, name) for name in studio.upscalers.names()]
 
 
