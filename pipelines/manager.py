@@ -86,6 +86,25 @@ class GenerationCancelled(Exception):
     pass
 
 
+class RunHook:
+    """What a caller changes in one run beyond its request: a long take's window after the first is conditioned
+    on the window before (pipelines/long_take.py). The manager calls `enter` with the pipeline and the keyword
+    arguments of its call just before the call (it may change both for this call), `step` after every
+    denoising step (it may return the latents to continue with), and `exit` on every way out of the call.
+    `colour_reference`: the frames are colour-matched to this picture instead of the request's."""
+
+    colour_reference: np.ndarray | None = None
+
+    def enter(self, pipe, kwargs: dict) -> None:
+        pass
+
+    def step(self, pipe, latents: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    def exit(self, pipe) -> None:
+        pass
+
+
 class BusyError(UserError, RuntimeError):
     pass
 
@@ -212,13 +231,14 @@ class PipelineManager:
         on_progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
         wait: bool = True,
+        hook: RunHook | None = None,
     ) -> GenerationResult:
         """Run one request to frames. Raises GenerationCancelled, OutOfMemoryError, DoesNotFitError,
-        ModelUnavailableError or BusyError (wait=False while another run holds the GPU)."""
+        ModelUnavailableError or BusyError (wait=False while another run holds the GPU). `hook`: see RunHook."""
         if not self._lock.acquire(blocking=wait):
             raise BusyError("The GPU is busy with another generation. Try again when it finishes.")
         try:
-            return self._generate_locked(request, on_progress or (lambda p: None), cancel or threading.Event())
+            return self._generate_locked(request, on_progress or (lambda p: None), cancel or threading.Event(), hook)
         finally:
             self._lock.release()
 
@@ -237,7 +257,7 @@ class PipelineManager:
         return resolve_weights(spec, self.offline, lambda f, m: report(Progress("download", f, m)))
 
     def _generate_locked(
-        self, request: ValidRequest, report: ProgressCallback, cancel: threading.Event
+        self, request: ValidRequest, report: ProgressCallback, cancel: threading.Event, hook: RunHook | None = None
     ) -> GenerationResult:
         timings: dict[str, float] = {}
         started = time.perf_counter()
@@ -271,7 +291,7 @@ class PipelineManager:
 
         failure = None
         try:
-            frames = self._run(loaded, request, report, cancel, timings)
+            frames = self._run(loaded, request, report, cancel, timings, hook)
         except GenerationCancelled:
             failure = "cancelled"
         except torch.OutOfMemoryError:
@@ -299,9 +319,10 @@ class PipelineManager:
 
     def _run(
         self, loaded: _Loaded, request: ValidRequest, report: ProgressCallback, cancel: threading.Event,
-        timings: dict[str, float],
+        timings: dict[str, float], hook: RunHook | None = None,
     ) -> np.ndarray:  # fmt: skip
         pipe = loaded.pipe
+        hook = hook or RunHook()  # the base hook changes nothing
         device = pipe._execution_device
         transformer_dtype = (pipe.transformer or pipe.transformer_2).dtype
 
@@ -330,9 +351,10 @@ class PipelineManager:
             step_times.append(now - last_step_end[0])
             if cancel.is_set():
                 raise GenerationCancelled()
+            changed = hook.step(pipeline, tensors["latents"])
             t0 = time.perf_counter()
             sigma = float(pipeline.scheduler.sigmas[pipeline.scheduler.step_index])
-            preview = previewer(tensors["latents"], sigma)
+            preview = previewer(tensors["latents"] if changed is None else changed, sigma)
             preview_cost[0] += time.perf_counter() - t0
             step = i + 1
             steady = step_times[1:] or step_times  # step 1 also pays for offload moves and any compile
@@ -346,7 +368,7 @@ class PipelineManager:
             if step == request.steps:  # the VAE decode follows: say so, it takes a while
                 report(Progress("decode", 0.0, self._decode_message(request, loaded.profile)))
             last_step_end[0] = time.perf_counter()
-            return {}
+            return {} if changed is None else {"latents": changed}
 
         preset = request.spec.fast if request.fast else None
         pipe.scheduler = scheduler_for(request.spec, loaded.base_scheduler, preset, request.seed)
@@ -370,7 +392,11 @@ class PipelineManager:
             if request.end_image is not None:
                 kwargs["last_image"] = request.end_image
         report(Progress("denoise", 0.0, f"Starting {request.steps} steps", step=0, total_steps=request.steps))
-        latents = pipe(**kwargs).frames
+        hook.enter(pipe, kwargs)
+        try:
+            latents = pipe(**kwargs).frames
+        finally:
+            hook.exit(pipe)
         timings["denoise_s"] = last_step_end[0] - denoise_start
         timings["first_step_s"] = step_times[0]
         timings["step_s_mean"] = sum(step_times[1:] or step_times) / len(step_times[1:] or step_times)
@@ -385,10 +411,11 @@ class PipelineManager:
         t0 = time.perf_counter()
         frames = video_to_uint8(video)
         del video
-        if request.match_colour and request.image is not None:  # on the device, before the one copy to the host
+        reference = hook.colour_reference
+        if reference is not None or (request.match_colour and request.image is not None):  # on the device
             t1 = time.perf_counter()
-            end = np.asarray(request.end_image) if request.end_image is not None else None
-            frames = match_colours(frames, np.asarray(request.image), end)
+            end = np.asarray(request.end_image) if request.end_image is not None and reference is None else None
+            frames = match_colours(frames, np.asarray(request.image) if reference is None else reference, end)
             _synchronize(frames.device)
             timings["colour_s"] = time.perf_counter() - t1
         frames = to_host(frames)
