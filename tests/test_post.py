@@ -24,7 +24,7 @@ from pipelines.errors import UserError
 from pipelines.interpolate import ensure_test_rife
 from pipelines.request import GenerationRequest, validate_request
 from pipelines.upscale import build_test_upscaler, ensure_test_upscaler, load_upscaler
-from studio.jobs.queue import CANCELLED, DONE, FAILED, JobQueue
+from studio.jobs.queue import CANCELLED, DONE, JobQueue
 from studio.page.handlers.library import reuse_values
 from tests.media import decode_video
 
@@ -240,19 +240,28 @@ def test_the_queue_runs_a_post_job_on_a_worker_and_a_restart_resumes_a_queued_on
 
 def test_a_cancelled_post_job_says_where_it_stopped(manager, library, source):
     jobs = JobQueue(manager, library)
-    request = library.check_post("interpolate", source.name, TEST, factor=4)
-    job = jobs.submit_post(request)
-    while jobs.get(job.id).step < 1 and not jobs.get(job.id).finished:
-        time.sleep(0.01)
-    jobs.cancel(job.id)
+    arrived, release = threading.Event(), threading.Event()
+    reported = jobs._on_progress
+
+    def held(job, progress):  # the job waits after its first frame until the test has cancelled it
+        reported(job, progress)
+        if progress.step == 1:
+            arrived.set()
+            release.wait(60)
+
+    jobs._on_progress = held
+    job = jobs.submit_post(library.check_post("interpolate", source.name, TEST, factor=4))
+    assert arrived.wait(120)
+    assert jobs.cancel(job.id)
+    release.set()
+    deadline = time.monotonic() + 120
     while not jobs.get(job.id).finished:
+        assert time.monotonic() < deadline
         time.sleep(0.05)
     stopped = jobs.get(job.id)
-    assert stopped.status in (CANCELLED, DONE), stopped.message  # DONE only if the last frame beat the cancel
-    if stopped.status == CANCELLED:
-        assert stopped.message.startswith("Cancelled at frame") and "nothing was published" in stopped.message
-        assert new_clips(library, source) == []
-    assert stopped.status != FAILED
+    assert stopped.status == CANCELLED, stopped.message
+    assert stopped.message == f"Cancelled at frame 1/{stopped.total_steps}; nothing was published"
+    assert new_clips(library, source) == [] and list(library.root.glob(f"{TMP_PREFIX}*")) == []
 
 
 def run_cli(*args: str, home: Path) -> subprocess.CompletedProcess:
