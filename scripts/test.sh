@@ -23,4 +23,5 @@ py=.venv/bin/python
 
 "$py" -m ruff check .
 "$py" -m ruff format --check .
-"$py" -m pytest -q "$@"
+# Two processes, each running whole files (a file's studio, cluster or browser is started once, in one).
+"$py" -m pytest -q -n 2 --dist loadfile "$@"

@@ -24,3 +24,10 @@ def manager():
 @pytest.fixture
 def out_dir(tmp_path: Path) -> Path:
     return tmp_path / "outputs"
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """WAN_STUDIO_TEST_ORDER=reverse runs every test in the opposite order (files and the tests in each): a
+    test that passes only after another has set something up fails then."""
+    if os.environ.get("WAN_STUDIO_TEST_ORDER") == "reverse":
+        items.reverse()
