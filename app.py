@@ -6,6 +6,7 @@ python app.py calibrate-cache       record MagCache's ratios for a model (then i
 python app.py verify FILE           check a file's Content Credentials and watermark
 python app.py upscale CLIP ...      a clip upscaled by a learned upscaler; prints the new MP4's path last
 python app.py interpolate CLIP ...  a clip's motion smoothed by learned frame interpolation (RIFE)
+python app.py enhance --prompt ...  the prompt rewritten by the local prompt enhancer; prints it
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         from studio.post_cli import main as post_main
 
         return post_main(argv[0], argv[1:])
+    if argv and argv[0] == "enhance":
+        from studio.enhance_cli import main as enhance_main
+
+        return enhance_main(argv[1:])
     if argv and argv[0] == "verify":
         from studio.verify import main as verify_main
 

@@ -4,18 +4,23 @@ the page from it (`studio.page.layout.build_ui`), and tests use it without a ser
 
 from __future__ import annotations
 
+import secrets
 import threading
 from dataclasses import replace
 from pathlib import Path
+
+from PIL import Image
 
 from library import Library
 from library.lora_folder import LoraFolder
 from library.post import PostRequest
 from library.post_models import DEFAULT, TEST, PostModels, UpscalerFolder
 from pipelines.catalogue import get_spec
+from pipelines.enhance import TEST_ENHANCER, TEST_ENHANCER_VL, EnhanceError
 from pipelines.manager import PipelineManager
 from pipelines.parallel import check_request
 from pipelines.request import GenerationRequest, validate_request
+from studio.jobs.enhancing import MAX_ENHANCE_CHARS, EnhanceRequest
 from studio.jobs.queue import Job, JobQueue
 from studio.jobs.workers import GpuWorker, LocalWorker, parse_devices, worker_labels
 from studio.jobs.zerogpu import ZEROGPU_PROFILE, ZeroGpuWorker, on_zerogpu
@@ -57,6 +62,7 @@ class Studio:
             labels = worker_labels([m.device for m in self.managers])
             workers = [LocalWorker(m, label=label) for m, label in zip(self.managers, labels, strict=True)]
         self.jobs = JobQueue(workers, self.library, clip_options=settings.clip_options)
+        self.jobs.offline = offline
         self.warnings = [w for w in (settings_warning, *self.library.warnings, *self.jobs.warnings) if w]
 
     def submit(self, request: GenerationRequest, append_to_storyboard: bool = False) -> Job:
@@ -71,6 +77,27 @@ class Studio:
         (a refusal names the field) and queue it for a GPU worker."""
         request: PostRequest = self.library.check_post(action, clip, model, **how)
         return self.jobs.submit_post(request)
+
+    def submit_enhance(self, prompt: str, image: Image.Image | None = None, keep_language: bool | None = None,
+                       seed: int | None = None) -> Job:  # fmt: skip
+        """Queue a rewrite of `prompt` by the enhancer Settings name (the vision one when there is a picture;
+        the test ones with the test video model); EnhanceError at once for an empty or overlong prompt."""
+        prompt = str(prompt or "").strip()
+        if not prompt:
+            raise EnhanceError("Type a prompt to enhance first.")
+        if len(prompt) > MAX_ENHANCE_CHARS:
+            raise EnhanceError(f"A prompt to enhance holds at most {MAX_ENHANCE_CHARS} characters; this one has "
+                               f"{len(prompt)}.")  # fmt: skip
+        s = self.settings
+        vision = image is not None
+        if get_spec(s.model).is_test:
+            enhancer = TEST_ENHANCER_VL.id if vision else TEST_ENHANCER.id
+        else:
+            enhancer = s.vision_enhancer if vision else s.enhancer
+        keep = s.enhance_keep_language if keep_language is None else bool(keep_language)
+        seed = secrets.randbelow(2**31) if seed is None or int(seed) < 0 else int(seed)
+        request = EnhanceRequest(prompt, enhancer, keep, seed, on_cpu=s.enhance_on_cpu, image=image)
+        return self.jobs.submit_enhance(request)
 
     @staticmethod
     def _post_default(settings: Settings) -> str:

@@ -11,6 +11,7 @@ from library import ClipOptions
 from library.files import write_json
 from pipelines import attention, caching
 from pipelines.catalogue import CATALOGUE, DEFAULT_MODEL, UnknownModelError, get_spec
+from pipelines.enhance import DEFAULT_TEXT_ENHANCER, DEFAULT_VISION_ENHANCER, ENHANCERS
 from pipelines.errors import UserError
 from pipelines.memory import AUTO, PROFILES
 from pipelines.paths import config_dir
@@ -44,6 +45,10 @@ class Settings:
     lora_dir: str = ""  # empty: loras/ in the user's data folder
     step_cache: str = "off"  # pipelines.caching.KINDS
     cache_threshold: float | None = None  # None: the cache's own default
+    enhancer: str = DEFAULT_TEXT_ENHANCER  # the prompt enhancer for text (pipelines.enhance.ENHANCERS)
+    vision_enhancer: str = DEFAULT_VISION_ENHANCER  # the one that also looks at an image-to-video picture
+    enhance_keep_language: bool = False  # False: the enhanced prompt comes back in English
+    enhance_on_cpu: bool = False  # True: the enhancer runs on the CPU and never waits for the GPU
 
     @property
     def speed(self) -> SpeedOptions:
@@ -59,7 +64,12 @@ class Settings:
                      "step_cache"):  # fmt: skip
             if not isinstance(getattr(self, name), str):
                 raise SettingsError(f"The setting '{name}' must be text; got {getattr(self, name)!r}.")
-        for name in ("watermark", "include_prompt", "compile"):
+        for name, kind in (("enhancer", "text"), ("vision_enhancer", "vision")):
+            spec = ENHANCERS.get(getattr(self, name)) if isinstance(getattr(self, name), str) else None
+            if spec is None or spec.kind != kind:
+                choices = ", ".join(s.id for s in ENHANCERS.values() if s.kind == kind)
+                raise SettingsError(f"The setting '{name}' must be one of {choices}; got {getattr(self, name)!r}.")
+        for name in ("watermark", "include_prompt", "compile", "enhance_keep_language", "enhance_on_cpu"):
             if not isinstance(getattr(self, name), bool):
                 raise SettingsError(f"The setting '{name}' must be true or false; got {getattr(self, name)!r}.")
         if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):

@@ -30,10 +30,12 @@ from library import ClipOptions, Library, Shot, Storyboard
 from library.files import discard, read_json, set_aside, write_json, write_png
 from library.film import ExportCancelled
 from library.post import PostCancelled, PostRequest
+from pipelines.enhance import EnhanceCancelled
 from pipelines.errors import UserError
 from pipelines.manager import GenerationCancelled, PipelineManager, Progress
 from pipelines.request import ValidRequest
 from studio.errors import internal_error
+from studio.jobs.enhancing import EnhanceRequest, run_enhance
 from studio.jobs.workers import GenerateFn, GpuWorker, LocalWorker, WorkerLost, post_device
 from studio.jobs.workers import default_generate as default_generate  # where callers have always found it
 
@@ -43,7 +45,7 @@ QUEUED, RUNNING, DONE, FAILED, CANCELLED, INTERRUPTED = (
     "queued", "running", "done", "failed", "cancelled", "interrupted",
 )  # fmt: skip
 FINISHED = (DONE, FAILED, CANCELLED, INTERRUPTED)
-CLIP, FILM, POST = "clip", "film", "post"
+CLIP, FILM, POST, ENHANCE = "clip", "film", "post", "enhance"
 WRITING = "write"  # a clip job's last stage: encoding, signing, publishing (not cancellable)
 RECORD_FORMAT = 2
 
@@ -54,6 +56,8 @@ class Job:
     kind: str  # CLIP, FILM or POST
     request: ValidRequest | None = None  # a clip job's request, validated at submit (its seed is final)
     post: PostRequest | None = None  # a post-production job's request, checked at submit
+    enhance: EnhanceRequest | None = None  # a prompt enhancement's request
+    text: str | None = None  # an enhancement's result
     storyboard: Storyboard | None = None  # a film job's storyboard, checked at submit
     append_to_storyboard: bool = False  # a clip job from "extend the last shot": its clip joins the storyboard
     status: str = QUEUED
@@ -80,6 +84,13 @@ class Job:
         return self.status in FINISHED
 
     @property
+    def picture(self) -> Image.Image | None:
+        """The start picture kept beside the record: a clip's input, or the picture an enhancement looks at."""
+        if self.request is not None:
+            return self.request.image
+        return self.enhance.image if self.enhance is not None else None
+
+    @property
     def seed(self) -> int | None:
         return self.request.seed if self.request is not None else None
 
@@ -90,6 +101,8 @@ class Job:
             return self.request.prompt
         if self.post is not None:
             return self.post.label
+        if self.enhance is not None:
+            return self.enhance.label
         board = self.storyboard
         count = len(board.shots) if board else 0
         return f"Film: {board.title or 'untitled'} ({count} shot{'' if count == 1 else 's'})"
@@ -99,11 +112,12 @@ class Job:
         return {
             "format": RECORD_FORMAT, "id": self.id, "kind": self.kind,
             "request": self.request.to_record() if self.request is not None else None,
-            "image": f"{self.id}.input.png" if self.request is not None and self.request.image is not None else None,
+            "image": f"{self.id}.input.png" if self.picture is not None else None,
             "end_image": f"{self.id}.end.png" if self.request is not None and self.request.end_image is not None
             else None,
             "storyboard": self.storyboard.to_json() if self.storyboard is not None else None,
             "post": self.post.record() if self.post is not None else None,
+            "enhance": self.enhance.record() if self.enhance is not None else None, "text": self.text,
             "append_to_storyboard": self.append_to_storyboard, "status": self.status, "created": self.created,
             "message": self.message, "step": self.step, "total_steps": self.total_steps, "result": self.result,
             "error": self.error, "worker": self.worker, "retried": self.retried, "started": self.started,
@@ -116,7 +130,7 @@ class Job:
         if (
             not isinstance(data, dict)
             or data.get("format") != RECORD_FORMAT
-            or data.get("kind") not in (CLIP, FILM, POST)
+            or data.get("kind") not in (CLIP, FILM, POST, ENHANCE)
         ):
             raise ValueError("not a job record of this version")
         request = None
@@ -126,8 +140,13 @@ class Job:
             request = ValidRequest.from_record(data["request"], image=image, end_image=end)
         storyboard = Storyboard.from_json(data["storyboard"]) if data["kind"] == FILM else None
         post = PostRequest(**data["post"]) if data["kind"] == POST else None
+        enhance = None
+        if data["kind"] == ENHANCE:
+            image = Image.open(jobs_dir / data["image"]).convert("RGB") if data.get("image") else None
+            enhance = EnhanceRequest(**data["enhance"], image=image)
         return cls(
-            id=str(data["id"]), kind=data["kind"], request=request, storyboard=storyboard, post=post,
+            id=str(data["id"]), kind=data["kind"], request=request, storyboard=storyboard, post=post, enhance=enhance,
+            text=data.get("text"),
             append_to_storyboard=bool(data.get("append_to_storyboard")), status=data["status"],
             created=float(data["created"]), message=str(data.get("message", "")), step=int(data.get("step", 0)),
             total_steps=int(data.get("total_steps", 0)), result=data.get("result"), error=data.get("error"),
@@ -158,6 +177,8 @@ class JobQueue:
         self._jobs: dict[str, Job] = {}
         self._cancels: dict[str, threading.Event] = {}
         self._films: queue.Queue[str] = queue.Queue()
+        self._cpu: queue.Queue[str] = queue.Queue()  # enhancements the user runs on the CPU
+        self.offline = False  # the studio's flag: enhancer downloads obey it
         self._pending: list[str] = []  # queued clip jobs, oldest first
         self._busy: set[int] = set()  # indexes of the workers running a job
         self._lock = threading.Lock()
@@ -167,6 +188,7 @@ class JobQueue:
         for n in range(len(self.workers)):
             threading.Thread(target=self._serve, args=(n,), name=f"wan-studio-worker-{n}", daemon=True).start()
         threading.Thread(target=self._export_forever, name="wan-studio-film-worker", daemon=True).start()
+        threading.Thread(target=self._cpu_forever, name="wan-studio-cpu-worker", daemon=True).start()
 
     # ---- submitting and watching ----------------------------------------------------------------
     def submit(self, request: ValidRequest, append_to_storyboard: bool = False) -> Job:
@@ -179,12 +201,16 @@ class JobQueue:
         """Queue an upscale or a frame interpolation the caller has checked (`library.post.check_*`)."""
         return self._enqueue(Job(id=uuid.uuid4().hex[:12], kind=POST, post=post))
 
+    def submit_enhance(self, request: EnhanceRequest) -> Job:
+        """Queue a prompt enhancement: for a GPU worker, or for the CPU worker when the user prefers the CPU."""
+        return self._enqueue(Job(id=uuid.uuid4().hex[:12], kind=ENHANCE, enhance=request))
+
     def submit_film(self, board: Storyboard) -> Job:
         """Queue the export of a storyboard the caller has checked (`Library.check_film`)."""
         return self._enqueue(Job(id=uuid.uuid4().hex[:12], kind=FILM, storyboard=board))
 
     def _enqueue(self, job: Job) -> Job:
-        pictures = {self.jobs_dir / f"{job.id}.input.png": job.request.image if job.request else None,
+        pictures = {self.jobs_dir / f"{job.id}.input.png": job.picture,
                     self.jobs_dir / f"{job.id}.end.png": job.request.end_image if job.request else None}  # fmt: skip
         try:
             for path, picture in pictures.items():
@@ -205,6 +231,9 @@ class JobQueue:
         """Call with the lock held."""
         if job.kind == FILM:
             self._films.put(job.id)
+            return
+        if job.kind == ENHANCE and job.enhance.on_cpu:
+            self._cpu.put(job.id)
             return
         self._pending.insert(0, job.id) if first else self._pending.append(job.id)
         self._wake.notify_all()
@@ -262,7 +291,8 @@ class JobQueue:
                     self._wake.wait()
                     job = self._claim(n)
             try:
-                self._guarded(job, self._run_post if job.kind == POST else self._run_clip, job, worker)
+                run = {POST: self._run_post, ENHANCE: self._run_enhance}.get(job.kind, self._run_clip)
+                self._guarded(job, run, job, worker)
             finally:
                 with self._wake:
                     self._busy.discard(n)
@@ -304,6 +334,16 @@ class JobQueue:
                 job.status, job.message, job.started = RUNNING, "Starting", time.time()
                 self._touch(job, save=True)
             self._guarded(job, self._run_film, job)
+
+    def _cpu_forever(self) -> None:
+        while True:
+            job = self._jobs.get(self._cpu.get())
+            if job is None or job.status != QUEUED:
+                continue
+            with self._lock:
+                job.status, job.message, job.started, job.worker = RUNNING, "Starting", time.time(), "CPU"
+                self._touch(job, save=True)
+            self._guarded(job, self._run_enhance, job, None)
 
     def _guarded(self, job: Job, run: Callable[..., None], *args: Any) -> None:
         try:
@@ -394,6 +434,32 @@ class JobQueue:
             job.result = str(files.video)
             took = time.time() - (job.started or time.time())
             self._finish(job, DONE, f"Done in {took:.1f} s: {files.video.name}.{unsigned}")
+
+    def _run_enhance(self, job: Job, worker: GpuWorker | None) -> None:
+        """A prompt enhancement on this worker's device (the CPU worker's: the CPU); the text in `job.text`."""
+        cancel = self._cancels[job.id]
+
+        def progress(fraction: float, message: str) -> None:
+            with self._lock:
+                job.stage = "download" if fraction < 1.0 else "enhance"
+                job.fraction, job.message = fraction, message
+                self._touch(job)
+
+        device = post_device(worker) if worker is not None else "cpu"
+        try:
+            text = run_enhance(job.enhance, device, self.offline, cancel, progress)
+        except EnhanceCancelled:
+            with self._lock:
+                self._finish(job, CANCELLED, "Cancelled; the prompt is as it was")
+            return
+        except UserError as err:
+            with self._lock:
+                self._finish(job, FAILED, str(err), error=str(err))
+            return
+        took = time.time() - (job.started or time.time())
+        with self._lock:
+            job.text = text
+            self._finish(job, DONE, f"Enhanced in {took:.1f} s: edit it as you like, then Generate.")
 
     def _run_film(self, job: Job) -> None:
         cancel = self._cancels[job.id]

@@ -48,6 +48,7 @@ class GenerationForm:
     new_seed: gr.Button  # ⚄ (a die in common fonts): a new seed per clip again, after Reuse put a clip's in
     kept: gr.State  # the steps and guidance the user had when ticking Fast mode, given back when unticking
     finished: list = field(default_factory=list)  # the events that stream a job to this form: what ends with it
+    enhance: gr.Button | None = None  # rewrites the prompt with the prompt enhancer
 
     @property
     def lora_inputs(self) -> list:
@@ -86,6 +87,8 @@ def build_form(
         with gr.Column(scale=1, min_width=300):
             extra = above_prompt() if above_prompt else None
             prompt = gr.Textbox(label="Prompt", lines=3, placeholder=placeholder, elem_id=f"{task}-prompt")
+            # a local language model rewrites the prompt in the detailed style the Wan models were trained on
+            enhance = gr.Button("Enhance the prompt (then edit it)", size="sm", elem_id=f"{task}-enhance")
             if above_prompt is None:
                 gr.Examples(EXAMPLE_PROMPTS, inputs=prompt, label="Examples")
             negative_value, negative_note = negative_default(settings)
@@ -148,6 +151,6 @@ def build_form(
             job = gr.Textbox(visible=False, label="Job id")
     form = GenerationForm(
         task, prompt, negative, size, frames, steps, guidance, seed, go, cancel, status, preview, video, seed_used, job,
-        fast, slots, loras_json, negative_reset, new_seed, gr.State(None),
+        fast, slots, loras_json, negative_reset, new_seed, gr.State(None), enhance=enhance,
     )  # fmt: skip
     return form, extra

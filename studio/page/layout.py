@@ -16,6 +16,7 @@ from pipelines.memory import AUTO, PROFILES
 from studio.errors import shown_in_page
 from studio.page.forms import build_form
 from studio.page.handlers import ASSETS, bind
+from studio.page.handlers import enhance as enh
 from studio.page.handlers import generate as gen
 from studio.page.handlers import library as lib
 from studio.page.handlers import post as pst
@@ -240,6 +241,23 @@ def build_ui(studio: Studio) -> gr.Blocks:
                         s_lora_keep = gr.Button("Add to the LoRA folder", scale=1, elem_id="settings-lora-keep")
                     s_lora_status = gr.Markdown("", elem_id="settings-lora-status")  # kept, or why not
                     s_lora_list = gr.Markdown(sett.lora_table(studio), elem_id="settings-lora-list")
+                with gr.Accordion("Prompt enhancer", open=False, elem_id="settings-enhancer"):
+                    gr.Markdown("*Enhance the prompt* rewrites a short idea in the detailed style the Wan models were "
+                                "trained on. The model downloads on first use; it runs as a job and is unloaded "
+                                "afterwards, so it never holds memory a generation needs.")  # fmt: skip
+                    with gr.Row():
+                        s_enhancer = gr.Dropdown(sett.enhancer_choices("text"), value=settings.enhancer,
+                                                 label="For text", elem_id="settings-enhancer-text")  # fmt: skip
+                        s_vision_enhancer = gr.Dropdown(
+                            sett.enhancer_choices("vision"), value=settings.vision_enhancer,
+                            label="With a picture (image to video)", elem_id="settings-enhancer-vision",
+                        )  # fmt: skip
+                    with gr.Row():
+                        s_keep_language = gr.Checkbox(value=settings.enhance_keep_language,
+                                                      label="Keep the prompt's language (else English)")  # fmt: skip
+                        s_enhance_cpu = gr.Checkbox(value=settings.enhance_on_cpu,
+                                                    label="Run the enhancer on the CPU (slower; never waits for "
+                                                          "the GPU)")  # fmt: skip
                 with gr.Accordion("Upscalers", open=False, elem_id="settings-upscalers"):
                     gr.Markdown(f"Upscalers folder: `{studio.upscalers.root}`. Any upscaler spandrel recognises "
                                 "(Real-ESRGAN, SPAN, SwinIR, HAT, DAT…); `.safetensors` preferred, a `.pth` is "
@@ -329,6 +347,17 @@ def build_ui(studio: Studio) -> gr.Blocks:
             # unprocessed: a stock slider refuses an out-of-range number before the handler could say what it became
             form.frames.input(shown_in_page(frames_typed), form.frames, form.frames, preprocess=False,
                               trigger_mode="always_last", show_progress="hidden", **PRIVATE)  # fmt: skip
+        # Enhance: the prompt box gets the rewrite (image-to-video: the vision enhancer looks at the picture)
+        t2v.enhance.click(bind(enh.enhance_in_page, studio), t2v.prompt, [t2v.prompt, t2v.status],
+                          concurrency_limit=None, show_progress="hidden", **PRIVATE)  # fmt: skip
+        i2v.enhance.click(bind(enh.enhance_in_page, studio), [i2v.prompt, i_image], [i2v.prompt, i2v.status],
+                          concurrency_limit=None, show_progress="hidden", **PRIVATE)  # fmt: skip
+        gr.Button(visible=False).click(
+            bind(enh.enhance, studio),
+            [gr.Textbox("", visible=False), gr.Image(None, visible=False, type="filepath"),
+             gr.Checkbox(False, visible=False), gr.Number(-1, visible=False)],
+            gr.Textbox(visible=False), api_name="enhance", concurrency_limit=None,
+        )  # fmt: skip
         t2v.cancel.click(bind(gen.cancel, studio), t2v.job, t2v.status, api_name="cancel", concurrency_limit=None)
         i2v.cancel.click(bind(gen.cancel, studio), i2v.job, i2v.status, concurrency_limit=None, **PRIVATE)
 
@@ -471,6 +500,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
         settings_inputs = [
             s_model, s_profile, s_precision, s_output, s_steps, s_guidance, s_negative, s_watermark, s_include_prompt,
             s_attention, s_compile, s_vae_precision, s_confirm_output, s_lora_dir, s_cache, s_cache_threshold,
+            s_enhancer, s_vision_enhancer, s_keep_language, s_enhance_cpu,
         ]  # fmt: skip
 
         def save_settings(*values):

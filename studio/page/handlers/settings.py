@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines import attention, caching
 from pipelines.catalogue import IMAGE_TO_VIDEO, TEXT_TO_VIDEO, ModelSpec, UnknownModelError, get_spec
+from pipelines.enhance import ENHANCERS
 from studio.page.handlers import AUTO_SIZE
 from studio.settings import Settings, SettingsError
 
@@ -19,7 +20,8 @@ def save(
     studio: Studio, model: str, profile: str, precision: str, output_dir: str, steps: Any, guidance: Any,
     negative: str, watermark: bool = False, include_prompt: bool = False, attention_backend: str = attention.AUTO,
     compile_blocks: bool = False, vae_precision: str = "float32", confirm_output_dir: bool = False,
-    lora_dir: str = "", step_cache: str = "off", cache_threshold: Any = "",
+    lora_dir: str = "", step_cache: str = "off", cache_threshold: Any = "", enhancer: str | None = None,
+    vision_enhancer: str | None = None, keep_language: bool = False, enhance_on_cpu: bool = False,
 ) -> tuple[str, str | None]:  # fmt: skip
     """(status line, new model note or None). Nothing is saved when a value is refused; moving the output
     folder needs `confirm_output_dir` (it takes effect at the next start, and that folder is then served)."""
@@ -32,6 +34,9 @@ def save(
             attention=attention_backend or attention.AUTO, compile=bool(compile_blocks),
             vae_precision=vae_precision or "float32", lora_dir=(lora_dir or "").strip(),
             step_cache=step_cache or "off", cache_threshold=optional_number(cache_threshold, "The cache threshold"),
+            enhancer=enhancer or studio.settings.enhancer,
+            vision_enhancer=vision_enhancer or studio.settings.vision_enhancer,
+            enhance_keep_language=bool(keep_language), enhance_on_cpu=bool(enhance_on_cpu),
         )  # fmt: skip
         candidate.validate()
         caching.check(candidate.step_cache, candidate.cache_threshold, candidate.model)  # MagCache: calibrated?
@@ -189,3 +194,9 @@ def negative_default(settings: Settings) -> tuple[str, str]:
             "The model's own default, in Chinese as Wan was trained. It says: " + WAN_NEGATIVE_PROMPT_GLOSS + "."
         )
     return spec.negative_prompt, "The model's own default."
+
+
+def enhancer_choices(kind: str) -> list[tuple[str, str]]:
+    """(label, id) of the prompt enhancers of a kind ("text" or "vision"), with their size and licence."""
+    return [(f"{s.name} ({s.size_gb:g} GB; {s.licence})" if not s.is_test else s.name, s.id)
+            for s in ENHANCERS.values() if s.kind == kind]  # fmt: skip
