@@ -422,7 +422,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
             return 1
 
         def pick_cell(names: list[str], event: gr.SelectData):
-            return names[event.index] if 0 <= event.index < len(names) else gr.skip()
+            return (names[event.index], "") if 0 <= event.index < len(names) else (gr.skip(), gr.skip())
 
         def reuse(name: str | None):
             task, values, picture = lib.reuse(studio, name)
@@ -477,8 +477,9 @@ def build_ui(studio: Studio) -> gr.Blocks:
         for button, step in ((lib_newer, -1), (lib_older, 1)):
             button.click(lambda page, step=step: page + step, lib_page, lib_page, **grid_event).then(
                 refresh_grid, grid_inputs, grid_outputs, **grid_event)  # fmt: skip
-        lib_grid.select(pick_cell, lib_names, lib_pick, **PRIVATE)
-        lib_grid.select(lambda: "", None, lib_status, show_progress="hidden", **PRIVATE)
+        # one event: the pick and the cleared status together (as two, a slow clear could land after a trash
+        # that followed the pick and wipe out where the trashed clip went)
+        lib_grid.select(pick_cell, lib_names, [lib_pick, lib_status], show_progress="hidden", **PRIVATE)
         lib_pick.change(bind(lib.show_clip, studio), lib_pick, [lib_video, lib_details, lib_info],
                         show_progress="hidden", **PRIVATE)  # fmt: skip
         # After a form's job has ended, not when its player changes: a change comes with the job's last streamed

@@ -183,8 +183,9 @@ def reuse_values(settings: dict) -> dict[str, Any]:
 
 def trash(studio: Studio, name: str | None) -> str:
     """Move the clip to the trash; the sentence that says where (LibraryError while a shot uses it)."""
-    folder = studio.library.trash(_picked(studio, name).name)
-    return f"Moved to {folder}. Move the files back to restore the clip."
+    clip = _picked(studio, name).name
+    folder = studio.library.trash(clip)
+    return f"Moved {clip} to {folder}. Move the files back to restore the clip."
 
 
 def last_frame(studio: Studio, name: str | None) -> Image.Image:
