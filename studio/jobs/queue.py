@@ -370,8 +370,7 @@ class JobQueue:
                 self._finish(job, CANCELLED, f"Cancelled {where}; nothing was published")
             return
         except UserError as err:
-            with self._lock:
-                self._finish(job, FAILED, str(err), error=str(err))
+            self._failed(job, err)
             return
         except WorkerLost as err:
             with self._lock:
@@ -387,8 +386,7 @@ class JobQueue:
                 note = " Added to the storyboard."
             except Exception as err:  # the clip is safe in the library whatever happens here
                 note = f" The clip is in the library, but it could not be added to the storyboard: {_said(err)}"
-        signing = self.library.clip(files.video.name).sidecar.get("provenance", {})
-        unsigned = "" if signing.get("signed") else f" Not signed: {signing.get('signing_error')}."
+        unsigned = _unsigned(self.library.clip(files.video.name).sidecar.get("provenance", {}))
         with self._lock:
             self._finish(job, DONE, f"Done in {result.timings['total_s']:.1f} s (seed {job.seed}).{unsigned}{note}")
 
@@ -425,11 +423,9 @@ class JobQueue:
                 self._finish(job, CANCELLED, f"Cancelled {where}; nothing was published")
             return
         except UserError as err:
-            with self._lock:
-                self._finish(job, FAILED, str(err), error=str(err))
+            self._failed(job, err)
             return
-        signing = self.library.clip(files.video.name).sidecar.get("provenance", {})
-        unsigned = "" if signing.get("signed") else f" Not signed: {signing.get('signing_error')}."
+        unsigned = _unsigned(self.library.clip(files.video.name).sidecar.get("provenance", {}))
         with self._lock:
             job.result = str(files.video)
             took = time.time() - (job.started or time.time())
@@ -453,8 +449,7 @@ class JobQueue:
                 self._finish(job, CANCELLED, "Cancelled; the prompt is as it was")
             return
         except UserError as err:
-            with self._lock:
-                self._finish(job, FAILED, str(err), error=str(err))
+            self._failed(job, err)
             return
         took = time.time() - (job.started or time.time())
         with self._lock:
@@ -476,16 +471,19 @@ class JobQueue:
                 self._finish(job, CANCELLED, "Export cancelled; no film was written")
             return
         except UserError as err:
-            with self._lock:
-                self._finish(job, FAILED, str(err), error=str(err))
+            self._failed(job, err)
             return
         record = read_json(film.with_suffix(film.suffix + ".json"))
-        signing = record.get("provenance", {})
-        unsigned = "" if signing.get("signed") else f" Not signed: {signing.get('signing_error')}."
+        unsigned = _unsigned(record.get("provenance", {}))
         with self._lock:
             job.result = str(film)
             motion = f" Motion interpolated by {record['interpolation']}." if record.get("interpolation") else ""
             self._finish(job, DONE, f"Film ready: {film.name}.{motion}{unsigned}")
+
+    def _failed(self, job: Job, err: UserError) -> None:
+        """A job ended by something the user can change: its message is the error's own sentence."""
+        with self._lock:
+            self._finish(job, FAILED, str(err), error=str(err))
 
     def _on_progress(self, job: Job, progress: Progress) -> None:
         with self._lock:
@@ -547,6 +545,11 @@ def tile(frames: np.ndarray, gap: int = 4) -> np.ndarray:
     for i, frame in enumerate(frames):
         strip[:, i * (w + gap) : i * (w + gap) + w] = frame
     return strip
+
+
+def _unsigned(provenance: dict) -> str:
+    """What a job's message adds when its clip or film could not be signed (empty when it was)."""
+    return "" if provenance.get("signed") else f" Not signed: {provenance.get('signing_error')}."
 
 
 def _said(err: Exception) -> str:
