@@ -339,14 +339,18 @@ def _smooth(
     model is available; says which ran (the film's record and the job's message carry it)."""
     problem = "the storyboard asks for it" if board.interpolation == "ffmpeg" else "no interpolation model was given"
     if board.interpolation == "learned" and models is not None:
+        import torch
+
         try:
             interpolator = models.interpolator()
-        except UserError as err:
-            problem = f"the interpolation model is not available: {err}"
-        else:
             _learned(lambda: interpolator.to_fps(read_frames(source), source_fps, fps, cancel=cancel), target, fps,
                      frames, report, cancel)  # fmt: skip
             return f"learned ({interpolator.info.name})"
+        except UserError as err:
+            problem = f"the interpolation model is not available: {err}"
+        except torch.OutOfMemoryError:  # beside a generation on the same GPU: the film is still made
+            torch.cuda.empty_cache()
+            problem = "not enough GPU memory for the interpolation model beside the running jobs"
     _interpolate(source, target, fps, frames, source_fps, report, cancel)
     return f"ffmpeg minterpolate ({problem})"
 

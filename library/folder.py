@@ -264,12 +264,16 @@ class Library:
         self, board: Storyboard, on_progress: Callable[[float, str], None] | None = None, sign: bool = True,
         cancel: threading.Event | None = None,
     ) -> Path:  # fmt: skip
-        device = post_models.post_device()
+        device = self.post_models.film_device
         models = film.FilmModels(
             interpolator=lambda: self.post_models.interpolator(self.post_models.interpolator_file(None), device),
             upscaler=lambda: self.post_models.upscaler(self.post_models.upscaler_file(None), device),
         )
-        return film.export_film(board, self.root, on_progress=on_progress, sign=sign, cancel=cancel, models=models)
+        try:
+            return film.export_film(board, self.root, on_progress=on_progress, sign=sign, cancel=cancel,
+                                    models=models)  # fmt: skip
+        finally:
+            self.post_models.release()  # a film's models hold no GPU memory between exports
 
     def preview_film(self, board: Storyboard) -> Path:
         """A quick look at the film before the export: the same cut at most 320 px wide, at the clips' own

@@ -10,6 +10,7 @@ ingredient and add the edit; the watermark is embedded again when it is on.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +35,7 @@ FACTORS = (2, 4)
 TARGET_HEIGHTS = (1080, 2160)
 MAX_FPS = 120
 PREVIEW_EVERY_S = 0.5
+WRITING = "write"  # the job's last stage, as the queue names it: encoding, signing, publishing (not cancellable)
 
 
 class PostError(UserError):
@@ -95,6 +97,8 @@ def check_interpolate(clip: Clip, model: str, factor: Any = None, fps: Any = Non
             fps = float(fps)
         except (TypeError, ValueError):
             raise PostError(f"fps must be a number, not {str(fps)[:20]!r}.") from None
+        if not math.isfinite(fps):
+            raise PostError(f"fps must be a number, not {fps}.")
     else:
         fps = None
     if (factor is None) == (fps is None):
@@ -179,6 +183,8 @@ def _derive(
                     eta = elapsed / n * max(0, count - n) if n else None
                     report(Progress(request.action, min(1.0, n / max(count, 1)), f"Frame {n}/{count}", step=n,
                                     total_steps=count, eta_s=eta, preview=preview))  # fmt: skip
+            if report is not None:  # every frame made: from here on the clip is written, not cancelled
+                report(Progress(WRITING, 1.0, "Writing the clip"))
             writer.close()
         except (UpscaleCancelled, InterpolationCancelled):
             writer.abort()
@@ -230,7 +236,7 @@ def _whole(value: Any, field: str) -> int | None:
         number = float(value)
     except (TypeError, ValueError):
         raise PostError(f"{field} must be a whole number, not {str(value)[:20]!r}.") from None
-    if number != int(number):
+    if not math.isfinite(number) or number != int(number):
         raise PostError(f"{field} must be a whole number, not {value}.")
     return int(number)
 

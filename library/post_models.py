@@ -75,10 +75,15 @@ class UpscalerFolder:
 class PostModels:
     """Resolves a model choice to a file and keeps the last loaded upscaler and interpolator per device."""
 
-    def __init__(self, upscalers: UpscalerFolder, offline: bool = False, default: str = DEFAULT):
+    def __init__(self, upscalers: UpscalerFolder, offline: bool = False, default: str = DEFAULT,
+                 allow_paths: bool = False):  # fmt: skip
         """`default`: the choice when none is given (a film's steps, a request without one); the studio makes
-        it TEST when it runs the test video models, so a machine without weights tries every step."""
+        it TEST when it runs the test video models, so a machine without weights tries every step.
+        `allow_paths`: a model named by its path on this machine (the CLI's user owns the machine); the studio
+        and its API take only "default", "test" and file names of the Upscalers folder."""
         self.upscalers, self.offline, self.default = upscalers, offline, default
+        self.allow_paths = allow_paths
+        self.film_device = post_device()  # where a film's learned steps run (the studio: the CPU on ZeroGPU)
         self._loaded: dict[str, tuple[tuple[str, str], Any]] = {}
         self._lock = threading.Lock()
 
@@ -90,9 +95,9 @@ class PostModels:
         if choice == TEST:
             return ensure_test_upscaler()
         path = Path(choice).expanduser()
-        if path.is_file() and (path.is_absolute() or path.parent != Path(".")):
+        if self.allow_paths and path.is_file() and (path.is_absolute() or path.parent != Path(".")):
             return path
-        return self.upscalers.path_of(choice)
+        return self.upscalers.path_of(choice)  # a file name of the folder, never a path
 
     def interpolator_file(self, choice: str | None, on_progress: DownloadCallback | None = None) -> Path:
         choice = choice or self.default
@@ -100,6 +105,8 @@ class PostModels:
             return fetch_file(RIFE_WEIGHTS, self.offline, on_progress)
         if choice == TEST:
             return ensure_test_rife()
+        if not self.allow_paths:
+            raise LibraryError(f"The interpolation model is '{DEFAULT}' or '{TEST}'; got '{str(choice)[:80]}'.")
         path = Path(choice).expanduser()
         if not path.is_file():
             raise LibraryError(f"The interpolation model '{str(choice)[:80]}' is not a file.")
@@ -110,6 +117,18 @@ class PostModels:
 
     def interpolator(self, path: Path, device: str) -> Interpolator:
         return self._load("interpolator", path, device, load_interpolator)
+
+    def release(self) -> None:
+        """Drop the loaded models (a film's, once it is done), so the GPU memory they held goes back."""
+        with self._lock:
+            self._loaded.clear()
+        import gc
+
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def _load(self, kind: str, path: Path, device: str, load: Callable[[Path, str], Any]) -> Any:
         key = (str(Path(path).resolve()), str(device))

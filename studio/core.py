@@ -4,6 +4,7 @@ the page from it (`studio.page.layout.build_ui`), and tests use it without a ser
 
 from __future__ import annotations
 
+import math
 import secrets
 import threading
 from dataclasses import replace
@@ -56,6 +57,8 @@ class Studio:
         self.loras = LoraFolder(settings.lora_dir or None)
         self.upscalers = UpscalerFolder()
         self.library.post_models = PostModels(self.upscalers, offline=offline, default=self._post_default(settings))
+        if zero:  # the GPU is lent only inside a generation's GPU function: a film's learned steps use the CPU
+            self.library.post_models.film_device = "cpu"
         if zero:
             workers = [ZeroGpuWorker(self.manager)]
         elif not workers:
@@ -95,7 +98,13 @@ class Studio:
         else:
             enhancer = s.vision_enhancer if vision else s.enhancer
         keep = s.enhance_keep_language if keep_language is None else bool(keep_language)
-        seed = secrets.randbelow(2**31) if seed is None or int(seed) < 0 else int(seed)
+        try:
+            seed = -1 if seed is None else float(seed)
+        except (TypeError, ValueError):
+            raise EnhanceError(f"seed must be a whole number; got {str(seed)[:20]!r}.") from None
+        if not (math.isfinite(seed) and seed == int(seed) and -1 <= seed < 2**31):
+            raise EnhanceError(f"seed must be a whole number from 0 to {2**31 - 1}, or -1 for a random one.")
+        seed = secrets.randbelow(2**31) if seed < 0 else int(seed)
         request = EnhanceRequest(prompt, enhancer, keep, seed, on_cpu=s.enhance_on_cpu, image=image)
         return self.jobs.submit_enhance(request)
 

@@ -59,7 +59,7 @@ def main(action: str, argv: list[str] | None = None) -> int:
     try:
         source = Path(args.clip).expanduser()
         library = Library.open(source.parent if source.is_file() else args.library)
-        models = PostModels(UpscalerFolder(), offline=args.offline)
+        models = PostModels(UpscalerFolder(), offline=args.offline, allow_paths=True)  # the user's own machine
         library.post_models = models
         if action == "upscale":  # x2 unless a height is given
             scale = args.scale or (2 if args.height is None else None)

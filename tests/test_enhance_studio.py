@@ -195,3 +195,11 @@ def test_in_the_browser_enhance_rewrites_the_prompt_box_and_says_so(running):
             page.screenshot(path=str(shots / "enhance.png"))
         finally:
             browser.close()
+
+
+@pytest.mark.parametrize("seed", [float("nan"), 2**40, "many"])
+def test_a_seed_that_is_not_a_whole_number_in_range_is_refused_by_name(studio, seed):
+    from pipelines.enhance import EnhanceError
+
+    with pytest.raises(EnhanceError, match="seed must be a whole number"):
+        studio.submit_enhance(IDEA, seed=seed)

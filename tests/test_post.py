@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from library import Library, provenance
 from library.clips import list_clips
@@ -361,3 +362,85 @@ def test_the_grid_tells_a_made_clip_from_its_source_by_its_caption(library, sour
     prompt = library.clip(source.name).settings["prompt"]
     assert caption(library.clip(source.name)) == prompt
     assert caption(library.clip(smooth.video.name)) == f"[smoothed 12.0 fps] {prompt}"
+
+
+def test_the_studio_takes_no_model_by_path_only_the_folders_names(source, tmp_path):
+    """The API is open to whoever reaches the studio: a path would make a job read any file of the machine."""
+    from library.files import LibraryError
+    from library.post_models import PostModels, UpscalerFolder
+
+    lib = Library.open(source.parent)
+    lib.post_models = PostModels(UpscalerFolder(tmp_path / "upscalers"), offline=True)
+    elsewhere = build_test_upscaler(tmp_path / "elsewhere", name="anywhere.safetensors")
+    with pytest.raises(LibraryError, match="is not in the Upscalers folder"):
+        lib.check_post("upscale", source.name, str(elsewhere), scale=2)
+    with pytest.raises(LibraryError, match="The interpolation model is 'default' or 'test'"):
+        lib.check_post("interpolate", source.name, str(elsewhere), factor=2)
+    lib.post_models.allow_paths = True  # the CLI's user names files of their own machine
+    assert lib.check_post("upscale", source.name, str(elsewhere), scale=2).model == str(elsewhere)
+
+
+@pytest.mark.parametrize(("how", "said"), [({"scale": float("inf")}, "scale must be a whole number"),
+                                           ({"fps": float("nan")}, "fps must be a number")])  # fmt: skip
+def test_numbers_that_are_not_finite_are_refused_by_name(library, source, how, said):
+    action = "upscale" if "scale" in how else "interpolate"
+    with pytest.raises(PostError, match=said):
+        library.check_post(action, source.name, TEST, **how)
+
+
+def test_out_of_gpu_memory_beside_the_video_model_unloads_it_and_tries_once_more():
+    from studio.jobs.queue import GpuMemoryError, _beside_the_video_model
+
+    class Manager:
+        loaded = ("test-tiny", "t2v", "cpu")
+
+        def unload(self):
+            self.loaded = None
+
+    class Worker:
+        manager = Manager()
+
+    tries = []
+
+    def run():
+        tries.append(Worker.manager.loaded)
+        if len(tries) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return "made"
+
+    assert _beside_the_video_model(run, Worker(), "the upscaler") == "made"
+    assert tries == [("test-tiny", "t2v", "cpu"), None]  # the second try ran with the video model unloaded
+
+    def never_fits():
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(GpuMemoryError, match="Not enough GPU memory for the upscaler, even with the video model"):
+        _beside_the_video_model(never_fits, Worker(), "the upscaler")
+
+
+def test_a_post_job_behind_a_clip_says_its_place_in_the_shared_gpu_queue(manager, library, source):
+    from pipelines.request import GenerationRequest, validate_request
+    from studio.jobs.queue import default_generate
+
+    entered, release = threading.Event(), threading.Event()
+
+    def held(manager_, request_, report, cancel):
+        entered.set()
+        release.wait(120)
+        return default_generate(manager_, request_, report, cancel)
+
+    jobs = JobQueue(manager, library, generate=held)
+    try:
+        first = jobs.submit(validate_request(GenerationRequest(prompt="busy", model=TINY, steps=1),
+                                             default_model=TINY))  # fmt: skip
+        assert entered.wait(60)
+        second = jobs.submit(validate_request(GenerationRequest(prompt="next", model=TINY, steps=1),
+                                              default_model=TINY))  # fmt: skip
+        post = jobs.submit_post(library.check_post("upscale", source.name, TEST, scale=2))
+        assert (jobs.position(second.id), jobs.position(post.id)) == (1, 2)
+    finally:
+        release.set()
+    deadline = time.monotonic() + 180  # every job ends before the test does (no thread left running at exit)
+    while not all(jobs.get(j.id).finished for j in (first, second, post)):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)

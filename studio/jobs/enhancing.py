@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from pipelines.enhance import EnhancerSpec, enhancer_spec, fetch_enhancer, load_enhancer
+from pipelines.enhance import EnhanceCancelled, EnhancerSpec, enhancer_spec, fetch_enhancer, load_enhancer
 
 MAX_ENHANCE_CHARS = 2000
 
@@ -46,6 +46,8 @@ def run_enhance(
     """The enhanced prompt; the model is downloaded first (before any GPU memory is taken) and always unloaded."""
     spec = request.spec
     folder = fetch_enhancer(spec, offline, report)
+    if cancel.is_set():  # asked during the download: the model is not loaded at all
+        raise EnhanceCancelled()
     report(1.0, f"Loading {spec.name}")
     enhancer = load_enhancer(folder, "cpu" if request.on_cpu else device)
     try:

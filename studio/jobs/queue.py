@@ -36,7 +36,7 @@ from pipelines.manager import GenerationCancelled, PipelineManager, Progress
 from pipelines.request import ValidRequest
 from studio.errors import internal_error
 from studio.jobs.enhancing import EnhanceRequest, run_enhance
-from studio.jobs.workers import GenerateFn, GpuWorker, LocalWorker, WorkerLost, post_device
+from studio.jobs.workers import GenerateFn, GpuWorker, LocalWorker, WorkerLost, free_memory, post_device
 from studio.jobs.workers import default_generate as default_generate  # where callers have always found it
 
 log = logging.getLogger("wan_studio")
@@ -257,11 +257,15 @@ class JobQueue:
             return sorted(self._jobs.values(), key=lambda j: j.created, reverse=True)
 
     def position(self, job_id: str) -> int:
-        """1-based place among the queued jobs of its kind (0 when not queued)."""
+        """1-based place in the queue the job waits in (0 when not queued): the GPU queue that clips,
+        post-production and enhancements share, the film queue, or the CPU queue."""
         with self._lock:
             job = self._jobs.get(job_id)
             if job is None:
                 return 0
+            if job_id in self._pending:
+                waiting = [i for i in self._pending if self._jobs[i].status == QUEUED]
+                return waiting.index(job_id) + 1 if job_id in waiting else 0
             queued = sorted(
                 (j for j in self._jobs.values() if j.status == QUEUED and j.kind == job.kind), key=lambda j: j.created
             )
@@ -414,9 +418,12 @@ class JobQueue:
                 job.stage, job.fraction, job.message = "download", fraction, message
                 self._touch(job)
 
+        def run():
+            return self.library.post(job.post, post_device(worker), self.clip_options, cancel,
+                                     lambda p: self._on_progress(job, p), downloading)  # fmt: skip
+
         try:
-            files = self.library.post(job.post, post_device(worker), self.clip_options, cancel,
-                                      lambda p: self._on_progress(job, p), downloading)  # fmt: skip
+            files = _beside_the_video_model(run, worker, "the upscaler or the interpolation model")
         except PostCancelled:
             with self._lock:
                 where = f"at frame {job.step}/{job.total_steps}" if job.step else "before the first frame"
@@ -443,7 +450,8 @@ class JobQueue:
 
         device = post_device(worker) if worker is not None else "cpu"
         try:
-            text = run_enhance(job.enhance, device, self.offline, cancel, progress)
+            text = _beside_the_video_model(lambda: run_enhance(job.enhance, device, self.offline, cancel, progress),
+                                           worker, "the prompt enhancer")  # fmt: skip
         except EnhanceCancelled:
             with self._lock:
                 self._finish(job, CANCELLED, "Cancelled; the prompt is as it was")
@@ -545,6 +553,38 @@ def tile(frames: np.ndarray, gap: int = 4) -> np.ndarray:
     for i, frame in enumerate(frames):
         strip[:, i * (w + gap) : i * (w + gap) + w] = frame
     return strip
+
+
+def _beside_the_video_model(run: Callable[[], Any], worker: GpuWorker | None, what: str) -> Any:
+    """`run()` on a worker's GPU, where its video model may still be loaded: out of memory, the video model is
+    unloaded (the next clip loads it again) and `run()` tried once more; out of memory again is a plain
+    refusal. The GPU's cache is emptied after every run, so the studio holds no memory a generation needs."""
+    import gc
+
+    import torch
+
+    try:
+        try:
+            return run()
+        except torch.OutOfMemoryError:
+            gc.collect()
+            torch.cuda.empty_cache()
+            if worker is None or not free_memory(worker):
+                raise
+            log.info("out of GPU memory beside the video model: unloaded it for %s", what)
+            return run()
+    except torch.OutOfMemoryError:
+        raise GpuMemoryError(f"Not enough GPU memory for {what}, even with the video model unloaded. Close other "
+                             "programs using the GPU, or choose a smaller scale (or the CPU for the "
+                             "enhancer, in Settings).") from None  # fmt: skip
+    finally:
+        if torch.cuda.is_available():
+            gc.collect()
+            torch.cuda.empty_cache()
+
+
+class GpuMemoryError(UserError):
+    """A post-production model or the enhancer did not fit on the GPU, even alone."""
 
 
 def _unsigned(provenance: dict) -> str:

@@ -49,6 +49,7 @@ class SplitWorker:
         """`rank_module`: what each rank runs (tests pass one that wraps `serve` to hold a run at a step)."""
         self.rank_module = rank_module
         self.devices = devices
+        self.device = devices[0]  # post-production and the enhancer run here while this group's slot is held
         self.degree = len(devices)  # each clip's attention is split this many ways
         names = worker_labels(devices)
         self.label = f"{' + '.join(names)} (one clip split)"

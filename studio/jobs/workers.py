@@ -15,7 +15,6 @@ from typing import Any, Protocol
 
 import torch
 
-from library.post_models import post_device as library_post_device
 from pipelines.errors import UserError
 from pipelines.manager import GenerationCancelled, GenerationResult, PipelineManager, Progress
 from pipelines.request import ValidRequest
@@ -73,10 +72,21 @@ class LocalWorker:
 
 
 def post_device(worker: GpuWorker) -> str:
-    """Where a post-production job runs: a local worker's own device; for a remote worker (a Ray actor)
-    this machine's first GPU, else its CPU."""
+    """Where a post-production job or an enhancement runs, in the studio's process: a local worker's own
+    device (a split group's first GPU); for a remote worker (a Ray actor), whose GPU is on another machine
+    or taken by its actor, the CPU."""
     device = getattr(worker, "device", None)
-    return str(device) if device is not None else library_post_device()
+    return str(device) if device is not None else "cpu"
+
+
+def free_memory(worker: GpuWorker) -> bool:
+    """Make room on a local worker's GPU by unloading its video model (the next clip loads it again); False
+    when there was nothing to unload."""
+    manager = getattr(worker, "manager", None)
+    if manager is None or not manager.loaded:
+        return False
+    manager.unload()
+    return True
 
 
 def device_label(device: torch.device | str) -> str:

@@ -78,7 +78,7 @@ def build_storyboard_tab(studio: Studio) -> StoryboardTab:
     with gr.Row():
         upscale = gr.Dropdown(
             [("none", "none"), ("1080p", "1080p"), ("4K (2160p)", "4k")], value=saved[10], label="Upscale to",
-            info="A learned upscaler (Settings › Upscalers) after the cut; MP4 and WebM.", elem_id="storyboard-upscale",
+            info="The default learned upscaler, after the cut; MP4 and WebM.", elem_id="storyboard-upscale",
         )  # fmt: skip
         interpolation = gr.Radio(
             [("Learned (RIFE)", "learned"), ("ffmpeg minterpolate", "ffmpeg")], value=saved[11],

@@ -25,7 +25,8 @@ def text_bar(fraction: float, width: int = 20) -> str:
 def status_text(job: Job, position: int) -> str:
     """One line per state, with a bar for every wait that has a measure (download, load, steps)."""
     if job.status == QUEUED:
-        where = "film queue" if job.kind == FILM else "GPU queue"
+        on_cpu = job.enhance is not None and job.enhance.on_cpu
+        where = "film queue" if job.kind == FILM else "CPU queue" if on_cpu else "GPU queue"
         return f"**Queued** — position {position} in the {where}. {job.message}"
     if job.status == RUNNING:
         if job.kind == FILM:

@@ -23,7 +23,7 @@ async def enhance(studio: Studio, prompt: str, image: Any = None, keep_language:
     """The API's enhance: `prompt` rewritten in the detailed style the Wan models were trained on (with
     `image`, by the vision enhancer, which looks at it); `keep_language` keeps the prompt's language instead
     of English; `seed` -1 draws one. Returns the text; a refusal or a failure raises its message."""
-    job = studio.submit_enhance(prompt, _picture(image), bool(keep_language), int(seed))
+    job = studio.submit_enhance(prompt, _picture(image), bool(keep_language), seed)
     while not (current := studio.jobs.snapshot(job.id)).finished:
         await asyncio.sleep(POLL_S)
     if current.status != DONE:
