@@ -9,7 +9,10 @@ import argparse
 import os
 import re
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from tqdm import tqdm
 
@@ -22,6 +25,7 @@ from pipelines.request import GenerationRequest, RequestError, ValidRequest, val
 from pipelines.speed import VAE_PRECISIONS, SpeedOptions
 
 DEFAULT_OUT_DIR = "outputs"
+T = TypeVar("T")
 COUNTED = {"denoise": "step", "upscale": "frame", "interpolate": "frame"}  # stages with a count of their own
 
 
@@ -150,6 +154,29 @@ class Bars:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def run_with_bars(work: Callable[[Bars, threading.Event], T], stopped: tuple[type[BaseException], ...],
+                  interrupted: str = "interrupted") -> tuple[int, T | None]:  # fmt: skip
+    """`work(bars, cancel)` with progress bars on stderr, as the commands after `generate` run it: (0, result);
+    (1, None) after a failure the user can act on, its sentence on stderr; (130, None) when interrupted
+    (Ctrl-C or one of `stopped`)."""
+    from pipelines.errors import UserError
+
+    bars, cancel = Bars(), threading.Event()
+    try:
+        result = work(bars, cancel)
+    except UserError as err:
+        bars.close()
+        print(f"error: {err}", file=sys.stderr)
+        return 1, None
+    except (KeyboardInterrupt, *stopped):
+        cancel.set()
+        bars.close()
+        print(interrupted, file=sys.stderr)
+        return 130, None
+    bars.close()
+    return 0, result
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import threading
 from pathlib import Path
 
 
@@ -39,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from library.post_models import post_device
     from pipelines.enhance import DEFAULT_TEXT_ENHANCER, DEFAULT_VISION_ENHANCER, EnhanceCancelled, EnhanceError
     from pipelines.errors import UserError
-    from studio.cli import Bars
+    from studio.cli import run_with_bars
     from studio.jobs.enhancing import MAX_ENHANCE_CHARS, EnhanceRequest, run_enhance
 
     try:
@@ -61,19 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    bars = Bars()
-    cancel = threading.Event()
-    try:
-        text = run_enhance(request, "cpu" if args.cpu else post_device(), args.offline, cancel, bars.download)
-    except UserError as err:
-        bars.close()
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, EnhanceCancelled):
-        cancel.set()
-        bars.close()
-        print("interrupted", file=sys.stderr)
-        return 130
-    bars.close()
-    print(text)
-    return 0
+    device = "cpu" if args.cpu else post_device()
+    code, text = run_with_bars(lambda bars, cancel: run_enhance(request, device, args.offline, cancel, bars.download),
+                               (EnhanceCancelled,))  # fmt: skip
+    if text is not None:
+        print(text)
+    return code

@@ -11,10 +11,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import threading
 from pathlib import Path
 
-from studio.cli import DEFAULT_OUT_DIR, Bars
+from studio.cli import DEFAULT_OUT_DIR, run_with_bars
 
 
 def _parser(action: str) -> argparse.ArgumentParser:
@@ -72,21 +71,14 @@ def main(action: str, argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"{request.label} on {device}", file=sys.stderr)
-    bars = Bars()
-    cancel = threading.Event()
-    try:
-        files = library.post(request, device, ClipOptions(sign=True, watermark=args.watermark), cancel, bars,
-                             downloading=bars.download, out_dir=args.out_dir)  # fmt: skip
-    except UserError as err:
-        bars.close()
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, PostCancelled):
-        cancel.set()
-        bars.close()
-        print("interrupted: nothing was written", file=sys.stderr)
-        return 130
-    bars.close()
+    options = ClipOptions(sign=True, watermark=args.watermark)
+    code, files = run_with_bars(
+        lambda bars, cancel: library.post(request, device, options, cancel, bars, downloading=bars.download,
+                                          out_dir=args.out_dir),
+        (PostCancelled,), "interrupted: nothing was written",
+    )  # fmt: skip
+    if files is None:
+        return code
     signing = Library.open(files.video.parent).clip(files.video.name).sidecar.get("provenance", {})
     if not signing.get("signed"):
         print(f"warning: the clip is not signed: {signing.get('signing_error')}", file=sys.stderr)
