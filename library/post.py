@@ -260,11 +260,3 @@ def _small(frame: np.ndarray, height: int = 160) -> np.ndarray:
         return frame
     image = Image.fromarray(frame).resize((max(2, round(w * height / h)), height), Image.BILINEAR)
     return np.asarray(image)
-
-
-def find_source(clips: list[Clip], name: str) -> Clip:
-    """The library clip called `name`; PostError when it is not in the library."""
-    clip = next((c for c in clips if c.name == name), None)
-    if clip is None:
-        raise PostError(f"'{str(name)[:80]}' is not a clip in the library.")
-    return clip

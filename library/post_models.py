@@ -19,7 +19,7 @@ from pipelines.weights import DownloadCallback, fetch_file
 DEFAULT = "default"  # the pinned model from the Hub
 TEST = "test"  # the random-weight test model (tests, and a machine trying the studio without weights)
 UPSCALER_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt")
-DEFAULT_UPSCALER_NAME, DEFAULT_INTERPOLATOR_NAME = DEFAULT_UPSCALER.name, RIFE_WEIGHTS.name
+DEFAULT_UPSCALER_NAME = DEFAULT_UPSCALER.name  # what the page calls the default upscaler
 
 
 def post_device() -> str:
