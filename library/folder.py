@@ -45,6 +45,7 @@ from library.media import frame_at, last_frame
 from library.post import PostRequest
 from library.posters import Posters
 from library.storyboard import Shot, Storyboard, StoryboardStore
+from library.takes import TakeWriter, recover_take
 from pipelines.manager import GenerationResult, Progress
 
 AUDIO_SUFFIXES = (".mp3", ".wav", ".m4a", ".aac", ".ogg", ".opus", ".flac")
@@ -126,6 +127,30 @@ class Library:
         if clip is not None:
             self.posters.make(clip)
         return files
+
+    # ---- long takes ---------------------------------------------------------------------------------
+    def take_folder(self, job_id: str) -> Path:
+        """Where a take's finished windows wait while it runs (job ids are the queue's own hex names)."""
+        return self.jobs_dir / f"{job_id}.take"
+
+    def start_take(self, job_id: str, plan: dict, asked: dict, size: tuple[int, int],
+                   options: ClipOptions) -> TakeWriter:  # fmt: skip
+        return TakeWriter.start(self.take_folder(job_id), plan, asked, size, options)
+
+    def publish_take(self, writer: TakeWriter, input_image: Image.Image | None = None,
+                     stopped: str | None = None) -> ClipFiles:  # fmt: skip
+        """The take's finished windows as one clip in the library, with its poster; the take's folder removed."""
+        files = writer.publish(self.root, input_image, stopped)
+        writer.remove()
+        clip = self.index.find(files.video.name)
+        if clip is not None:
+            self.posters.make(clip)
+        return files
+
+    def recover_take(self, job_id: str, input_image: Image.Image | None = None) -> ClipFiles | None:
+        """A take the studio stopped under (a crash, a power cut): its finished windows kept as a clip, if any."""
+        folder = self.take_folder(job_id)
+        return recover_take(folder, self.root, input_image) if folder.is_dir() else None
 
     # ---- post-production ------------------------------------------------------------------------
     def check_post(self, action: str, name: str, model: str | None, **how: object) -> PostRequest:

@@ -3,8 +3,10 @@ streamed frame by frame), labels players show, and reading a clip's frames back.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import time
 import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -86,6 +88,25 @@ class Mp4Writer:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.kill()
             self._proc.wait()
+
+
+def join_mp4(segments: list[Path], path: Path, comment: str | None = None) -> None:
+    """MP4 segments written by `Mp4Writer` with the same size and rate, joined into one file without re-encoding
+    (ffmpeg's concat demuxer, stream copy: one encoder's settings, so the joint is seamless and lossless)."""
+    if not segments:
+        raise ValueError("no segments to join")
+    folder = Path(segments[0]).parent
+    listing = folder / f".join-{os.getpid()}-{time.monotonic_ns()}.txt"  # names relative to the listing's folder
+    listing.write_text("".join(f"file '{Path(s).name}'\n" for s in segments))
+    args = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "concat", "-safe", "0", "-i",
+            str(listing), "-c", "copy", "-movflags", "+faststart", *(label_args(comment) if comment else []),
+            "-f", "mp4", str(path)]  # fmt: skip
+    try:
+        done = subprocess.run(args, capture_output=True)
+    finally:
+        listing.unlink(missing_ok=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"ffmpeg could not join the clip: {done.stderr.decode(errors='replace').strip()[-500:]}")
 
 
 @dataclass(frozen=True)

@@ -157,6 +157,12 @@ class TakePlan:
         return dict(asdict(self), window_frames=list(self.window_frames), prompts=list(self.prompts),
                     windows=self.windows, total_frames=self.total_frames)  # fmt: skip
 
+    @classmethod
+    def from_record(cls, data: dict) -> TakePlan:
+        """The plan `record()` wrote (a job record read after a restart)."""
+        return cls(str(data["model"]), int(data["fps"]), tuple(int(n) for n in data["window_frames"]),
+                   int(data["overlap"]), tuple(str(p) for p in data["prompts"]), float(data["limit_s"]))  # fmt: skip
+
 
 def max_overlap(frames_per_window: int, step: int = 4) -> int:
     """The largest K for windows of this many frames: 4m+1, at most half a window (each window adds at
@@ -296,6 +302,8 @@ def run_take(
     *,
     continue_with: ValidRequest | None = None,
     match_colour: bool | None = None,
+    on_record: Callable[[WindowRecord], None] | None = None,
+    on_held: WindowCallback | None = None,
 ) -> list[WindowRecord]:
     """Make the take window by window through `manager.generate`. `request` makes the first window (its prompt,
     frames and seed come from `plan` and are derived per window); `continue_with` the others (default: the
@@ -305,7 +313,10 @@ def run_take(
     but its last K (held for the blend with window n+1), then, with window n+1, the K blended frames and its
     own. If the take stops (cancel, an error), the held frames are handed on first, so what was handed ends
     with whole windows. `match_colour` (default: on, or as the request says for image-to-video): every window
-    colour-matched to the take's first frame. Raises the manager's errors (GenerationCancelled, ...) and
+    colour-matched to the take's first frame. `on_record(record)` follows each window's `on_window`, so a
+    caller can keep what made the frames it holds; `on_held(frames, index)` gets a copy of the K frames held back
+    (before `on_record`), so a caller that keeps them can keep whole windows even if the process dies. Raises
+    the manager's errors (GenerationCancelled, ...) and
     TakeError; returns each window's record."""
     if plan.model != request.spec.id:
         raise TakeError("model", f"The take was planned for {plan.model}, not {request.spec.id}.")
@@ -350,8 +361,12 @@ def run_take(
         last = index == plan.windows - 1
         held = None if last else out[-k:].copy()
         on_window(out if last else out[:-k], index)
+        if held is not None and on_held is not None:
+            on_held(held, index)
         records.append(WindowRecord(index, prompt, seed, frames, plan.start_of(index), k if index else 0, how,
                                     window.spec.id, window.task, result))  # fmt: skip
+        if on_record is not None:
+            on_record(records[-1])
         del out
     return records
 

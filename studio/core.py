@@ -7,17 +7,21 @@ from __future__ import annotations
 import math
 import secrets
 import threading
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from PIL import Image
 
 from library import Library
+from library.files import check_room
 from library.lora_folder import LoraFolder
+from library.media import estimate_mp4_mb
 from library.post import PostRequest
 from library.post_models import DEFAULT, TEST, PostModels, UpscalerFolder
 from pipelines.catalogue import get_spec
 from pipelines.enhance import TEST_ENHANCER, TEST_ENHANCER_VL, EnhanceError
+from pipelines.long_take import TakeError, plan_take
 from pipelines.manager import PipelineManager
 from pipelines.parallel import check_request
 from pipelines.request import GenerationRequest, validate_request
@@ -74,6 +78,29 @@ class Studio:
         for worker in self.jobs.workers:  # a clip split over GPUs has its own limits: refused now, not later
             check_request(valid, getattr(worker, "degree", 1))
         return self.jobs.submit(valid, append_to_storyboard=append_to_storyboard)
+
+    def submit_take(self, request: GenerationRequest, prompts: Sequence[str], seconds: float | None = None,
+                    overlap: int | None = None) -> Job:  # fmt: skip
+        """Validate and plan a long take now (a refusal names the field) and queue it: one clip of several
+        windows of `request.frames` each, with one prompt for all or one per window; `seconds` long, or without
+        it one window per prompt; `overlap` the frames each window continues from (None: the model's own)."""
+        prompts = [p.strip() for p in prompts if isinstance(p, str) and p.strip()]
+        if prompts:  # window 1's prompt is the request's
+            request = replace(request, prompt=prompts[0])
+        valid = validate_request(request, self.settings.model)
+        elsewhere = [w.label for w in self.jobs.workers
+                     if not isinstance(w, LocalWorker) or isinstance(w, ZeroGpuWorker)]  # fmt: skip
+        if elsewhere:
+            raise TakeError("workers", "Long takes run on a GPU of this machine, and this studio's clips run "
+                                       f"elsewhere ({', '.join(elsewhere)}). Make the shot with Extend the last shot "
+                                       "instead.")  # fmt: skip
+        prompts = prompts or [valid.prompt]
+        plan = plan_take(valid.spec, prompts, seconds=seconds, windows=None if seconds else len(prompts),
+                         frames_per_window=valid.frames, overlap=overlap,
+                         limit_s=self.settings.take_limit_s)  # fmt: skip
+        check_room(self.library.root, estimate_mp4_mb(plan.total_frames, valid.width, valid.height), "the take")
+        asked = {"prompts": list(prompts), "seconds": seconds, "overlap": overlap}
+        return self.jobs.submit(replace(valid, prompt=plan.prompts[0]), take=plan, take_asked=asked)
 
     def submit_post(self, action: str, clip: str, model: str | None = None, **how: object) -> Job:
         """Check an upscale (`scale`/`height`) or a frame interpolation (`factor`/`fps`) of a library clip now

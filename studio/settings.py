@@ -13,6 +13,7 @@ from pipelines import attention, caching
 from pipelines.catalogue import CATALOGUE, DEFAULT_MODEL, UnknownModelError, get_spec
 from pipelines.enhance import DEFAULT_TEXT_ENHANCER, DEFAULT_VISION_ENHANCER, ENHANCERS
 from pipelines.errors import UserError
+from pipelines.long_take import DEFAULT_LIMIT_S, MAX_LIMIT_S
 from pipelines.memory import AUTO, PROFILES
 from pipelines.paths import config_dir
 from pipelines.request import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_STEPS
@@ -49,6 +50,7 @@ class Settings:
     vision_enhancer: str = DEFAULT_VISION_ENHANCER  # the one that also looks at an image-to-video picture
     enhance_keep_language: bool = False  # False: the enhanced prompt comes back in English
     enhance_on_cpu: bool = False  # True: the enhancer runs on the CPU and never waits for the GPU
+    take_limit_s: float = DEFAULT_LIMIT_S  # the longest long take (pipelines.long_take.MAX_LIMIT_S at most)
 
     @property
     def speed(self) -> SpeedOptions:
@@ -112,6 +114,13 @@ class Settings:
             and 0 <= self.guidance_scale <= MAX_GUIDANCE
         ):  # fmt: skip
             raise SettingsError(f"Default guidance must be from 0 to {MAX_GUIDANCE:g}; got {self.guidance_scale!r}.")
+        if (
+            isinstance(self.take_limit_s, bool)
+            or not isinstance(self.take_limit_s, (int, float))
+            or not (DEFAULT_LIMIT_S <= self.take_limit_s <= MAX_LIMIT_S)
+        ):
+            raise SettingsError(f"The long-take limit must be from {DEFAULT_LIMIT_S:g} to {MAX_LIMIT_S:g} seconds; "
+                                f"got {self.take_limit_s!r}.")  # fmt: skip
         if self.negative_prompt is not None and len(self.negative_prompt) > MAX_PROMPT_CHARS:
             raise SettingsError(f"The default negative prompt must stay under {MAX_PROMPT_CHARS} characters.")
         return self

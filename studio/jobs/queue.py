@@ -30,8 +30,11 @@ from library import ClipOptions, Library, Shot, Storyboard
 from library.files import discard, read_json, set_aside, write_json, write_png
 from library.film import ExportCancelled
 from library.post import PostCancelled, PostRequest
+from library.takes import CANCELLED as TAKE_CANCELLED
+from library.takes import FAILED as TAKE_FAILED
 from pipelines.enhance import EnhanceCancelled
 from pipelines.errors import UserError
+from pipelines.long_take import TakePlan, run_take
 from pipelines.manager import GenerationCancelled, PipelineManager, Progress
 from pipelines.request import ValidRequest
 from studio.errors import internal_error
@@ -60,6 +63,10 @@ class Job:
     text: str | None = None  # an enhancement's result
     storyboard: Storyboard | None = None  # a film job's storyboard, checked at submit
     append_to_storyboard: bool = False  # a clip job from "extend the last shot": its clip joins the storyboard
+    take: TakePlan | None = None  # a long take's windows (a clip job of several windows, one clip)
+    take_asked: dict | None = None  # what the user asked for the take (prompts, seconds, overlap): for its sidecar
+    keep: bool = False  # a take cancelled with "keep the finished windows"
+    window: int = 0  # the take's window running now (1-based)
     status: str = QUEUED
     created: float = field(default_factory=time.time)
     message: str = "Waiting in the queue"
@@ -116,12 +123,13 @@ class Job:
             "end_image": f"{self.id}.end.png" if self.request is not None and self.request.end_image is not None
             else None,
             "storyboard": self.storyboard.to_json() if self.storyboard is not None else None,
+            "take": self.take.record() if self.take is not None else None, "take_asked": self.take_asked,
             "post": self.post.record() if self.post is not None else None,
             "enhance": self.enhance.record() if self.enhance is not None else None, "text": self.text,
             "append_to_storyboard": self.append_to_storyboard, "status": self.status, "created": self.created,
-            "message": self.message, "step": self.step, "total_steps": self.total_steps, "result": self.result,
-            "error": self.error, "worker": self.worker, "retried": self.retried, "started": self.started,
-            "ended": self.ended,
+            "message": self.message, "window": self.window, "step": self.step, "total_steps": self.total_steps,
+            "result": self.result, "error": self.error, "worker": self.worker, "retried": self.retried,
+            "started": self.started, "ended": self.ended,
         }  # fmt: skip
 
     @classmethod
@@ -146,7 +154,8 @@ class Job:
             enhance = EnhanceRequest(**data["enhance"], image=image)
         return cls(
             id=str(data["id"]), kind=data["kind"], request=request, storyboard=storyboard, post=post, enhance=enhance,
-            text=data.get("text"),
+            text=data.get("text"), take=TakePlan.from_record(data["take"]) if data.get("take") else None,
+            take_asked=data.get("take_asked"), window=int(data.get("window", 0) or 0),
             append_to_storyboard=bool(data.get("append_to_storyboard")), status=data["status"],
             created=float(data["created"]), message=str(data.get("message", "")), step=int(data.get("step", 0)),
             total_steps=int(data.get("total_steps", 0)), result=data.get("result"), error=data.get("error"),
@@ -191,10 +200,12 @@ class JobQueue:
         threading.Thread(target=self._cpu_forever, name="wan-studio-cpu-worker", daemon=True).start()
 
     # ---- submitting and watching ----------------------------------------------------------------
-    def submit(self, request: ValidRequest, append_to_storyboard: bool = False) -> Job:
-        """Queue a validated request (its seed is final from here on); LibraryError when its record cannot
-        be written, and then nothing is queued."""
-        job = Job(id=uuid.uuid4().hex[:12], kind=CLIP, request=request, append_to_storyboard=append_to_storyboard)
+    def submit(self, request: ValidRequest, append_to_storyboard: bool = False, take: TakePlan | None = None,
+               take_asked: dict | None = None) -> Job:  # fmt: skip
+        """Queue a validated request (its seed is final from here on), or a long take of it (`take`, planned
+        for it); LibraryError when its record cannot be written, and then nothing is queued."""
+        job = Job(id=uuid.uuid4().hex[:12], kind=CLIP, request=request, append_to_storyboard=append_to_storyboard,
+                  take=take, take_asked=take_asked)  # fmt: skip
         return self._enqueue(job)
 
     def submit_post(self, post: PostRequest) -> Job:
@@ -271,14 +282,16 @@ class JobQueue:
             )
         return next((i + 1 for i, j in enumerate(queued) if j.id == job_id), 0)
 
-    def cancel(self, job_id: str) -> bool:
+    def cancel(self, job_id: str, keep: bool = False) -> bool:
         """Stop a queued job at once, a running one within a denoising step (or a film frame), a download
-        before the model loads, a decode before anything is published. False when there is nothing to stop,
-        or the clip is already being written (then it is kept: `too_late_to_cancel`)."""
+        before the model loads, a decode before anything is published. A long take stopped with `keep` is
+        published with its finished windows. False when there is nothing to stop, or the clip is already
+        being written (then it is kept: `too_late_to_cancel`)."""
         with self._lock:
             job = self._jobs.get(job_id)
             if job is None or job.finished or self.too_late_to_cancel(job):
                 return False
+            job.keep = job.keep or keep
             self._cancels[job_id].set()
             if job.status == QUEUED:
                 self._finish(job, CANCELLED, "Cancelled before it started")
@@ -296,6 +309,7 @@ class JobQueue:
                     job = self._claim(n)
             try:
                 run = {POST: self._run_post, ENHANCE: self._run_enhance}.get(job.kind, self._run_clip)
+                run = self._run_take if job.take is not None else run
                 self._guarded(job, run, job, worker)
             finally:
                 with self._wake:
@@ -393,6 +407,61 @@ class JobQueue:
         unsigned = _unsigned(self.library.clip(files.video.name).sidecar.get("provenance", {}))
         with self._lock:
             self._finish(job, DONE, f"Done in {result.timings['total_s']:.1f} s (seed {job.seed}).{unsigned}{note}")
+
+    def _run_take(self, job: Job, worker: GpuWorker) -> None:
+        """A long take on a local worker's pipeline manager, window by window: the frames stream to the take's
+        folder as each window finishes, then join into one clip. A cancel with `keep` (or a failure after a
+        window was finished) publishes the finished windows; a plain cancel publishes nothing."""
+        cancel, plan, request = self._cancels[job.id], job.take, job.request
+        writer = self.library.start_take(job.id, plan.record(), job.take_asked or {}, (request.width, request.height),
+                                         self.clip_options)  # fmt: skip
+        report = TakeClock(plan, lambda index, progress: self._on_take_progress(job, index, progress))
+        stopped, failure = None, None
+        try:
+            run_take(worker.manager, request, plan, writer.add, report, cancel, on_record=writer.finished,
+                     on_held=writer.held)  # fmt: skip
+        except GenerationCancelled:
+            stopped = TAKE_CANCELLED
+        except UserError as err:
+            stopped, failure = TAKE_FAILED, err
+        try:
+            with self._lock:
+                window = f"window {job.window}/{plan.windows}"
+                if stopped == TAKE_CANCELLED and (not job.keep or not writer.windows):
+                    what = "" if not writer.windows else f" ({writer.windows} finished window(s) not kept)"
+                    self._finish(job, CANCELLED, f"Cancelled in {window}; nothing was published{what}")
+                    return
+                if failure is not None and not writer.windows:
+                    raise failure
+                job.stage, job.message = WRITING, "Writing the take"  # from here on, cancel is refused
+                self._touch(job)
+            files = self.library.publish_take(writer, request.image, stopped)
+        except UserError as err:
+            self._failed(job, err)
+            return
+        finally:
+            writer.remove()
+        seconds = writer.frames / plan.fps
+        unsigned = _unsigned(self.library.clip(files.video.name).sidecar.get("provenance", {}))
+        with self._lock:
+            job.result = str(files.video)
+            took = time.time() - (job.started or time.time())
+            kept = f"{writer.windows} of {plan.windows} windows"
+            if failure is not None:
+                message = f"Failed in window {job.window}/{plan.windows}: {failure} The finished {kept} were kept " \
+                          f"as {files.video.name} ({seconds:.1f} s)."  # fmt: skip
+                self._finish(job, FAILED, message, error=str(failure))
+            elif stopped == TAKE_CANCELLED:
+                self._finish(job, CANCELLED, f"Stopped; the finished {kept} were kept as {files.video.name} "
+                                             f"({seconds:.1f} s).{unsigned}")  # fmt: skip
+            else:
+                self._finish(job, DONE, f"Done in {took:.1f} s: a {seconds:.1f} s take of {plan.windows} windows "
+                                        f"(seed {job.seed}).{unsigned}")  # fmt: skip
+
+    def _on_take_progress(self, job: Job, index: int, progress: Progress) -> None:
+        with self._lock:
+            job.window = index + 1
+        self._on_progress(job, progress)
 
     def _lost(self, job: Job, worker: GpuWorker, err: WorkerLost) -> None:
         """The worker died under the job: it runs again once, on whichever worker is free first; a second
@@ -540,10 +609,50 @@ class JobQueue:
             if job.status == RUNNING:
                 job.status = INTERRUPTED
                 job.message = "Interrupted: the studio stopped while this job ran. Start it again to redo it."
+                if job.take is not None:
+                    job.message = self._recovered(job)
                 self._touch(job, save=True)
             elif job.status == QUEUED:
                 job.message = "Resumed after a restart; waiting in the queue"
                 self._queue(job)
+
+    def _recovered(self, job: Job) -> str:
+        """A take the studio stopped under: its finished windows kept as a clip (the interrupted message)."""
+        try:
+            files = self.library.recover_take(job.id, job.request.image)
+        except Exception as err:  # the studio starts regardless; the segments stay for a later look
+            log.warning("could not keep the finished windows of take %s: %s", job.id, err)
+            return f"Interrupted: the studio stopped while this take ran, and its finished windows could not be kept " \
+                   f"({_said(err)})."  # fmt: skip
+        if files is None:
+            return "Interrupted: the studio stopped in the take's first window; nothing was kept. Start it again."
+        job.result = str(files.video)
+        windows = len(self.library.clip(files.video.name).sidecar.get("windows", []))
+        return f"Interrupted: the studio stopped while this take ran. Its {windows} finished window(s) were kept as " \
+               f"{files.video.name}."  # fmt: skip
+
+
+class TakeClock:
+    """A take's progress as the queue shows it: the manager's reports per window, with the ETA for the whole
+    take (the window's own, plus the remaining windows at the pace of the ones done, or of this one so far)."""
+
+    def __init__(self, plan: TakePlan, report: Callable[[int, Progress], None]):
+        self.plan, self.report = plan, report
+        self.started: dict[int, float] = {}
+        self.took: list[float] = []  # seconds per frame of each finished window
+
+    def __call__(self, index: int, progress: Progress) -> None:
+        now = time.monotonic()
+        if index not in self.started:
+            if index - 1 in self.started:
+                self.took.append((now - self.started[index - 1]) / self.plan.window_frames[index - 1])
+            self.started[index] = now
+        eta = progress.eta_s
+        if eta is not None:
+            per_frame = (sum(self.took) / len(self.took) if self.took else
+                         (now - self.started[index] + eta) / self.plan.window_frames[index])  # fmt: skip
+            eta += per_frame * sum(self.plan.window_frames[index + 1 :])
+        self.report(index, replace(progress, eta_s=eta))
 
 
 def tile(frames: np.ndarray, gap: int = 4) -> np.ndarray:

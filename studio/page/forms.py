@@ -9,7 +9,7 @@ from typing import Any
 import gradio as gr
 
 from pipelines.catalogue import ModelSpec
-from studio.page.handlers.generate import frames_note, seed_info
+from studio.page.handlers.generate import frames_note, overlap_note, seed_info
 from studio.page.handlers.settings import fast_label, negative_default, size_choices
 from studio.page.widgets import Number, Slider
 from studio.settings import Settings
@@ -49,6 +49,10 @@ class GenerationForm:
     kept: gr.State  # the steps and guidance the user had when ticking Fast mode, given back when unticking
     finished: list = field(default_factory=list)  # the events that stream a job to this form: what ends with it
     enhance: gr.Button | None = None  # rewrites the prompt with the prompt enhancer
+    take_prompts: gr.Textbox | None = None  # a long take: one prompt per window, one per line
+    take_seconds: gr.Number | None = None  # a long take's length (0: one window per prompt)
+    take_overlap: gr.Number | None = None  # frames each window continues from (0: the model's own)
+    keep: gr.Button | None = None  # stops a long take and keeps its finished windows as a clip
 
     @property
     def lora_inputs(self) -> list:
@@ -58,6 +62,11 @@ class GenerationForm:
     def generate_inputs(self) -> list:
         """The generate event's inputs (its API parameters) after the request's controls."""
         return [*self.settings_inputs, self.loras_json, self.fast]
+
+    @property
+    def take_inputs(self) -> list:
+        """The long-take controls, the generate handlers' last parameters."""
+        return [self.take_prompts, self.take_seconds, self.take_overlap]
 
     @property
     def settings_inputs(self) -> list:
@@ -70,6 +79,7 @@ class GenerationForm:
         return {
             "prompt": self.prompt, "negative_prompt": self.negative, "size": self.size, "frames": self.frames,
             "steps": self.steps, "guidance_scale": self.guidance, "seed": self.seed, "fast": self.fast,
+            "window_prompts": self.take_prompts, "take_seconds": self.take_seconds, "take_overlap": self.take_overlap,
         }  # fmt: skip
 
     @property
@@ -140,9 +150,26 @@ def build_form(
                                         visible=spec.two_experts),
                         ))  # fmt: skip
                 loras_json = gr.Textbox(value="[]", visible=False, label="loras")
+            with gr.Accordion("Long take (one clip of several windows)", open=False, elem_id=f"{task}-take"):
+                gr.Markdown(
+                    "One clip longer than a model's clip, made as windows of *Frames* each: every window continues "
+                    "from the last frames of the one before, so motion carries across the joint. Give a length, a "
+                    "prompt per window, or both (then the last prompt holds to the end)."
+                )
+                take_prompts = gr.Textbox(
+                    label="Window prompts, one per line (window 1 first; empty: the Prompt above for every window)",
+                    lines=3, elem_id=f"{task}-take-prompts",
+                )  # fmt: skip
+                with gr.Row():
+                    take_seconds = Number(value=0, minimum=0, label="Length in seconds (0: one window per line)",
+                                          elem_id=f"{task}-take-seconds")  # fmt: skip
+                    take_overlap = Number(value=0, minimum=0, precision=0, elem_id=f"{task}-take-overlap",
+                                          label="Overlap in frames (0: the model's own)",
+                                          info=overlap_note(spec))  # fmt: skip
             with gr.Row():
                 go = gr.Button("Generate", variant="primary", elem_id=f"{task}-generate")
                 cancel = gr.Button("Cancel", variant="stop", elem_id=f"{task}-cancel")
+                keep = gr.Button("Stop, keep the finished windows", visible=False, elem_id=f"{task}-keep")
             status = gr.Markdown("Ready.", elem_id=f"{task}-status")  # under the button: where the eye is
         with gr.Column(scale=1, min_width=300):
             preview = gr.Image(label="Live preview", interactive=False, elem_id=f"{task}-preview", format="png")
@@ -151,6 +178,7 @@ def build_form(
             job = gr.Textbox(visible=False, label="Job id")
     form = GenerationForm(
         task, prompt, negative, size, frames, steps, guidance, seed, go, cancel, status, preview, video, seed_used, job,
-        fast, slots, loras_json, negative_reset, new_seed, gr.State(None), enhance=enhance,
+        fast, slots, loras_json, negative_reset, new_seed, gr.State(None), enhance=enhance, take_prompts=take_prompts,
+        take_seconds=take_seconds, take_overlap=take_overlap, keep=keep,
     )  # fmt: skip
     return form, extra

@@ -12,6 +12,7 @@ import gradio as gr
 
 from pipelines import attention
 from pipelines.catalogue import IMAGE_TO_VIDEO, TEXT_TO_VIDEO, get_spec
+from pipelines.long_take import DEFAULT_LIMIT_S, MAX_LIMIT_S
 from pipelines.memory import AUTO, PROFILES
 from studio.errors import shown_in_page
 from studio.page.forms import build_form
@@ -25,7 +26,7 @@ from studio.page.handlers import settings as sett
 from studio.page.handlers import storyboard as board
 from studio.page.handlers import verify as ver
 from studio.page.storyboard_tab import build_storyboard_tab
-from studio.page.widgets import Picture, Upload
+from studio.page.widgets import Number, Picture, Upload
 from studio.settings import PRECISIONS, model_choices
 
 if TYPE_CHECKING:
@@ -258,6 +259,11 @@ def build_ui(studio: Studio) -> gr.Blocks:
                         s_enhance_cpu = gr.Checkbox(value=settings.enhance_on_cpu,
                                                     label="Run the enhancer on the CPU (slower; never waits for "
                                                           "the GPU)")  # fmt: skip
+                s_take_limit = Number(value=settings.take_limit_s, precision=0, minimum=DEFAULT_LIMIT_S,
+                                      maximum=MAX_LIMIT_S, elem_id="settings-take-limit",
+                                      label=f"Longest long take, in seconds ({DEFAULT_LIMIT_S:g} to {MAX_LIMIT_S:g})",
+                                      info="A long take is made as windows; memory stays flat, time and disk grow "
+                                           "with its length.")  # fmt: skip
                 with gr.Accordion("Upscalers", open=False, elem_id="settings-upscalers"):
                     gr.Markdown(f"Upscalers folder: `{studio.upscalers.root}`. Any upscaler spandrel recognises "
                                 "(Real-ESRGAN, SPAN, SwinIR, HAT, DAT…); `.safetensors` preferred, a `.pth` is "
@@ -325,9 +331,9 @@ def build_ui(studio: Studio) -> gr.Blocks:
         # The page's events show a refusal or a failure as the form's status line (no error painted over every
         # output); the API's endpoints, on buttons the page never shows, raise it and stream plain text.
         for form, api, in_page, inputs in (
-            (t2v, gen.text_to_video, gen.text_to_video_in_page, t2v.generate_inputs),
+            (t2v, gen.text_to_video, gen.text_to_video_in_page, [*t2v.generate_inputs, *t2v.take_inputs]),
             (i2v, gen.image_to_video, gen.image_to_video_in_page,
-             [i_image, *i2v.generate_inputs, i_match, i_end]),
+             [i_image, *i2v.generate_inputs, i_match, i_end, *i2v.take_inputs]),
         ):  # fmt: skip
             form.finished.append(form.go.click(gen.slots_to_loras, form.lora_inputs, form.loras_json,
                                                concurrency_limit=None, **PRIVATE).then(
@@ -342,6 +348,11 @@ def build_ui(studio: Studio) -> gr.Blocks:
             form.fast.input(shown_in_page(toggle_fast), [form.fast, form.steps, form.guidance, form.kept],
                             [form.steps, form.guidance, form.kept], **PRIVATE)  # fmt: skip
             form.new_seed.click(new_seed, None, form.seed, show_progress="hidden", **PRIVATE)
+            # a long take can be stopped keeping its finished windows: the button shows while the form makes one
+            for field in (form.take_prompts, form.take_seconds):
+                field.change(lambda prompts, seconds: gr.update(visible=gen.is_take(prompts, seconds)),
+                             [form.take_prompts, form.take_seconds], form.keep, show_progress="hidden",
+                             **PRIVATE)  # fmt: skip
             form.seed.input(lambda: gr.update(info=gen.seed_info()), None, form.seed, show_progress="hidden",
                             **PRIVATE)  # fmt: skip
             # unprocessed: a stock slider refuses an out-of-range number before the handler could say what it became
@@ -360,6 +371,9 @@ def build_ui(studio: Studio) -> gr.Blocks:
         )  # fmt: skip
         t2v.cancel.click(bind(gen.cancel, studio), t2v.job, t2v.status, api_name="cancel", concurrency_limit=None)
         i2v.cancel.click(bind(gen.cancel, studio), i2v.job, i2v.status, concurrency_limit=None, **PRIVATE)
+        t2v.keep.click(bind(gen.keep_windows, studio), t2v.job, t2v.status, api_name="keep_windows",
+                       concurrency_limit=None)  # fmt: skip
+        i2v.keep.click(bind(gen.keep_windows, studio), i2v.job, i2v.status, concurrency_limit=None, **PRIVATE)
 
         lora_pickers = [slot[0] for form in (t2v, i2v) for slot in form.lora_slots]
 
@@ -501,7 +515,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
         settings_inputs = [
             s_model, s_profile, s_precision, s_output, s_steps, s_guidance, s_negative, s_watermark, s_include_prompt,
             s_attention, s_compile, s_vae_precision, s_confirm_output, s_lora_dir, s_cache, s_cache_threshold,
-            s_enhancer, s_vision_enhancer, s_keep_language, s_enhance_cpu,
+            s_enhancer, s_vision_enhancer, s_keep_language, s_enhance_cpu, s_take_limit,
         ]  # fmt: skip
 
         def save_settings(*values):

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 import numpy as np
 
-from studio.jobs.queue import CANCELLED, DONE, FILM, QUEUED, RUNNING, Job
+from studio.jobs.queue import CANCELLED, DONE, FILM, QUEUED, RUNNING, WRITING, Job
 
 if TYPE_CHECKING:
     from studio.core import Studio
@@ -31,6 +31,8 @@ def status_text(job: Job, position: int) -> str:
     if job.status == RUNNING:
         if job.kind == FILM:
             return f"**Film** {text_bar(job.fraction)} {job.message}"
+        if job.take is not None and job.window and job.stage != WRITING:
+            return take_status(job)
         if job.stage == "denoise" and job.total_steps:
             eta = f", about {job.eta_s:.0f} s left" if job.eta_s is not None else ""
             bar = text_bar(job.step / job.total_steps)
@@ -46,6 +48,17 @@ def status_text(job: Job, position: int) -> str:
     if job.message.lower().startswith(job.status):  # "Done in 5.7 s", not "Done — Done in 5.7 s"
         return f"**{word}**{job.message[len(word) :]}"
     return f"**{word}** — {job.message}"
+
+
+def take_status(job: Job) -> str:
+    """A long take's line: which window runs, its step, one bar and one ETA for the whole take."""
+    windows, window = job.take.windows, job.window
+    where = f"Window {window}/{windows}"
+    if job.stage == "denoise" and job.total_steps:
+        done = (window - 1 + job.step / job.total_steps) / windows
+        eta = f", about {job.eta_s:.0f} s left for the take" if job.eta_s is not None else ""
+        return f"**{where} · step {job.step}/{job.total_steps}** {text_bar(done)}{eta} · seed {job.seed}"
+    return f"**{where}** {text_bar((window - 1) / windows)} {job.message}"
 
 
 def plain(status: str) -> str:

@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 from library import LibraryError
 from pipelines.catalogue import IMAGE_TO_VIDEO, TEXT_TO_VIDEO, ModelSpec
+from pipelines.long_take import continuation_for, max_overlap
 from pipelines.loras import EXPERTS, MAX_LORAS, LoraChoice
 from pipelines.request import GenerationRequest, RequestError
-from studio.jobs.queue import FILM
+from studio.jobs.queue import FILM, Job
 from studio.page.handlers import AUTO_SIZE
 from studio.page.watch import watch
 
@@ -24,25 +25,29 @@ Update = tuple[Any, str, str | None, str, int | None]
 
 async def text_to_video(
     studio: Studio, prompt: str, negative_prompt: str = "", size: str = "", frames: float = 0, steps: float = 0,
-    guidance_scale: float = -1, seed: float = -1, loras: str = "[]", fast: bool = False,
+    guidance_scale: float = -1, seed: float = -1, loras: str = "[]", fast: bool = False, window_prompts: Any = "",
+    seconds: float = 0, overlap: float = 0,
 ) -> AsyncIterator[Update]:  # fmt: skip
-    """The API's text-to-video: plain-text status lines; a refusal or a failed job raises its message."""
+    """The API's text-to-video: plain-text status lines; a refusal or a failed job raises its message. A long
+    take: `window_prompts` (a JSON list, or one prompt per line), `seconds`, `overlap` (see `submit_form`)."""
     request = form_request(studio.settings.model, TEXT_TO_VIDEO, prompt, negative_prompt, size, frames, steps,
                            guidance_scale, seed)  # fmt: skip
-    async for update in watch(studio, studio.submit(with_extras(studio, request, loras, fast))):
+    job = submit_form(studio, with_extras(studio, request, loras, fast), window_prompts, seconds, overlap)
+    async for update in watch(studio, job):
         yield update
 
 
 async def image_to_video(
     studio: Studio, image: Any, prompt: str, negative_prompt: str = "", size: str = AUTO_SIZE, frames: float = 0,
     steps: float = 0, guidance_scale: float = -1, seed: float = -1, loras: str = "[]", fast: bool = False,
-    match_colour: bool = True, end_image: Any = None,
+    match_colour: bool = True, end_image: Any = None, window_prompts: Any = "", seconds: float = 0,
+    overlap: float = 0,
 ) -> AsyncIterator[Update]:  # fmt: skip
     """The API's image-to-video, like `text_to_video`; `match_colour` keeps the picture's colours, `end_image`
     (where the model takes one) is the frame the clip ends on."""
     request = image_request(studio, image, prompt, negative_prompt, size, frames, steps, guidance_scale, seed, loras,
                             fast, match_colour, end_image)  # fmt: skip
-    async for update in watch(studio, studio.submit(request)):
+    async for update in watch(studio, submit_form(studio, request, window_prompts, seconds, overlap)):
         yield update
 
 
@@ -66,8 +71,8 @@ async def text_to_video_in_page(studio: Studio, *values: Any) -> AsyncIterator[U
     """The page's text-to-video: a refusal or a failure is the form's status line, in Markdown: one message
     where the user looks, never an error Gradio paints over every output."""
     try:
-        request = with_extras(studio, form_request(studio.settings.model, TEXT_TO_VIDEO, *values[:7]), *values[7:])
-        job = studio.submit(request)
+        request = with_extras(studio, form_request(studio.settings.model, TEXT_TO_VIDEO, *values[:7]), *values[7:9])
+        job = submit_form(studio, request, *values[9:])
     except Exception as err:  # noqa: BLE001 (every failure becomes the status line)
         yield not_started(err)
         return
@@ -78,7 +83,7 @@ async def text_to_video_in_page(studio: Studio, *values: Any) -> AsyncIterator[U
 async def image_to_video_in_page(studio: Studio, *values: Any) -> AsyncIterator[Update]:
     """The page's image-to-video, like `text_to_video_in_page`."""
     try:
-        job = studio.submit(image_request(studio, *values))
+        job = submit_form(studio, image_request(studio, *values[:12]), *values[12:])
     except Exception as err:  # noqa: BLE001
         yield not_started(err)
         return
@@ -97,6 +102,63 @@ async def resume(studio: Studio, job_id: Any) -> AsyncIterator[Update]:
         return
     async for update in watch(studio, job, page=True):
         yield update
+
+
+def submit_form(studio: Studio, request: GenerationRequest, window_prompts: Any = "", seconds: Any = 0,
+                overlap: Any = 0) -> Job:  # fmt: skip
+    """Queue the form's request: one clip, or a long take when it has a length in seconds or several window
+    prompts (one prompt and no length: a clip of that prompt)."""
+    prompts, seconds, overlap = take_fields(window_prompts, seconds, overlap)
+    if seconds is None and len(prompts) <= 1:
+        if prompts:
+            request.prompt = prompts[0]
+        return studio.submit(request)
+    return studio.submit_take(request, prompts, seconds, overlap)
+
+
+def take_fields(window_prompts: Any, seconds: Any, overlap: Any) -> tuple[list[str], float | None, int | None]:
+    """(prompts, seconds or None, overlap or None) from the form or the API: prompts as a list, a JSON list or
+    one per line; 0 or empty for "not given". RequestError names what is wrong."""
+    problems: dict[str, str] = {}
+    if window_prompts is None or window_prompts == "":
+        prompts = []
+    elif isinstance(window_prompts, list):
+        prompts = window_prompts
+    elif isinstance(window_prompts, str) and window_prompts.lstrip().startswith("["):
+        try:
+            prompts = json.loads(window_prompts)
+        except (ValueError, RecursionError):
+            prompts = None
+    elif isinstance(window_prompts, str):
+        prompts = window_prompts.splitlines()
+    else:
+        prompts = None
+    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+        problems["window_prompts"] = "window_prompts must be a list of prompts (a JSON list, or one per line)."
+        prompts = []
+    length = _number(seconds or 0, "seconds", "The take's length in seconds", problems)
+    if length is not None and length < 0:
+        problems["seconds"] = f"The take's length must be 0 (no take) or a number of seconds; got {length:g}."
+    frames = _whole(overlap or 0, "overlap", "The overlap in frames", problems)
+    if problems:
+        raise RequestError(problems)
+    return [p.strip() for p in prompts if p.strip()], length or None, frames or None
+
+
+def is_take(window_prompts: Any, seconds: Any) -> bool:
+    """Whether the form, as filled in, makes a long take (the page then offers to stop it keeping its windows)."""
+    try:
+        prompts, length, _ = take_fields(window_prompts, seconds, 0)
+    except RequestError:
+        return False
+    return length is not None or len(prompts) > 1
+
+
+def overlap_note(spec: ModelSpec) -> str:
+    """The overlap's help line: the model's own choice and what the value may be."""
+    choice = continuation_for(spec)
+    frames = min(choice.default_overlap, max_overlap(spec.frames, spec.frame_step))
+    return f"{spec.label}: {frames} frames ({choice.method}); 1 or {spec.frame_step}n+1, up to half a window."
 
 
 def not_started(err: BaseException) -> Update:
@@ -163,6 +225,13 @@ def cancel(studio: Studio, job_id: str) -> str:
     if job is not None and studio.jobs.too_late_to_cancel(job):
         return "Too late to cancel: the clip is being written, and it will be kept in the library."
     return "Nothing to cancel."
+
+
+def keep_windows(studio: Studio, job_id: str) -> str:
+    """Stop a long take and keep its finished windows as a clip."""
+    if isinstance(job_id, str) and job_id and studio.jobs.cancel(job_id, keep=True):
+        return "Stopping: the finished windows will be kept as a clip…"
+    return cancel(studio, job_id)
 
 
 def form_request(

@@ -125,6 +125,14 @@ def details(clip_sidecar: dict) -> str:
                                f"{str(model.get('sha256'))[:12]}…)"))  # fmt: skip
     else:
         rows.append(("Took", f"{side.get('timings', {}).get('total_s', 0):.1f} s on {side.get('device', '?')}"))
+    take = side.get("take")
+    if isinstance(take, dict):
+        stopped = f", stopped ({take['stopped']}) after {take.get('kept_windows')}" if take.get("stopped") else ""
+        rows.append(("Long take", f"{take.get('windows')} windows of {take.get('window_frames', [0])[0]} frames, "
+                                  f"{take.get('overlap')} frames of overlap{stopped}"))  # fmt: skip
+        for w in side.get("windows") or []:
+            rows.append((f"Window {w.get('index', 0) + 1}", f"{w.get('prompt')} (seed {w.get('seed')}, "
+                                                            f"{w.get('conditioning')})"))  # fmt: skip
     if side.get("fast_preset"):
         rows.append(("Fast mode", side["fast_preset"]))
     two_experts = s.get("guidance_scale_2") is not None  # the A14B pair: which expert a LoRA went to matters
@@ -178,7 +186,16 @@ def reuse_values(settings: dict) -> dict[str, Any]:
         "loras": [{k: lora[k] for k in ("file", "strength", "experts") if k in lora} for lora in s.get("loras") or []],
         "cache": s.get("cache") or {"kind": "off"},  # clips from before the step cache ran without one
         "match_colour": bool(s.get("match_colour", False)),
+        **take_values(s.get("take")),
     }  # fmt: skip
+
+
+def take_values(take: Any) -> dict[str, Any]:
+    """A long take's window prompts, length and overlap as the form shows them (empty for a single clip)."""
+    take = take if isinstance(take, dict) else {}
+    prompts = [p for p in take.get("prompts") or [] if isinstance(p, str)]
+    return {"window_prompts": "\n".join(prompts), "take_seconds": take.get("seconds") or 0,
+            "take_overlap": take.get("overlap") or 0}  # fmt: skip
 
 
 def trash(studio: Studio, name: str | None) -> str:

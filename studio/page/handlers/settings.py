@@ -22,6 +22,7 @@ def save(
     compile_blocks: bool = False, vae_precision: str = "float32", confirm_output_dir: bool = False,
     lora_dir: str = "", step_cache: str = "off", cache_threshold: Any = "", enhancer: str | None = None,
     vision_enhancer: str | None = None, keep_language: bool = False, enhance_on_cpu: bool = False,
+    take_limit: Any = None,
 ) -> tuple[str, str | None]:  # fmt: skip
     """(status line, new model note or None). Nothing is saved when a value is refused; moving the output
     folder needs `confirm_output_dir` (it takes effect at the next start, and that folder is then served)."""
@@ -37,6 +38,7 @@ def save(
             enhancer=enhancer or studio.settings.enhancer,
             vision_enhancer=vision_enhancer or studio.settings.vision_enhancer,
             enhance_keep_language=bool(keep_language), enhance_on_cpu=bool(enhance_on_cpu),
+            take_limit_s=optional_number(take_limit, "The long-take limit") or studio.settings.take_limit_s,
         )  # fmt: skip
         candidate.validate()
         caching.check(candidate.step_cache, candidate.cache_threshold, candidate.model)  # MagCache: calibrated?
