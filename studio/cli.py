@@ -10,7 +10,9 @@ import os
 import re
 import sys
 import threading
+import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -19,6 +21,7 @@ from tqdm import tqdm
 from pipelines import attention, caching, quiet_libraries
 from pipelines.catalogue import DEFAULT_MODEL
 from pipelines.errors import UserError
+from pipelines.long_take import DEFAULT_LIMIT_S, MAX_LIMIT_S, plan_take
 from pipelines.loras import EXPERTS, LoraChoice
 from pipelines.memory import AUTO, PROFILES
 from pipelines.request import GenerationRequest, RequestError, ValidRequest, validate_request
@@ -34,7 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model", default=DEFAULT_MODEL, help="catalogue id or local diffusers folder (default: %(default)s)"
     )
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", required=True, action="append",
+                   help="what to show; give it once per window for a long take of several windows")  # fmt: skip
+    p.add_argument("--seconds", type=float, default=None,
+                   help="a long take of this many seconds (windows of --frames each)")  # fmt: skip
+    p.add_argument("--overlap", type=int, default=None,
+                   help="frames each window of a long take continues from (1 or 4n+1)")  # fmt: skip
+    p.add_argument("--take-limit", type=float, default=DEFAULT_LIMIT_S,
+                   help=f"the longest long take in seconds (default %(default)s, at most {MAX_LIMIT_S:g})")  # fmt: skip
     p.add_argument("--negative-prompt", default=None, help="default: the model's own")
     p.add_argument("--image", type=Path, default=None, help="a picture: makes it image-to-video")
     p.add_argument("--size", default=None, help="WIDTHxHEIGHT, e.g. 1280x704 (default: the model's)")
@@ -206,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         cache, threshold = parse_cache(args.cache)
         request = validate_request(
             GenerationRequest(
-                prompt=args.prompt, model=args.model, negative_prompt=args.negative_prompt,
+                prompt=args.prompt[0], model=args.model, negative_prompt=args.negative_prompt,
                 image=args.image, width=width, height=height, frames=args.frames, steps=args.steps,
                 guidance_scale=args.guidance, guidance_scale_2=args.guidance_2, seed=args.seed,
                 loras=[parse_lora(text, lora_folder()) for text in args.lora], fast=args.fast, cache=cache,
@@ -215,18 +225,34 @@ def main(argv: list[str] | None = None) -> int:
             default_model=DEFAULT_MODEL,
         )  # fmt: skip
         parallel.check_request(request, degree)
+        plan = None
+        if len(args.prompt) > 1 or args.seconds is not None:
+            if degree > 1:
+                raise parallel.ParallelError("A long take runs on one GPU: leave out --context-parallel.")
+            plan = plan_take(request.spec, args.prompt, seconds=args.seconds,
+                             windows=None if args.seconds is not None else len(args.prompt),
+                             frames_per_window=request.frames, overlap=args.overlap,
+                             limit_s=args.take_limit)  # fmt: skip
         speed = SpeedOptions(attention=args.attention, compile=args.compile, vae_precision=args.vae_precision)
         device = devices[rank.local_rank if rank else 0]
         speed.check(torch.device(device))
         # the output folder is checked before minutes of generation, not after
         library = Library.open(args.out_dir)
-        check_room(library.root, estimate_mp4_mb(request.frames, request.width, request.height), "the clip")
+        frames = plan.total_frames if plan is not None else request.frames
+        check_room(library.root, estimate_mp4_mb(frames, request.width, request.height), "the clip")
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if degree > 1 and rank is None:  # checked here, run by one process per GPU, all with this seed
         return launch_ranks(argv, degree, request.seed)
 
+    if plan is not None:
+        print(f"{describe(request)}; a long take of {plan.windows} windows, {plan.total_frames} frames "
+              f"({plan.duration_s:.1f} s), {plan.overlap} frames of overlap", file=sys.stderr)  # fmt: skip
+        manager = PipelineManager(profile=args.profile, offline=args.offline, speed=speed, device=device)
+        options = ClipOptions(sign=True, include_prompt=args.include_prompt, watermark=args.watermark)
+        asked = {"prompts": args.prompt, "seconds": args.seconds, "overlap": args.overlap}
+        return make_take(library, manager, replace(request, prompt=plan.prompts[0]), plan, options, asked)
     if leader:
         print(describe(request), file=sys.stderr)
     if args.compile and leader:
@@ -266,6 +292,46 @@ def main(argv: list[str] | None = None) -> int:
     signing = library.clip(files.video.name).sidecar.get("provenance", {})
     if not signing.get("signed"):
         print(f"warning: the clip is not signed: {signing.get('signing_error')}", file=sys.stderr)
+    print(files.video)
+    return 0
+
+
+def make_take(library, manager, request: ValidRequest, plan, options, asked: dict) -> int:
+    """A long take window by window, its frames streamed to the library's take folder, then one clip: bars per
+    window on stderr, the clip's path on stdout; 1 after a failure, 130 when interrupted (nothing written)."""
+    from pipelines.long_take import run_take
+    from pipelines.manager import GenerationCancelled
+
+    writer = library.start_take(f"cli-{uuid.uuid4().hex[:12]}", plan.record(), asked,
+                                (request.width, request.height), options)  # fmt: skip
+    bars, shown = Bars(), [-1]
+
+    def report(index: int, progress) -> None:
+        if index != shown[0]:
+            bars.close()
+            print(f"window {index + 1}/{plan.windows}: {plan.prompts[index]}", file=sys.stderr)
+            shown[0] = index
+        bars(progress)
+
+    try:
+        run_take(manager, request, plan, writer.add, report, on_record=writer.finished, on_held=writer.held)
+        bars.close()
+        files = library.publish_take(writer, request.image)
+    except UserError as err:
+        bars.close()
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, GenerationCancelled):
+        bars.close()
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
+    finally:
+        writer.remove()
+    side = library.clip(files.video.name).sidecar
+    print(f"seed {request.seed}; a {side['duration_s']:.1f} s take of {plan.windows} windows in "
+          f"{side['timings']['total_s']:.1f} s; sidecar {files.sidecar}", file=sys.stderr)  # fmt: skip
+    if not side.get("provenance", {}).get("signed"):
+        print(f"warning: the clip is not signed: {side['provenance'].get('signing_error')}", file=sys.stderr)
     print(files.video)
     return 0
 

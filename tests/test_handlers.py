@@ -114,8 +114,10 @@ def test_reuse_gives_the_clips_settings_by_control_name(studio):
     assert values["prompt"] == "a blue dog" and values["seed"] == 42 and values["frames"] == 13
     assert values["size"] == "96x64" and values["steps"] == 2
     assert set(values) == {"prompt", "negative_prompt", "size", "frames", "steps", "guidance_scale", "seed", "fast",
-                           "loras", "cache", "match_colour", "end_image"}  # fmt: skip
+                           "loras", "cache", "match_colour", "end_image", "window_prompts", "take_seconds",
+                           "take_overlap"}  # fmt: skip
     assert values["fast"] is False and values["loras"] == [] and values["cache"]["kind"] == "off"
+    assert values["window_prompts"] == "" and values["take_seconds"] == 0  # a single clip: no take
 
 
 @pytest.fixture

@@ -65,7 +65,8 @@ def test_jobs_run_in_order_and_land_in_the_library(manager, out_dir):
     assert all(jobs.get(job.id).status == DONE for job in submitted)
     clips = list_clips(out_dir)
     assert [c.settings["seed"] for c in reversed(clips)] == [3, 1, 2]  # newest first in the library
-    assert read_json(out_dir / ".jobs" / f"{submitted[-1].id}.json")["status"] == DONE
+    # the record is written just after the state changes in memory (under the queue's lock): wait for it
+    wait_until(lambda: read_json(out_dir / ".jobs" / f"{submitted[-1].id}.json")["status"] == DONE)
 
 
 def test_the_seed_is_drawn_once_at_submit_and_shown_while_the_job_waits(manager, out_dir):

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ENGINE_PUBLIC = {
     "pipelines", "pipelines.request", "pipelines.catalogue", "pipelines.manager", "pipelines.memory",
     "pipelines.speed", "pipelines.attention", "pipelines.errors", "pipelines.paths", "pipelines.loras",
-    "pipelines.caching", "pipelines.parallel", "pipelines.enhance",
+    "pipelines.caching", "pipelines.parallel", "pipelines.enhance", "pipelines.long_take",
 }  # fmt: skip
 
 

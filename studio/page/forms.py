@@ -158,7 +158,7 @@ def build_form(
                 )
                 take_prompts = gr.Textbox(
                     label="Window prompts, one per line (window 1 first; empty: the Prompt above for every window)",
-                    lines=3, elem_id=f"{task}-take-prompts",
+                    value="", lines=3, elem_id=f"{task}-take-prompts",
                 )  # fmt: skip
                 with gr.Row():
                     take_seconds = Number(value=0, minimum=0, label="Length in seconds (0: one window per line)",

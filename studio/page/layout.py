@@ -330,19 +330,23 @@ def build_ui(studio: Studio) -> gr.Blocks:
         # The LoRA slots become the `loras` argument first, so the page and an API client call the same handler.
         # The page's events show a refusal or a failure as the form's status line (no error painted over every
         # output); the API's endpoints, on buttons the page never shows, raise it and stream plain text.
-        for form, api, in_page, inputs in (
-            (t2v, gen.text_to_video, gen.text_to_video_in_page, [*t2v.generate_inputs, *t2v.take_inputs]),
+        # A long take has endpoints of its own (the clip endpoints' parameters, then the take's), so raw HTTP
+        # callers of /text_to_video and /image_to_video keep sending the values they always sent.
+        for form, api, in_page, inputs, take_api in (
+            (t2v, gen.text_to_video, gen.text_to_video_in_page, t2v.generate_inputs, "long_take"),
             (i2v, gen.image_to_video, gen.image_to_video_in_page,
-             [i_image, *i2v.generate_inputs, i_match, i_end, *i2v.take_inputs]),
+             [i_image, *i2v.generate_inputs, i_match, i_end], "long_take_from_image"),
         ):  # fmt: skip
             form.finished.append(form.go.click(gen.slots_to_loras, form.lora_inputs, form.loras_json,
                                                concurrency_limit=None, **PRIVATE).then(
-                bind(in_page, studio), inputs, form.outputs, concurrency_limit=None, show_progress="hidden",
-                **PRIVATE,
+                bind(in_page, studio), [*inputs, *form.take_inputs], form.outputs, concurrency_limit=None,
+                show_progress="hidden", **PRIVATE,
             ))  # fmt: skip
             gr.Button(visible=False).click(
                 bind(api, studio), inputs, form.outputs, api_name=api.__name__, concurrency_limit=None
             )
+            gr.Button(visible=False).click(bind(api, studio), [*inputs, *form.take_inputs], form.outputs,
+                                           api_name=take_api, concurrency_limit=None)  # fmt: skip
             form.negative_reset.click(shown_in_page(default_negative), None, form.negative, **PRIVATE)
             # .input, not .change: only the user's own click; Reuse sets the switch and the values together
             form.fast.input(shown_in_page(toggle_fast), [form.fast, form.steps, form.guidance, form.kept],
