@@ -6,10 +6,12 @@ from __future__ import annotations
 import re
 import shutil
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from library import film, post, post_models
@@ -41,7 +43,7 @@ from library.layout import (
     TRASH_DIR,
     plain_name,
 )
-from library.media import frame_at, last_frame
+from library.media import frame_at, last_frame, read_frames, video_info
 from library.post import PostRequest
 from library.posters import Posters
 from library.storyboard import Shot, Storyboard, StoryboardStore
@@ -213,6 +215,24 @@ class Library:
         if shot.end_s is None:
             return last_frame(video)
         return frame_at(video, max(0.0, shot.end_s - OUT_POINT_EPSILON_S))
+
+    def frames_before(self, shot: Shot, count: int) -> np.ndarray:
+        """The last `count` frames a shot shows in the film (up to its Out point), which an extension continues;
+        LibraryError when the clip is gone or shorter."""
+        clip = self.clip(shot.clip)
+        last = None if shot.end_s is None else shot.end_s - OUT_POINT_EPSILON_S
+        kept: deque[np.ndarray] = deque(maxlen=count)
+        frames = read_frames(clip.video)
+        fps = video_info(clip.video).fps or 1.0
+        for n, frame in enumerate(frames):
+            if last is not None and n / fps > last:
+                break
+            kept.append(frame)
+        frames.close()
+        if len(kept) < count:
+            raise LibraryError(f"{shot.clip} shows {len(kept)} frames up to its Out point; the extension continues "
+                               f"from its last {count}.")  # fmt: skip
+        return np.stack(kept)
 
     def clip_seconds(self, name: str) -> float:
         return film.clip_seconds(self.clip(name))

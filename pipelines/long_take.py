@@ -304,6 +304,7 @@ def run_take(
     match_colour: bool | None = None,
     on_record: Callable[[WindowRecord], None] | None = None,
     on_held: WindowCallback | None = None,
+    lead_in: np.ndarray | None = None,
 ) -> list[WindowRecord]:
     """Make the take window by window through `manager.generate`. `request` makes the first window (its prompt,
     frames and seed come from `plan` and are derived per window); `continue_with` the others (default: the
@@ -315,7 +316,10 @@ def run_take(
     with whole windows. `match_colour` (default: on, or as the request says for image-to-video): every window
     colour-matched to the take's first frame. `on_record(record)` follows each window's `on_window`, so a
     caller can keep what made the frames it holds; `on_held(frames, index)` gets a copy of the K frames held back
-    (before `on_record`), so a caller that keeps them can keep whole windows even if the process dies. Raises
+    (before `on_record`), so a caller that keeps them can keep whole windows even if the process dies.
+    `lead_in`: K frames of another clip the take continues (a storyboard's last shot, up to its Out point):
+    window 1 is then made like the later windows, conditioned on them, and begins with its own version of
+    them (not blended: they belong to the other clip, and an extension starts after them). Raises
     the manager's errors (GenerationCancelled, ...) and
     TakeError; returns each window's record."""
     if plan.model != request.spec.id:
@@ -330,9 +334,17 @@ def run_take(
     records: list[WindowRecord] = []
     reference: np.ndarray | None = None  # the take's first frame, which every window's colours are matched to
     held: np.ndarray | None = None  # the previous window's last K frames: condition and first half of the blend
+    if lead_in is not None:
+        held = np.ascontiguousarray(lead_in, dtype=np.uint8)
+        if held.ndim != 4 or held.shape[0] != k or held.shape[1:3] != (request.height, request.width):
+            raise TakeError("lead_in", f"A take continues {k} frames of {request.width}x{request.height}; got "
+                                       f"{held.shape[0] if held.ndim == 4 else 0} of another size.")  # fmt: skip
+        reference = held[0] if colours else None
     for index in range(plan.windows):
         prompt, seed, frames = plan.prompts[index], window_seed(request.seed, index), plan.window_frames[index]
-        if index == 0:
+        conditioned = held is not None
+        ours = conditioned and not (index == 0 and lead_in is not None)  # held frames of this take
+        if index == 0 and lead_in is None:
             window = replace(request, prompt=prompt, seed=seed, frames=frames,
                              match_colour=colours and request.image is not None)  # fmt: skip
             hook, how = None, PICTURE if request.task == IMAGE_TO_VIDEO else PROMPT
@@ -349,21 +361,21 @@ def run_take(
                 raise GenerationCancelled()
             result = manager.generate(window, lambda p, i=index: report(i, p), cancel, hook=hook)
         except BaseException:
-            if held is not None:  # the finished windows end whole where the frames went
+            if ours:  # the finished windows end whole where the frames went
                 on_window(held, index - 1)
             raise
         out = result.frames
         result = replace(result, frames=np.empty((0, *out.shape[1:]), np.uint8))
         if index == 0 and colours and reference is None:
             reference = out[0].copy()  # text to video: the first window's first frame sets the take's colours
-        if held is not None:
+        if ours:
             out[:k] = crossfade(held, out[:k])
         last = index == plan.windows - 1
         held = None if last else out[-k:].copy()
         on_window(out if last else out[:-k], index)
         if held is not None and on_held is not None:
             on_held(held, index)
-        records.append(WindowRecord(index, prompt, seed, frames, plan.start_of(index), k if index else 0, how,
+        records.append(WindowRecord(index, prompt, seed, frames, plan.start_of(index), k if conditioned else 0, how,
                                     window.spec.id, window.task, result))  # fmt: skip
         if on_record is not None:
             on_record(records[-1])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from library import Library
+from library import Library, Shot
 from library.files import check_room
 from library.lora_folder import LoraFolder
 from library.media import estimate_mp4_mb
@@ -80,19 +80,20 @@ class Studio:
         return self.jobs.submit(valid, append_to_storyboard=append_to_storyboard)
 
     def submit_take(self, request: GenerationRequest, prompts: Sequence[str], seconds: float | None = None,
-                    overlap: int | None = None) -> Job:  # fmt: skip
+                    overlap: int | None = None, lead_in: Shot | None = None,
+                    append_to_storyboard: bool = False) -> Job:  # fmt: skip
         """Validate and plan a long take now (a refusal names the field) and queue it: one clip of several
         windows of `request.frames` each, with one prompt for all or one per window; `seconds` long, or without
-        it one window per prompt; `overlap` the frames each window continues from (None: the model's own)."""
+        it one window per prompt; `overlap` the frames each window continues from (None: the model's own).
+        `lead_in`: a storyboard shot the take continues from its last frames (its Out point)."""
         prompts = [p.strip() for p in prompts if isinstance(p, str) and p.strip()]
         if prompts:  # window 1's prompt is the request's
             request = replace(request, prompt=prompts[0])
         valid = validate_request(request, self.settings.model)
-        elsewhere = [w.label for w in self.jobs.workers
-                     if not isinstance(w, LocalWorker) or isinstance(w, ZeroGpuWorker)]  # fmt: skip
-        if elsewhere:
-            raise TakeError("workers", "Long takes run on a GPU of this machine, and this studio's clips run "
-                                       f"elsewhere ({', '.join(elsewhere)}). Make the shot with Extend the last shot "
+        if not self.takes_run_here:
+            elsewhere = ", ".join(w.label for w in self.jobs.workers)
+            raise TakeError("workers", f"Long takes run on a GPU of this machine, and this studio's clips run "
+                                       f"elsewhere ({elsewhere}). Make the shot with Extend the last shot "
                                        "instead.")  # fmt: skip
         prompts = prompts or [valid.prompt]
         plan = plan_take(valid.spec, prompts, seconds=seconds, windows=None if seconds else len(prompts),
@@ -100,7 +101,18 @@ class Studio:
                          limit_s=self.settings.take_limit_s)  # fmt: skip
         check_room(self.library.root, estimate_mp4_mb(plan.total_frames, valid.width, valid.height), "the take")
         asked = {"prompts": list(prompts), "seconds": seconds, "overlap": overlap}
-        return self.jobs.submit(replace(valid, prompt=plan.prompts[0]), take=plan, take_asked=asked)
+        lead = None
+        if lead_in is not None:  # the K frames before the shot's Out point, read when the job runs
+            lead = {"clip": lead_in.clip, "end_s": lead_in.end_s, "frames": plan.overlap}
+            asked["continues"] = lead_in.clip
+        return self.jobs.submit(replace(valid, prompt=plan.prompts[0]), take=plan, take_asked=asked, lead_in=lead,
+                                append_to_storyboard=append_to_storyboard)  # fmt: skip
+
+    @property
+    def takes_run_here(self) -> bool:
+        """Whether long takes (and multi-frame extensions) can run: on this machine's own workers, not on Ray
+        actors, GPU groups or ZeroGPU, whose runs cannot take the engine's per-window hooks."""
+        return all(isinstance(w, LocalWorker) and not isinstance(w, ZeroGpuWorker) for w in self.jobs.workers)
 
     def submit_post(self, action: str, clip: str, model: str | None = None, **how: object) -> Job:
         """Check an upscale (`scale`/`height`) or a frame interpolation (`factor`/`fps`) of a library clip now

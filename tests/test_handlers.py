@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from library import LibraryError, Shot, Storyboard, StoryboardConflict, StoryboardError
 from pipelines.request import GenerationRequest, RequestError
@@ -433,28 +434,41 @@ def test_the_library_grid_shows_one_page_at_a_time_and_makes_only_that_pages_pos
     assert library.grid(studio, "COPY 30 lighthouse").names == [names[30]]
 
 
-def test_an_extension_starts_from_the_frame_at_the_last_shots_out_point(studio):
-    source = make_clip(studio, "the source", frames=9)  # 9 frames at 8 fps
+def test_an_extension_continues_the_last_frames_before_the_last_shots_out_point(studio):
+    source = make_clip(studio, "the source", frames=17)  # 17 frames at 8 fps
     frames = decoded(studio, source)
+    conditions = []  # the frames each window of the extension was conditioned on, where they enter the engine
+    original = studio.manager.generate
+
+    def generate(request, on_progress=None, cancel=None, hook=None):
+        conditions.append(getattr(hook, "frames", None))
+        return original(request, on_progress, cancel, hook=hook)
+
+    studio.manager.generate = generate
     base = storyboard.reload(studio)[-1]
-    trimmed = controls(studio, Storyboard([Shot(source, end_s=0.6)]))  # the film shows frames 0-4 of it
+    trimmed = controls(studio, Storyboard([Shot(source, end_s=1.2)]))  # the film shows frames 0-9 of it
     updates = collect(storyboard.extend_last(studio, base, "it goes on", *trimmed))
-    assert updates[-1][1].startswith("Done") and "Added to the storyboard" in updates[-1][1]
+    assert updates[-1][1].startswith("Done") and "Added to the storyboard" in updates[-1][1], updates[-1][1]
     board = studio.library.storyboard.load()
     assert [shot.clip for shot in board.shots][0] == source and len(board.shots) == 2
     extension = studio.library.clip(board.shots[-1].clip)
-    job = studio.jobs.get(updates[-1][3])
-    # the new job starts from frame 4, where the film leaves the shot: not the clip's last frame (8), not its first
-    assert shown_frame(job.request.image, frames) == 4
-    assert shown_frame(extension.input_image, frames) == 4
+    # the new shot continues frames 5-9, the last five the film shows of the trimmed shot (not the clip's end),
+    # and the storyboard starts it after its own version of them
+    assert [shown_frame(Image.fromarray(f), frames) for f in conditions[0]] == [5, 6, 7, 8, 9]
+    assert board.shots[-1].start_s == pytest.approx(5 / 8)
+    window = extension.sidecar["windows"][0]
+    assert window["conditioning"] == "clean-latents" and window["overlap"] == 5
+    assert extension.settings["take"]["continues"] == source
 
-    # a last shot that runs to its clip's end: the extension starts from that clip's last frame
+    # a last shot that runs to its clip's end: the extension continues that clip's last frames
     after = decoded(studio, extension.name)
     base = storyboard.reload(studio)[-1]
     updates = collect(storyboard.extend_last(studio, base, "and on", *controls(studio, board)))
     assert updates[-1][1].startswith("Done")
     latest = studio.library.clip(studio.library.storyboard.load().shots[-1].clip)
-    assert latest.name != extension.name and shown_frame(latest.input_image, after) == len(after) - 1
+    assert latest.name != extension.name
+    last = len(after) - 1
+    assert [shown_frame(Image.fromarray(f), after) for f in conditions[1]] == list(range(last - 4, last + 1))
 
 
 def test_continue_from_its_last_frame_starts_the_next_clip_from_that_frame(studio):

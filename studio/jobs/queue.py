@@ -65,6 +65,7 @@ class Job:
     append_to_storyboard: bool = False  # a clip job from "extend the last shot": its clip joins the storyboard
     take: TakePlan | None = None  # a long take's windows (a clip job of several windows, one clip)
     take_asked: dict | None = None  # what the user asked for the take (prompts, seconds, overlap): for its sidecar
+    lead_in: dict | None = None  # a take continuing a storyboard shot: {"clip", "end_s", "frames"}
     keep: bool = False  # a take cancelled with "keep the finished windows"
     window: int = 0  # the take's window running now (1-based)
     status: str = QUEUED
@@ -124,6 +125,7 @@ class Job:
             else None,
             "storyboard": self.storyboard.to_json() if self.storyboard is not None else None,
             "take": self.take.record() if self.take is not None else None, "take_asked": self.take_asked,
+            "lead_in": self.lead_in,
             "post": self.post.record() if self.post is not None else None,
             "enhance": self.enhance.record() if self.enhance is not None else None, "text": self.text,
             "append_to_storyboard": self.append_to_storyboard, "status": self.status, "created": self.created,
@@ -155,7 +157,7 @@ class Job:
         return cls(
             id=str(data["id"]), kind=data["kind"], request=request, storyboard=storyboard, post=post, enhance=enhance,
             text=data.get("text"), take=TakePlan.from_record(data["take"]) if data.get("take") else None,
-            take_asked=data.get("take_asked"), window=int(data.get("window", 0) or 0),
+            take_asked=data.get("take_asked"), lead_in=data.get("lead_in"), window=int(data.get("window", 0) or 0),
             append_to_storyboard=bool(data.get("append_to_storyboard")), status=data["status"],
             created=float(data["created"]), message=str(data.get("message", "")), step=int(data.get("step", 0)),
             total_steps=int(data.get("total_steps", 0)), result=data.get("result"), error=data.get("error"),
@@ -201,11 +203,12 @@ class JobQueue:
 
     # ---- submitting and watching ----------------------------------------------------------------
     def submit(self, request: ValidRequest, append_to_storyboard: bool = False, take: TakePlan | None = None,
-               take_asked: dict | None = None) -> Job:  # fmt: skip
+               take_asked: dict | None = None, lead_in: dict | None = None) -> Job:  # fmt: skip
         """Queue a validated request (its seed is final from here on), or a long take of it (`take`, planned
-        for it); LibraryError when its record cannot be written, and then nothing is queued."""
+        for it; `lead_in`: the storyboard shot it continues); LibraryError when its record cannot be written,
+        and then nothing is queued."""
         job = Job(id=uuid.uuid4().hex[:12], kind=CLIP, request=request, append_to_storyboard=append_to_storyboard,
-                  take=take, take_asked=take_asked)  # fmt: skip
+                  take=take, take_asked=take_asked, lead_in=lead_in)  # fmt: skip
         return self._enqueue(job)
 
     def submit_post(self, post: PostRequest) -> Job:
@@ -396,14 +399,8 @@ class JobQueue:
             return
         with self._lock:
             job.result = str(files.video)
-        note = ""
-        if job.append_to_storyboard:
-            try:
-                # Its first frame is the previous shot's last one: start one frame in, so the joint does not stall.
-                self.library.storyboard.append(Shot(clip=files.video.name, start_s=1.0 / job.request.fps))
-                note = " Added to the storyboard."
-            except Exception as err:  # the clip is safe in the library whatever happens here
-                note = f" The clip is in the library, but it could not be added to the storyboard: {_said(err)}"
+        # Its first frame is the previous shot's last one: start one frame in, so the joint does not stall.
+        note = self._append_shot(files.video.name, 1.0 / job.request.fps) if job.append_to_storyboard else ""
         unsigned = _unsigned(self.library.clip(files.video.name).sidecar.get("provenance", {}))
         with self._lock:
             self._finish(job, DONE, f"Done in {result.timings['total_s']:.1f} s (seed {job.seed}).{unsigned}{note}")
@@ -418,8 +415,11 @@ class JobQueue:
         report = TakeClock(plan, lambda index, progress: self._on_take_progress(job, index, progress))
         stopped, failure = None, None
         try:
+            lead = job.lead_in
+            frames = self.library.frames_before(Shot(lead["clip"], end_s=lead["end_s"]), lead["frames"]) if lead \
+                else None  # fmt: skip
             run_take(worker.manager, request, plan, writer.add, report, cancel, on_record=writer.finished,
-                     on_held=writer.held)  # fmt: skip
+                     on_held=writer.held, lead_in=frames)  # fmt: skip
         except GenerationCancelled:
             stopped = TAKE_CANCELLED
         except UserError as err:
@@ -443,6 +443,9 @@ class JobQueue:
             writer.remove()
         seconds = writer.frames / plan.fps
         unsigned = _unsigned(self.library.clip(files.video.name).sidecar.get("provenance", {}))
+        if job.append_to_storyboard and stopped is None:
+            # it begins with its own version of the shot's last frames: the shot starts after them
+            unsigned += self._append_shot(files.video.name, plan.overlap / plan.fps if job.lead_in else 0.0)
         with self._lock:
             job.result = str(files.video)
             took = time.time() - (job.started or time.time())
@@ -462,6 +465,14 @@ class JobQueue:
         with self._lock:
             job.window = index + 1
         self._on_progress(job, progress)
+
+    def _append_shot(self, clip: str, start_s: float) -> str:
+        """Add a finished clip to the storyboard from `start_s`; what the job's message adds."""
+        try:
+            self.library.storyboard.append(Shot(clip=clip, start_s=start_s))
+            return " Added to the storyboard."
+        except Exception as err:  # the clip is safe in the library whatever happens here
+            return f" The clip is in the library, but it could not be added to the storyboard: {_said(err)}"
 
     def _lost(self, job: Job, worker: GpuWorker, err: WorkerLost) -> None:
         """The worker died under the job: it runs again once, on whichever worker is free first; a second

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from library import LibraryError, Shot, Storyboard, StoryboardError
-from pipelines.catalogue import IMAGE_TO_VIDEO, image_to_video_model_for
+from pipelines.catalogue import IMAGE_TO_VIDEO, UnknownModelError, get_spec, image_to_video_model_for
 from pipelines.request import GenerationRequest
 from studio.jobs.queue import CANCELLED, DONE
 from studio.page.watch import POLL_S, status_text, watch
@@ -289,6 +289,14 @@ async def assemble(studio: Studio, storyboard: str) -> str:
     raise StoryboardError("The export was cancelled.")
 
 
+def _known(model: str) -> bool:
+    try:
+        get_spec(model)
+    except UnknownModelError:
+        return False
+    return True
+
+
 async def _follow(studio: Studio, job_id: str):
     """The job's snapshots while it changes, until it ends; a failure raises its message."""
     seen = -1
@@ -314,12 +322,25 @@ async def extend_last(studio: Studio, base: str, prompt: Any, *values: Any) -> A
     last = stored.shots[-1]
     clip = studio.library.clip(last.clip)
     s = clip.settings
-    model = image_to_video_model_for(clip.sidecar.get("model") or studio.settings.model)
-    request = GenerationRequest(
-        prompt=prompt, model=model.id, task=IMAGE_TO_VIDEO, negative_prompt=s.get("negative_prompt"),
-        width=s.get("width"), height=s.get("height"), frames=s.get("frames"), steps=s.get("steps"),
-        guidance_scale=s.get("guidance_scale"), image=studio.library.out_frame(last),
-    )  # fmt: skip
-    job = studio.submit(request, append_to_storyboard=True)
+    made_by = clip.sidecar.get("model") or studio.settings.model
+    if studio.takes_run_here and not clip.sidecar.get("source") and _known(made_by):
+        # continued from the shot's last frames as a long take's next window, by the clip's own model (or its
+        # partner): motion carries across the cut
+        task = clip.sidecar.get("task") or IMAGE_TO_VIDEO
+        request = GenerationRequest(
+            prompt=prompt, model=made_by, task=task, negative_prompt=s.get("negative_prompt"), width=s.get("width"),
+            height=s.get("height"), frames=s.get("frames"), steps=s.get("steps"),
+            guidance_scale=s.get("guidance_scale"), image=studio.library.out_frame(last) if task == IMAGE_TO_VIDEO
+            else None,
+        )  # fmt: skip
+        job = studio.submit_take(request, [prompt], lead_in=last, append_to_storyboard=True)
+    else:  # remote workers, or a clip made by post-production: from the Out point's one frame
+        model = image_to_video_model_for(made_by)
+        request = GenerationRequest(
+            prompt=prompt, model=model.id, task=IMAGE_TO_VIDEO, negative_prompt=s.get("negative_prompt"),
+            width=s.get("width"), height=s.get("height"), frames=s.get("frames"), steps=s.get("steps"),
+            guidance_scale=s.get("guidance_scale"), image=studio.library.out_frame(last),
+        )  # fmt: skip
+        job = studio.submit(request, append_to_storyboard=True)
     async for update in watch(studio, job):
         yield update
