@@ -22,13 +22,15 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-def encode_mp4(frames: np.ndarray, fps: float, path: Path, crf: int = 18, comment: str | None = None) -> None:
-    """H.264 in yuv420p with the index at the front (+faststart): plays in every browser and phone."""
+def encode_mp4(frames: np.ndarray, fps: float, path: Path, crf: int = 18, comment: str | None = None,
+               joinable: bool = False) -> None:  # fmt: skip
+    """H.264 in yuv420p with the index at the front (+faststart): plays in every browser and phone. `joinable`:
+    see `Mp4Writer`."""
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 (F, H, W, 3), got {frames.dtype} {frames.shape}")
     if len(frames) == 0:
         raise ValueError("no frames to encode")
-    writer = Mp4Writer(path, fps, crf, comment)
+    writer = Mp4Writer(path, fps, crf, comment, joinable)
     try:
         for frame in frames:
             writer.write(frame)
@@ -41,10 +43,13 @@ def encode_mp4(frames: np.ndarray, fps: float, path: Path, crf: int = 18, commen
 class Mp4Writer:
     """Frames streamed into ffmpeg one at a time as they are made, so memory stays flat in the clip's length
     (a 4K upscale of a 5 s clip is 3 GB of frames). The encoder starts on the first frame (its size);
-    `close()` finishes the file and raises RuntimeError with ffmpeg's words; `abort()` kills it."""
+    `close()` finishes the file and raises RuntimeError with ffmpeg's words; `abort()` kills it. `joinable`: no
+    B-frames, so each frame's presentation and decoding times are equal from 0 and segments join end to end
+    without re-encoding (`join_mp4`; with B-frames the decoder's start delay leaves gaps at the joints)."""
 
-    def __init__(self, path: Path, fps: float, crf: int = 18, comment: str | None = None):
+    def __init__(self, path: Path, fps: float, crf: int = 18, comment: str | None = None, joinable: bool = False):
         self.path, self.fps, self.crf, self.comment = Path(path), fps, crf, comment
+        self.joinable = joinable
         self.frames = 0
         self._proc: subprocess.Popen | None = None
 
@@ -63,6 +68,7 @@ class Mp4Writer:
                 "-movflags", "+faststart", "-f", "mp4",
             ]  # fmt: skip
             args += label_args(self.comment) if self.comment else []
+            args += ["-bf", "0"] if self.joinable else []
             self._proc = subprocess.Popen([*args, str(self.path)], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
         elif (width, height) != self.size:
             raise ValueError(f"frame {self.frames} is {width}x{height}, the clip is {self.size[0]}x{self.size[1]}")

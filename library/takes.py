@@ -147,7 +147,7 @@ class TakeWriter:
             frames = watermark.embed(frames, self.state["watermark"])
         tmp = temporary(self.folder, ".mp4")
         try:
-            encode_mp4(frames, self.state["plan"]["fps"], tmp)
+            encode_mp4(frames, self.state["plan"]["fps"], tmp, joinable=True)
             os.replace(tmp, self.folder / name)
         finally:
             discard(tmp)

@@ -130,22 +130,23 @@ def _answer(connection: socket.socket) -> None:
 
 
 def install_gate(address: str) -> None:
-    """In the studio's process: each clip job, once each denoising step is reported (the page and the API see
-    "Step n/N"), asks the test's gate and waits for its answer. A cancel set meanwhile stops the job at the
-    next step, as it would any job."""
-    from studio.jobs.workers import LocalWorker
+    """In the studio's process: each run of the engine (a clip job, or a window of a long take, by its own
+    prompt), once each denoising step is reported (the page and the API see "Step n/N"), asks the test's gate
+    and waits for its answer. A cancel set meanwhile stops the job at the next step, as it would any job."""
+    from pipelines.manager import PipelineManager
 
-    plain = LocalWorker.generate
+    plain = PipelineManager.generate
 
-    def generate(self, request, report, cancel):
+    def generate(self, request, on_progress=None, cancel=None, *args, **kwargs):
         def reported(progress) -> None:
-            report(progress)
+            if on_progress is not None:
+                on_progress(progress)
             if progress.stage == "denoise":
                 _ask(address, request.prompt, progress.step)
 
-        return plain(self, request, reported, cancel)
+        return plain(self, request, reported, cancel, *args, **kwargs)
 
-    LocalWorker.generate = generate
+    PipelineManager.generate = generate
 
 
 def _ask(address: str, prompt: str, step: int) -> None:

@@ -449,14 +449,13 @@ class JobQueue:
         with self._lock:
             job.result = str(files.video)
             took = time.time() - (job.started or time.time())
-            kept = f"{writer.windows} of {plan.windows} windows"
+            kept = f"{writer.windows} of {plan.windows} windows finished and were kept as {files.video.name} " \
+                   f"({seconds:.1f} s)."  # fmt: skip
             if failure is not None:
-                message = f"Failed in window {job.window}/{plan.windows}: {failure} The finished {kept} were kept " \
-                          f"as {files.video.name} ({seconds:.1f} s)."  # fmt: skip
+                message = f"Failed in window {job.window}/{plan.windows}: {failure} {kept}"
                 self._finish(job, FAILED, message, error=str(failure))
             elif stopped == TAKE_CANCELLED:
-                self._finish(job, CANCELLED, f"Stopped; the finished {kept} were kept as {files.video.name} "
-                                             f"({seconds:.1f} s).{unsigned}")  # fmt: skip
+                self._finish(job, CANCELLED, f"Stopped: {kept}{unsigned}")
             else:
                 self._finish(job, DONE, f"Done in {took:.1f} s: a {seconds:.1f} s take of {plan.windows} windows "
                                         f"(seed {job.seed}).{unsigned}")  # fmt: skip
@@ -639,8 +638,8 @@ class JobQueue:
             return "Interrupted: the studio stopped in the take's first window; nothing was kept. Start it again."
         job.result = str(files.video)
         windows = len(self.library.clip(files.video.name).sidecar.get("windows", []))
-        return f"Interrupted: the studio stopped while this take ran. Its {windows} finished window(s) were kept as " \
-               f"{files.video.name}."  # fmt: skip
+        return f"Interrupted: the studio stopped while this take ran; {windows} of {job.take.windows} windows " \
+               f"finished and were kept as {files.video.name}."  # fmt: skip
 
 
 class TakeClock:

@@ -95,7 +95,7 @@ async def watch(
             raise gr.Error("The job disappeared from the queue.")
         if current.version != seen:
             seen = current.version
-            clip = current.result if current.status == DONE else None
+            clip = current.result if current.status in (DONE, CANCELLED) else None  # a stopped take's kept windows
             position = studio.jobs.position(current.id)
             # A chunk carries the preview only when it changed: no image is sent twice.
             key = (current.preview_version, current.status)

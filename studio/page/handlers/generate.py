@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from library import LibraryError
 from pipelines.catalogue import IMAGE_TO_VIDEO, TEXT_TO_VIDEO, ModelSpec
-from pipelines.long_take import continuation_for, max_overlap
+from pipelines.long_take import CLEAN_LATENTS, LATENT_REPLACEMENT, MASK_CHANNELS, continuation_for, max_overlap
 from pipelines.loras import EXPERTS, MAX_LORAS, LoraChoice
 from pipelines.request import GenerationRequest, RequestError
 from studio.jobs.queue import FILM, Job
@@ -158,7 +158,16 @@ def overlap_note(spec: ModelSpec) -> str:
     """The overlap's help line: the model's own choice and what the value may be."""
     choice = continuation_for(spec)
     frames = min(choice.default_overlap, max_overlap(spec.frames, spec.frame_step))
-    return f"{spec.label}: {frames} frames ({choice.method}); 1 or {spec.frame_step}n+1, up to half a window."
+    how = "its start picture" if frames == 1 and choice.method != LATENT_REPLACEMENT else CONTINUED[choice.method]
+    return (f"This model's own: {frames} frame{'s' * (frames > 1)} ({frames / spec.fps:.2f} s), {how}. Any of 1 or "
+            f"{spec.frame_step}n+1, up to half a window.")  # fmt: skip
+
+
+CONTINUED = {  # how the next window takes the overlap, in the user's words (pipelines.long_take's table)
+    CLEAN_LATENTS: "kept as they are at the start of the next window",
+    MASK_CHANNELS: "given to the next window as its first frames",
+    LATENT_REPLACEMENT: "written into the next window at every step",
+}
 
 
 def not_started(err: BaseException) -> Update:

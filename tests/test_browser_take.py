@@ -1,0 +1,79 @@
+"""Long takes in a real browser, as a creator makes one: window prompts in the Text to video form, the status line
+naming the window that runs, the finished take in the player (decoded from its file), and "Stop, keep the finished
+windows". Screenshots under /tmp/shots."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from library import Library
+from tests import test_browser
+from tests.media import decode_video
+from tests.test_browser import CHROMIUM, settled
+from tests.test_browser_forms import fresh, shot
+
+# test_browser's fixtures: this module gets its own studio (online, under the network guard) and browser
+outbound_log, running, page = test_browser.outbound_log, test_browser.running, test_browser.page
+
+pytestmark = pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian's chromium is not installed")
+
+STATUS = "() => document.querySelector('#t2v-status').innerText"
+
+
+def fill_take(page, prompts: list[str], steps: int = 6) -> None:
+    fresh(page)
+    settled(page)
+    page.locator("#t2v-take").get_by_text("Long take (one clip of several windows)").click()
+    page.fill("#t2v-take-prompts textarea", "\n".join(prompts))
+    steps_box = page.locator("#t2v-steps input[type=number]")
+    steps_box.fill(str(steps))
+    steps_box.blur()
+    page.wait_for_selector("#t2v-keep", state="visible", timeout=20_000)  # offered once the form makes a take
+
+
+def take_named(running, prompt: str):
+    """The library clip whose take began with `prompt` (read from the folder, not through the page)."""
+    clips = [c for c in Library(running.output_dir).clips() if (c.sidecar.get("windows") or [{}])[0].get("prompt")
+             == prompt]  # fmt: skip
+    assert len(clips) == 1, [c.name for c in clips]
+    return clips[0]
+
+
+def test_a_take_of_three_window_prompts_shows_its_windows_and_plays_as_one_clip(page, running):
+    prompts = ["a kite rises over the dunes", "the kite loops in the wind", "the kite lands in the sand"]
+    fill_take(page, prompts)
+    with running.gate.holding(prompts[1]) as hold:
+        page.click("#t2v-generate")
+        hold.wait()  # window 2 is at its first step: the page says so
+        page.wait_for_function(f"() => ({STATUS})().includes('Window 2/3')", timeout=30_000)
+        status = page.evaluate(STATUS)
+        assert "Window 2/3 · step 1/6" in status, status
+        shot(page, "take-running", "#t2v-take", "#t2v-status", "#t2v-preview")
+    page.wait_for_function(f"() => ({STATUS})().includes('take of 3 windows')", timeout=120_000)
+    page.wait_for_function("() => document.querySelector('#t2v-video video')?.src", timeout=30_000)
+    clip = take_named(running, prompts[0])
+    assert clip.name in page.evaluate("() => document.querySelector('#t2v-video video').src")
+    frames, _ = decode_video(clip.video)
+    assert frames.shape[0] == 3 * 9 - 2 * 1  # three windows of the test model's 9 frames sharing 1 frame each
+    assert [w["prompt"] for w in clip.sidecar["windows"]] == prompts
+    shot(page, "take-done", "#t2v-take", "#t2v-status", "#t2v-video")
+
+
+def test_stop_keep_the_finished_windows_publishes_the_first_window(page, running):
+    prompts = ["a heron wades in a pond", "the heron spears a fish", "the heron flies off"]
+    fill_take(page, prompts)
+    with running.gate.holding(prompts[1]) as hold:
+        page.click("#t2v-generate")
+        hold.wait()
+        page.click("#t2v-keep")
+        page.wait_for_function(f"() => ({STATUS})().includes('finished windows will be kept')", timeout=20_000)
+    page.wait_for_function(f"() => ({STATUS})().includes('were kept as')", timeout=60_000)
+    status = page.evaluate(STATUS)
+    assert "1 of 3 windows" in status, status
+    page.wait_for_function("() => document.querySelector('#t2v-video video')?.src", timeout=30_000)
+    clip = take_named(running, prompts[0])
+    frames, _ = decode_video(clip.video)
+    assert frames.shape[0] == 9 and clip.sidecar["take"]["stopped"] == "cancelled"
+    shot(page, "take-kept", "#t2v-status", "#t2v-video")
