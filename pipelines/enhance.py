@@ -396,6 +396,8 @@ def load_enhancer(
         kind = "vision" if "vision_config" in json.loads(config.read_text()) else "text"
     device = torch.device(device)
     dtype = choose_dtype(device)
+    if device.type == "cpu":
+        check_ram(folder, name, dtype)
     report = on_progress or (lambda fraction, message: None)
     report(1.0, f"Loading {name}")
     try:
@@ -415,6 +417,20 @@ def load_enhancer(
         raise EnhanceError(f"{name} could not be loaded from {folder}: {err}") from err
     model.to(device).eval()
     return Enhancer(model, tokenizer, processor, kind, name, device, dtype)
+
+
+def check_ram(folder: Path, name: str, dtype: torch.dtype) -> None:
+    """Refuse before loading on the CPU when the free RAM cannot hold the model in `dtype` (a 3B model is stored
+    in bf16, about 6 GB, and becomes about 12 GB in float32): the OS would otherwise kill the studio."""
+    from pipelines.memory import available_ram_gb
+
+    stored = sum(f.stat().st_size for f in Path(folder).rglob("*.safetensors"))
+    need = stored * (torch.finfo(dtype).bits / 16) / 2**30 + 0.5  # stored as 16-bit; the runtime's own margin
+    free = available_ram_gb()
+    if free < need:
+        raise EnhanceError(f"{name} needs about {need:.1f} GB of free memory on the CPU ({dtype}); {free:.1f} GB "
+                           "is free. Close other programs, or untick 'Run the enhancer on the CPU' in Settings › "
+                           "Prompt enhancer to run it on the GPU.")  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------- test enhancers

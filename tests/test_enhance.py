@@ -283,3 +283,15 @@ def test_close_frees_the_model():
     assert not enhancer.loaded and enhancer.model is None and enhancer.tokenizer is None
     with pytest.raises(RuntimeError, match="closed"):
         enhancer.enhance("a cat")
+
+
+def test_the_cpu_is_refused_by_name_when_its_free_memory_cannot_hold_the_model(monkeypatch):
+    """A 3B enhancer becomes about 12 GB in float32 on the CPU: without the room, the OS would kill the studio."""
+    import pipelines.memory
+
+    monkeypatch.setattr(pipelines.memory, "available_ram_gb", lambda: 0.2)
+    with pytest.raises(UserError, match=r"needs about 0\.5 GB of free memory on the CPU.*0\.2 GB is free") as err:
+        enhance.load_enhancer(enhance.TEST_ENHANCER, "cpu")
+    assert "Run the enhancer on the CPU" in str(err.value)
+    monkeypatch.setattr(pipelines.memory, "available_ram_gb", lambda: 64.0)
+    enhance.load_enhancer(enhance.TEST_ENHANCER, "cpu").close()  # with the room, it loads

@@ -245,3 +245,19 @@ def test_segments_of_any_length_join_into_exactly_their_frames(tmp_path):
     expected = np.concatenate([part[:, 0, 0, 0] for part in parts]).astype(float)
     assert fps == 8 and frames.shape[0] == 14
     assert np.abs(frames.reshape(14, -1).mean(axis=1) - expected).max() < 1.5
+
+
+def test_the_long_take_limit_is_a_setting_from_60_to_300_seconds(studio):
+    from studio.page.handlers import settings as sett
+
+    def save(limit):
+        s = studio.settings
+        return sett.save(studio, s.model, s.memory_profile, s.precision, s.output_dir, "", "", "", take_limit=limit)[0]
+
+    assert "Not saved" in save(20) and "60 to 300 seconds" in save(20)
+    assert studio.settings.take_limit_s == 60
+    assert save(120).startswith("Saved") and studio.settings.take_limit_s == 120
+    request = GenerationRequest(prompt="x", frames=FRAMES)
+    job = studio.submit_take(request, [], seconds=100)
+    studio.jobs.cancel(job.id)  # planned, not made
+    assert job.take.duration_s == pytest.approx(100, abs=0.5)
