@@ -7,6 +7,8 @@ python app.py verify FILE           check a file's Content Credentials and water
 python app.py upscale CLIP ...      a clip upscaled by a learned upscaler; prints the new MP4's path last
 python app.py interpolate CLIP ...  a clip's motion smoothed by learned frame interpolation (RIFE)
 python app.py enhance --prompt ...  the prompt rewritten by the local prompt enhancer; prints it
+python app.py add-lora LINK [LOW]   a LoRA (two links: an A14B high/low pair) added from a link; prints its name
+python app.py add-upscaler LINK     an upscaler added from a link; prints its name
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         from studio.enhance_cli import main as enhance_main
 
         return enhance_main(argv[1:])
+    if argv and argv[0] in ("add-lora", "add-upscaler"):
+        from studio.links_cli import main as links_main
+
+        return links_main(argv[0], argv[1:])
     if argv and argv[0] == "verify":
         from studio.verify import main as verify_main
 

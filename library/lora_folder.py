@@ -1,6 +1,7 @@
 """The LoRA folder: the .safetensors LoRAs a user keeps (default: loras/ in the user's data folder). Callers
 name a LoRA by its file name only; a name is resolved inside the folder, never used as a path. An upload is
-checked (a Wan LoRA in .safetensors) before it is kept."""
+checked (a Wan LoRA in .safetensors) before it is kept; so is a LoRA (or an A14B high/low pair) added from a link
+(library/links.py), whose source is recorded beside it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from library.files import LibraryError, disk_error, publish, temporary
 from library.layout import plain_name
+from library.links import LORA, LoraPair, ProgressCallback, download_link, download_pair, pairs_in, read_source
 from pipelines.loras import SUFFIX, LoraError, LoraFile, inspect_lora, made_for, sha256_of
 from pipelines.paths import data_dir
 
@@ -86,3 +88,25 @@ class LoraFolder:
                 tmp.unlink(missing_ok=True)
         except OSError as err:
             raise disk_error(err, self.root) from None
+
+    def add_from_link(self, link, on_progress: ProgressCallback | None = None, cancel=None,
+                      max_bytes: int | None = None, offline: bool = False) -> str:  # fmt: skip
+        """Download a LoRA from a link (library/links.py `parse_link`), check it as an upload and keep it with its
+        source record; the name it got (the file already there when its SHA-256 is the same)."""
+        return download_link(link, LORA, self.root, on_progress, cancel, max_bytes, offline).name
+
+    def add_pair(self, high_link, low_link, on_progress: ProgressCallback | None = None, cancel=None,
+                 max_bytes: int | None = None, offline: bool = False) -> tuple[str, str]:  # fmt: skip
+        """An A14B pair from two links (the high-noise expert's LoRA, then the low-noise one's): both checked,
+        both kept or neither, the pairing recorded; (high name, low name)."""
+        high, low = download_pair(high_link, low_link, self.root, on_progress, cancel, max_bytes, offline)
+        return high.name, low.name
+
+    def source_of(self, name: str) -> dict | None:
+        """Where a LoRA came from (`link`, `sha256`, `size`, `added`, and `pair` for a pair's file); None for a
+        file not added from a link."""
+        return read_source(self.root, name)
+
+    def pairs(self) -> list[LoraPair]:
+        """The high/low pairs added together whose two files are both here, to offer each as one choice."""
+        return pairs_in(self.root)

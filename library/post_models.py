@@ -11,6 +11,7 @@ from typing import Any
 
 from library.files import LibraryError, disk_error, publish, temporary
 from library.layout import plain_name
+from library.links import UPSCALER, ProgressCallback, download_link, read_source
 from pipelines.interpolate import RIFE_WEIGHTS, Interpolator, ensure_test_rife, load_interpolator
 from pipelines.paths import data_dir
 from pipelines.upscale import DEFAULT_UPSCALER, Upscaler, UpscalerError, ensure_test_upscaler, load_upscaler
@@ -70,6 +71,16 @@ class UpscalerFolder:
                 tmp.unlink(missing_ok=True)
         except OSError as err:
             raise disk_error(err, self.root) from None
+
+    def add_from_link(self, link, on_progress: ProgressCallback | None = None, cancel=None,
+                      max_bytes: int | None = None, offline: bool = False) -> str:  # fmt: skip
+        """Download an upscaler from a link (library/links.py), check it as an upload (spandrel must recognise it,
+        without running code) and keep it with its source record; the name it got."""
+        return download_link(link, UPSCALER, self.root, on_progress, cancel, max_bytes, offline).name
+
+    def source_of(self, name: str) -> dict | None:
+        """Where an upscaler came from (`link`, `sha256`, `size`, `added`); None for one not added from a link."""
+        return read_source(self.root, name)
 
 
 class PostModels:
