@@ -1,42 +1,59 @@
-"""An invisible watermark that survives H.264: dithered QIM on 8x8 luma DCT coefficients, votes across
-blocks and frames, and a CRC that tells a real payload from noise.
+"""An invisible video watermark that survives re-encoding, rescaling, cropping, letterboxing, frame-rate changes,
+trimming and editing into a film: a tiled, band-limited spread-spectrum pattern in luma, found again by
+autocorrelation (its period gives the scale) and a synchronisation pattern (its cyclic offset gives the crop).
 
-Each 8x8 block of each frame carries one of the 48 codeword bits (32 payload + CRC-16) in two mid-low
-frequency DCT coefficients, quantised to one of two interleaved lattices (step DELTA). A keyed random
-dither per block makes a coefficient the encoder zeroed read as a coin toss instead of a 0, so voting
-over thousands of blocks recovers the codeword even when many blocks are damaged. Measured bit accuracy
-after re-encoding is in docs/PERFORMANCE.md. numpy only: no model, no download.
+Embedding. One TILE x TILE pattern is made once per payload (and cached): a sync pattern plus 48 orthonormal
+carriers, each the sign of one codeword bit (32 payload bits + CRC-16). All 49 are band-limited noise (periods
+of about 9 to 40 pixels), so they live through H.264 and a halving of the frame. The tile repeats over the frame
+from its top-left corner, and the same pattern goes into every frame: embedding is frame-independent (a clip
+marked in pieces equals the clip marked whole) and a frame-rate change or a trim keeps it. Per frame, only a
+perceptual mask is computed (local luma activity on 4x4 blocks, smoothed): textured areas carry up to
+STRENGTH levels, flat areas (sky, walls, gradients) almost nothing, so nothing shows there.
+
+Reading. The frames' luma is averaged (the pattern adds up, moving content washes out), whitened in the
+frequency domain, and its autocorrelation says the tile's period in pixels, i.e. the scale (0.3x to 2.6x).
+Around the best periods (and the unscaled one) the whitened image is folded modulo the period onto one tile, and
+a cyclic correlation with the sync pattern finds the offset; a peak of CONFIDENCE_MIN sigmas (calibrated on
+unmarked video) is required, then the carriers give soft bits, the weakest of which may be flipped (Chase
+decoding, at most 2**CHASE_BITS tries) until the CRC checks. A payload needs both: 0 of 500 unmarked clips in
+bench/bench_watermark.py. Limits: no rotation, no change of aspect ratio by stretching, no mirroring; flat clips
+carry a weak mark; clips much smaller than a tile carry fewer samples and need more frames.
+numpy only: no model, no download.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+from itertools import combinations
 
 import numpy as np
 
-BLOCK = 8
-DELTA = 16.0  # luma DCT step: ~49 dB PSNR, invisible; see docs/PERFORMANCE.md for robustness
-COEFFICIENTS = ((1, 2), (2, 1))
+TILE = 128  # the pattern's period in pixels at the embedding size
+BAND = (3.2, 14.0)  # the pattern's spatial frequencies, in cycles per tile
+STRENGTH = 4.0  # luma levels on textured areas (before the mask)
+MASK_FLOOR = 0.08  # share of STRENGTH on perfectly flat areas (rounds to nothing)
+ACTIVITY_FULL = 10.0  # local luma activity (levels) at which the full strength is used
+SYNC_SHARE = 0.1  # share of the pattern's power in the sync pattern
 PAYLOAD_BITS = 32
 CRC_BITS = 16
 CODE_BITS = PAYLOAD_BITS + CRC_BITS
+CHASE_BITS = 8  # least reliable bits tried flipped when the CRC fails
+CONFIDENCE_MIN = 6.5  # sync peak height (sigmas) needed to decode; unmarked video peaks at 4.5-5.5
+SCALES = (0.3, 2.6)  # scales searched: the reading frame's size over the marked one's
 KEY = 0x5741_4E32  # "WAN2": public, so any copy of Wan Studio reads any other's marks
-FRAMES_PER_CHUNK = 8  # bounds memory for long clips
-
-_DCT = np.array(
-    [
-        [np.sqrt((1 if k == 0 else 2) / BLOCK) * np.cos(np.pi * (2 * n + 1) * k / (2 * BLOCK)) for n in range(BLOCK)]
-        for k in range(BLOCK)
-    ],
-    dtype=np.float32,
-)
+WINDOW_FRAMES = 24  # read_file sums frames in groups of this many and reads two groups at a time
 
 
 @dataclass(frozen=True)
 class WatermarkReading:
     payload: int | None  # None when no valid codeword was found
-    bit_agreement: float  # share of block readings that agree with the voted codeword (0.5 = noise)
-    blocks: int  # block readings that voted
+    bit_agreement: float  # share of per-tile bit readings that agree with the decoded codeword (0.5 = noise)
+    blocks: int  # per-tile bit readings that voted
+    confidence: float = 0.0  # the sync peak in sigmas (CONFIDENCE_MIN needed)
+    scale: float = 1.0  # the reading frame's scale relative to the marked one
+    offset: tuple[int, int] = (0, 0)  # where the tile's origin was found (rows, columns, in marked pixels)
+    bits: tuple[int, ...] = ()  # the codeword bits as read, before correction
 
 
 def crc16(value: int, bits: int = PAYLOAD_BITS) -> int:
@@ -58,13 +75,35 @@ def codeword(payload: int) -> np.ndarray:
     return np.array([(value >> (CODE_BITS - 1 - i)) & 1 for i in range(CODE_BITS)], dtype=np.int64)
 
 
-def _layout(hb: int, wb: int) -> tuple[np.ndarray, np.ndarray]:
-    """Which codeword bit each block carries, and each block's dither, from the public key."""
+@lru_cache(maxsize=1)
+def _patterns() -> np.ndarray:
+    """(1 + CODE_BITS, TILE, TILE): the sync pattern and the carriers, orthonormal, band-limited, from KEY."""
     rng = np.random.default_rng(KEY)
-    # Balanced: every bit gets the same number of blocks (give or take one), scattered over the frame.
-    bit_of_block = (rng.permutation(hb * wb) % CODE_BITS).reshape(hb, wb)
-    dither = rng.random((len(COEFFICIENTS), hb, wb)).astype(np.float32) * DELTA
-    return bit_of_block, dither
+    ky = np.fft.fftfreq(TILE, 1 / TILE)[:, None]
+    kx = np.fft.rfftfreq(TILE, 1 / TILE)[None, :]
+    radius = np.hypot(ky, kx)
+    band = (radius >= BAND[0]) & (radius <= BAND[1])
+    spectra = rng.standard_normal((1 + CODE_BITS, *band.shape)) + 1j * rng.standard_normal((1 + CODE_BITS, *band.shape))
+    tiles = np.fft.irfft2(spectra * band, s=(TILE, TILE)).reshape(1 + CODE_BITS, -1)
+    q, _ = np.linalg.qr(tiles.T)  # orthonormal columns, still in the band
+    q = q.T * np.sign(np.sum(q.T * tiles, axis=1, keepdims=True))
+    return (q * TILE).reshape(1 + CODE_BITS, TILE, TILE).astype(np.float32)  # unit RMS each
+
+
+@lru_cache(maxsize=4)
+def _tile(payload: int) -> np.ndarray:
+    """The payload's pattern over one tile, unit RMS."""
+    p = _patterns()
+    signs = codeword(payload) * 2.0 - 1.0
+    tile = np.sqrt(SYNC_SHARE) * p[0] + np.sqrt((1 - SYNC_SHARE) / CODE_BITS) * np.tensordot(signs, p[1:], axes=1)
+    return (tile / tile.std()).astype(np.float32)
+
+
+@lru_cache(maxsize=4)
+def _frame_pattern(payload: int, height: int, width: int) -> np.ndarray:
+    """The tile repeated over a frame, times STRENGTH."""
+    reps = (-(-height // TILE), -(-width // TILE))
+    return np.ascontiguousarray(np.tile(_tile(payload) * STRENGTH, reps)[:height, :width])
 
 
 def _luma(frames: np.ndarray) -> np.ndarray:
@@ -72,83 +111,245 @@ def _luma(frames: np.ndarray) -> np.ndarray:
     return 0.299 * f[..., 0] + 0.587 * f[..., 1] + 0.114 * f[..., 2]
 
 
-def _to_blocks(plane: np.ndarray, hb: int, wb: int) -> np.ndarray:
-    """(F, H, W) -> (F, hb, wb, 8, 8) over the whole-block area."""
-    f = plane.shape[0]
-    cropped = plane[:, : hb * BLOCK, : wb * BLOCK]
-    return cropped.reshape(f, hb, BLOCK, wb, BLOCK).swapaxes(2, 3)
+def _box3(a: np.ndarray) -> np.ndarray:
+    """3x3 mean with edge replication."""
+    p = np.pad(a, 1, mode="edge")
+    rows = p[:-2] + p[1:-1] + p[2:]
+    return (rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]) / 9
+
+
+def _mask(luma: np.ndarray) -> np.ndarray:
+    """(H, W) share of STRENGTH per pixel: local activity on 4x4 blocks (texture inside a block and steps
+    between blocks), smoothed; MASK_FLOOR on flat areas, 1 from ACTIVITY_FULL up."""
+    height, width = luma.shape
+    hb, wb = max(1, height // 4), max(1, width // 4)
+    blocks = luma[: hb * 4, : wb * 4].reshape(hb, 4, wb, 4) if height >= 4 and width >= 4 else None
+    if blocks is None:
+        return np.full(luma.shape, MASK_FLOOR, np.float32)
+    mean = blocks.mean(axis=(1, 3))
+    inner = np.sqrt(np.maximum((blocks**2).mean(axis=(1, 3)) - mean**2, 0))
+    step = np.abs(mean - _box3(mean)) * 2
+    activity = _box3(_box3(np.minimum(inner + step, 3 * ACTIVITY_FULL)))
+    share = MASK_FLOOR + (1 - MASK_FLOOR) * np.clip(activity / ACTIVITY_FULL, 0, 1)
+    full = np.repeat(np.repeat(share.astype(np.float32), 4, axis=0), 4, axis=1)
+    if full.shape != luma.shape:
+        full = np.pad(full, ((0, height - full.shape[0]), (0, width - full.shape[1])), mode="edge")
+    return full
 
 
 def embed(frames: np.ndarray, payload: int) -> np.ndarray:
-    """Return watermarked copies of (F, H, W, 3) uint8 frames. The change is a luma-only offset."""
+    """Return watermarked copies of (F, H, W, 3) uint8 frames. The change is a luma-only offset, the same
+    pattern in every frame (weighted by each frame's own mask), so frames may be marked one at a time."""
     _, height, width, _ = frames.shape
-    hb, wb = height // BLOCK, width // BLOCK
-    if hb == 0 or wb == 0:
-        return frames.copy()
-    bits = codeword(payload)
-    bit_of_block, dither = _layout(hb, wb)
+    pattern = _frame_pattern(payload, height, width)
     out = np.empty_like(frames)
-    for start in range(0, len(frames), FRAMES_PER_CHUNK):
-        chunk = frames[start : start + FRAMES_PER_CHUNK]
-        coeffs = _DCT @ _to_blocks(_luma(chunk), hb, wb) @ _DCT.T
-        change = np.zeros_like(coeffs)
-        for i, (u, v) in enumerate(COEFFICIENTS):
-            target = bits[bit_of_block] * (DELTA / 2) + dither[i]
-            c = coeffs[..., u, v]
-            change[..., u, v] = DELTA * np.round((c - target) / DELTA) + target - c
-        delta_blocks = _DCT.T @ change @ _DCT
-        delta = delta_blocks.swapaxes(2, 3).reshape(len(chunk), hb * BLOCK, wb * BLOCK)
-        marked = chunk.astype(np.float32)
-        marked[:, : hb * BLOCK, : wb * BLOCK, :] += delta[..., None]
-        out[start : start + FRAMES_PER_CHUNK] = np.clip(np.round(marked), 0, 255).astype(np.uint8)
+    for n, frame in enumerate(frames):
+        delta = np.rint(pattern * _mask(_luma(frame))).astype(np.int16)
+        out[n] = np.clip(frame.astype(np.int16) + delta[..., None], 0, 255)
     return out
 
 
+def _whiten(plane: np.ndarray) -> np.ndarray:
+    """The plane with its spectrum flattened (each frequency divided by its neighbourhood's mean magnitude):
+    content's smooth spectrum goes flat, the tiled pattern's line spectrum stands out."""
+    z = plane - plane.mean()
+    spectrum = np.fft.rfft2(z)
+    magnitude = np.abs(spectrum)
+    k = 4  # neighbourhood: (2k+1)^2 frequencies
+    padded = np.pad(magnitude, ((k, k), (0, 0)), mode="wrap")
+    padded = np.pad(padded, ((0, 0), (k, k)), mode="reflect")
+    c = np.cumsum(np.cumsum(padded, axis=0), axis=1)
+    c = np.pad(c, ((1, 0), (1, 0)))
+    n = 2 * k + 1
+    local = (c[n:, n:] - c[:-n, n:] - c[n:, :-n] + c[:-n, :-n]) / n**2
+    white = spectrum / (local + 1e-6 * (local.max() + 1e-12))
+    h, w = plane.shape
+    fy = np.abs(np.fft.fftfreq(h))[:, None]
+    fx = np.fft.rfftfreq(w)[None, :]
+    white[np.hypot(fy, fx) < 0.004] = 0  # gradients, letterbox bars
+    return np.fft.irfft2(white, s=plane.shape).astype(np.float32)
+
+
+@lru_cache(maxsize=1)
+def _lattice() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The tile's frequencies (cycles per tile, half plane, off the axes) and the patterns' power at each."""
+    ky = np.fft.fftfreq(TILE, 1 / TILE)[:, None] * np.ones((1, TILE // 2 + 1))
+    kx = np.fft.rfftfreq(TILE, 1 / TILE)[None, :] * np.ones((TILE, 1))
+    power = (np.abs(_spectra()) ** 2).sum(axis=0)
+    keep = (np.hypot(ky, kx) >= BAND[0]) & (np.hypot(ky, kx) <= BAND[1]) & (ky != 0) & (kx != 0)
+    return ky[keep], kx[keep], power[keep] / power[keep].mean()
+
+
+def _scales(white: np.ndarray, count: int = 5) -> list[float]:
+    """The likeliest scales from the plane's power spectrum: a tiled pattern is a lattice of spectral lines
+    whose spacing says the tile's period (offset plays no part). Each scale's score is the mean power at
+    its lattice points; the local maxima come first."""
+    h, w = white.shape
+    power = np.abs(np.fft.rfft2(white)) ** 2
+    power /= power.mean() + 1e-12
+    power = power + np.roll(power, 1, axis=0)  # a line between bins leaks into its neighbours
+    power[:, 1:] += power[:, :-1].copy()
+    ky, kx, weight = _lattice()
+    scales = np.exp(np.arange(np.log(SCALES[0]), np.log(SCALES[1]), 0.002))
+    by = ky[None, :] * h / (TILE * scales[:, None])
+    bx = kx[None, :] * w / (TILE * scales[:, None])
+    inside = (bx < power.shape[1] - 1) & (np.abs(by) < h / 2 - 1)
+    y0, x0 = np.floor(by).astype(np.int64), np.floor(bx).astype(np.int64)
+    fy, fx = by - y0, bx - x0
+    value = sum(
+        power[(y0 + i) % h, np.minimum(x0 + j, power.shape[1] - 1)] * (fy if i else 1 - fy) * (fx if j else 1 - fx)
+        for i in (0, 1)
+        for j in (0, 1)
+    )  # fmt: skip
+    points = (inside * weight).sum(axis=1)
+    score = np.where(points > 20, (value * inside * weight).sum(axis=1) / np.maximum(points, 1), 0)
+    peaks = [i for i in range(1, len(score) - 1) if score[i] >= score[i - 1] and score[i] >= score[i + 1]]
+    peaks.sort(key=lambda i: -score[i])
+    found: list[float] = []
+    for i in peaks:
+        if all(abs(np.log(scales[i] / f)) > 0.01 for f in found):
+            found.append(float(scales[i]))
+        if len(found) == count:
+            break
+    return found
+
+
+def _fold(white: np.ndarray, scale: float, groups: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The whitened plane mapped to the marked size and folded onto one tile, each pixel shared bilinearly
+    between its four nearest tile positions: (sum, weight), per source tile when `groups`."""
+    h, w = white.shape
+    rows = np.maximum((np.arange(h) + 0.5) / scale - 0.5, 0)  # pixel centres, as ffmpeg's scale maps them
+    cols = np.maximum((np.arange(w) + 0.5) / scale - 0.5, 0)
+    r0, c0 = np.floor(rows).astype(np.int64), np.floor(cols).astype(np.int64)
+    fr, fc = (rows - r0).astype(np.float32), (cols - c0).astype(np.float32)
+    size = TILE * TILE
+    gw = int(c0.max()) // TILE + 2
+    n = size * (gw * (int(r0.max()) // TILE + 2) if groups else 1)
+    flat = white.ravel()
+    total = np.zeros(n)
+    weight = np.zeros(n)
+    for dr in (0, 1):
+        for dc in (0, 1):
+            r, c = r0 + dr, c0 + dc
+            index = ((r % TILE) * TILE)[:, None] + (c % TILE)[None, :]
+            if groups:
+                index = index + (((r0 // TILE) * gw)[:, None] + (c0 // TILE)[None, :]) * size
+            share = ((fr if dr else 1 - fr)[:, None] * (fc if dc else 1 - fc)[None, :]).ravel()
+            total += np.bincount(index.ravel(), weights=flat * share, minlength=n)
+            weight += np.bincount(index.ravel(), weights=share, minlength=n)
+    return total.reshape(-1, TILE, TILE).squeeze(0) if not groups else total.reshape(-1, TILE, TILE), (
+        weight.reshape(-1, TILE, TILE).squeeze(0) if not groups else weight.reshape(-1, TILE, TILE)
+    )
+
+
+@lru_cache(maxsize=1)
+def _spectra() -> np.ndarray:
+    return np.conj(np.fft.rfft2(_patterns()))
+
+
+def _sync(white: np.ndarray, scale: float) -> tuple[float, tuple[int, int], np.ndarray]:
+    """At this scale: the peak, in sigmas, over all cyclic offsets of the plane's energy in the pattern space (sync
+    and carriers together, so all of the mark's power finds the offset), the tile origin's offset (rows, columns)
+    and the sync and carrier correlations there."""
+    total, count = _fold(white, scale)
+    seen = count > 0.05
+    tile = np.where(seen, total / np.maximum(count, 1e-6), 0)
+    tile = np.where(seen, tile - tile[seen].mean(), 0)
+    corr = np.fft.irfft2(np.fft.rfft2(tile)[None] * _spectra(), s=tile.shape)
+    energy = np.einsum("kij,kij->ij", corr, corr)
+    peak = int(np.argmax(energy))
+    z = float((energy.flat[peak] - energy.mean()) / (energy.std() + 1e-12))
+    offset = (peak // TILE, peak % TILE)
+    return z, offset, corr[:, offset[0], offset[1]]
+
+
+def _search(white: np.ndarray) -> tuple[float, float, tuple[int, int]]:
+    """(confidence, scale, offset) of the best sync peak: the unscaled, halved and doubled frame, then around
+    the scales the power spectrum suggests."""
+    best = (-np.inf, 1.0, (0, 0))
+    for scale in (1.0, 0.5, 2.0):
+        z, offset, _ = _sync(white, scale)
+        best = max(best, (z, scale, offset), key=lambda b: b[0])
+    if best[0] >= 2 * CONFIDENCE_MIN:
+        return best
+    for centre in _scales(white):
+        local = (-np.inf, centre, (0, 0))
+        for step in np.arange(-0.006, 0.0061, 0.002):
+            scale = centre * (1 + step)
+            z, offset, _ = _sync(white, scale)
+            local = max(local, (z, scale, offset), key=lambda b: b[0])
+        best = max(best, local, key=lambda b: b[0])
+    return best
+
+
+def _soft_bits(white: np.ndarray, scale: float, offset: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Carrier correlations for the whole plane (CODE_BITS,) and per source tile (tiles, CODE_BITS)."""
+    total, count = _fold(white, scale, groups=True)
+    carriers = np.roll(_patterns()[1:], offset, axis=(1, 2)).reshape(CODE_BITS, -1)
+    flat_total = total.reshape(len(total), -1)
+    per_tile = flat_total @ carriers.T.astype(np.float64)
+    used = count.reshape(len(count), -1).sum(axis=1) > 0
+    return per_tile.sum(axis=0), per_tile[used]
+
+
+def _luma_sum(frames: np.ndarray) -> np.ndarray:
+    total = np.zeros(frames.shape[1:3], np.float64)
+    for start in range(0, len(frames), 16):
+        total += _luma(frames[start : start + 16]).sum(axis=0)
+    return total
+
+
+def _decode(soft: np.ndarray) -> int | None:
+    """The payload whose codeword the soft bits give, the least reliable flipped as needed; None if none checks."""
+    hard = (soft > 0).astype(np.int64)
+    weakest = np.argsort(np.abs(soft))[:CHASE_BITS]
+    for flips in range(CHASE_BITS + 1):
+        for chosen in combinations(weakest, flips):
+            bits = hard.copy()
+            bits[list(chosen)] ^= 1
+            value = int("".join(map(str, bits)), 2)
+            payload, crc = value >> CRC_BITS, value & (2**CRC_BITS - 1)
+            if crc16(payload) == crc:
+                return payload
+    return None
+
+
+def _read(mean_luma: np.ndarray) -> WatermarkReading:
+    """The reading of a mean luma plane."""
+    if min(mean_luma.shape) < 16:
+        return WatermarkReading(None, 0.5, 0, confidence=0.0)
+    white = _whiten(mean_luma.astype(np.float32))
+    confidence, scale, offset = _search(white)
+    soft, per_tile = _soft_bits(white, scale, offset)
+    payload = _decode(soft) if confidence >= CONFIDENCE_MIN else None
+    reference = codeword(payload) if payload is not None else (soft > 0).astype(np.int64)
+    agreement = float(((per_tile > 0) == reference[None].astype(bool)).mean()) if per_tile.size else 0.5
+    return WatermarkReading(payload, agreement, int(per_tile.size), confidence=round(confidence, 2),
+                            scale=round(scale, 4), offset=offset, bits=tuple(int(b) for b in soft > 0))  # fmt: skip
+
+
 def extract(frames: np.ndarray) -> WatermarkReading:
-    """Vote the codeword out of (F, H, W, 3) frames; payload is None unless its CRC checks."""
-    _, height, width, _ = frames.shape
-    hb, wb = height // BLOCK, width // BLOCK
-    if hb == 0 or wb == 0 or len(frames) == 0:
-        return WatermarkReading(None, 0.5, 0)
-    bit_of_block, dither = _layout(hb, wb)
-    votes = np.zeros(CODE_BITS)
-    readings = []
-    for start in range(0, len(frames), FRAMES_PER_CHUNK):
-        chunk = frames[start : start + FRAMES_PER_CHUNK]
-        coeffs = _DCT @ _to_blocks(_luma(chunk), hb, wb) @ _DCT.T
-        for i, (u, v) in enumerate(COEFFICIENTS):
-            r = np.mod(coeffs[..., u, v] - dither[i], DELTA)
-            bit = ((r > DELTA / 4) & (r < 3 * DELTA / 4)).astype(np.int64)  # (f, hb, wb)
-            readings.append(bit)
-            votes += np.bincount(bit_of_block.ravel(), weights=(bit * 2 - 1).sum(axis=0).ravel(), minlength=CODE_BITS)
-    voted = (votes > 0).astype(np.int64)
-    all_readings = np.concatenate(readings)
-    agreement = float((all_readings == voted[bit_of_block][None]).mean())
-    value = int("".join(map(str, voted)), 2)
-    payload, crc = value >> CRC_BITS, value & (2**CRC_BITS - 1)
-    found = payload if crc16(payload) == crc else None
-    return WatermarkReading(found, agreement, int(all_readings.size))
+    """Find the pattern's scale and offset in (F, H, W, 3) frames (all averaged) and read the payload; None
+    unless the sync peak is clear and the CRC checks."""
+    if len(frames) == 0:
+        return WatermarkReading(None, 0.5, 0, confidence=0.0)
+    return _read(_luma_sum(frames) / len(frames))
 
 
 def raw_bit_accuracy(frames: np.ndarray, payload: int) -> float:
-    """Share of single block readings equal to the embedded bit, before any voting (for the benchmark)."""
-    _, height, width, _ = frames.shape
-    hb, wb = height // BLOCK, width // BLOCK
-    bits = codeword(payload)
-    bit_of_block, dither = _layout(hb, wb)
-    right = total = 0
-    for start in range(0, len(frames), FRAMES_PER_CHUNK):
-        coeffs = _DCT @ _to_blocks(_luma(frames[start : start + FRAMES_PER_CHUNK]), hb, wb) @ _DCT.T
-        for i, (u, v) in enumerate(COEFFICIENTS):
-            r = np.mod(coeffs[..., u, v] - dither[i], DELTA)
-            bit = ((r > DELTA / 4) & (r < 3 * DELTA / 4)).astype(np.int64)
-            right += int((bit == bits[bit_of_block][None]).sum())
-            total += bit.size
-    return right / max(1, total)
+    """Share of the 48 codeword bits read right from the whole clip, before the CRC and any correction (the
+    "bit accuracy" of the literature), at the scale and offset the search finds."""
+    reading = extract(frames)
+    if not reading.bits:
+        return 0.5
+    return float((np.array(reading.bits) == codeword(payload)).mean())
 
 
-def read_file(path: str, max_frames: int = 64) -> WatermarkReading | None:
-    """The watermark in a video or GIF file (its first `max_frames` frames); None if it holds no frames."""
+def read_file(path: str, max_frames: int = WINDOW_FRAMES * 30) -> WatermarkReading | None:
+    """The watermark in a video or GIF file, through its first `max_frames` frames in windows of 2 x
+    WINDOW_FRAMES frames (stepping WINDOW_FRAMES: a marked shot inside a film is found) and from the start to
+    the window's end (a long marked clip adds up); the first reading whose payload checks, else the most
+    confident; None if the file holds no frames."""
     import imageio_ffmpeg
 
     try:
@@ -157,10 +358,34 @@ def read_file(path: str, max_frames: int = 64) -> WatermarkReading | None:
     except (OSError, RuntimeError, StopIteration):
         return None
     width, height = meta["size"]
-    frames = []
-    for buffer in reader:
-        frames.append(np.frombuffer(buffer, np.uint8).reshape(height, width, 3))
-        if len(frames) >= max_frames:
-            reader.close()
-            break
-    return extract(np.stack(frames)) if frames else None
+    sums: list[tuple[np.ndarray, int]] = []  # (luma sum, frames) per WINDOW_FRAMES
+    chunk: list[np.ndarray] = []
+    best: WatermarkReading | None = None
+    seen = 0
+
+    def attempt() -> WatermarkReading:
+        nonlocal best
+        sums.append((_luma_sum(np.stack(chunk)), len(chunk)))
+        chunk.clear()
+        planes = [sums[-2:]] + ([sums] if len(sums) > 2 else [])
+        for part in planes:
+            reading = _read(sum(t for t, _ in part) / sum(n for _, n in part))
+            if best is None or reading.payload is not None or reading.confidence > best.confidence:
+                best = reading
+            if reading.payload is not None:
+                break
+        return best
+
+    try:
+        for buffer in reader:
+            chunk.append(np.frombuffer(buffer, np.uint8).reshape(height, width, 3))
+            seen += 1
+            if len(chunk) == WINDOW_FRAMES and attempt().payload is not None:
+                return best
+            if seen >= max_frames:
+                break
+    finally:
+        reader.close()
+    if chunk:
+        attempt()
+    return best
