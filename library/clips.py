@@ -49,11 +49,11 @@ class ClipFiles:
 @dataclass(frozen=True)
 class ClipOptions:
     """How a clip is labelled: signed Content Credentials (on by default), the prompt in them only when
-    the user opts in, and the invisible watermark (off by default)."""
+    the user opts in, and the invisible watermark (on by default: it identifies the clip, bound to its manifest)."""
 
     sign: bool = True
     include_prompt: bool = False
-    watermark: bool = False
+    watermark: bool = True
 
 
 @dataclass(frozen=True)
@@ -134,19 +134,14 @@ def save_clip(result: GenerationResult, out_dir: Path, options: ClipOptions = Cl
     comment = f"AI-generated with {request.spec.label} ({APP_NAME} {__version__})"
     sidecar = sidecar_for(result)
     frames = result.frames
-    if options.watermark:
-        payload = provenance.studio_mark()
+    claim = provenance.manifest(
+        title=f"{hint}.mp4", model=request.spec.id, prompt=request.prompt if options.include_prompt else None,
+        loras=result.loras,
+    )  # fmt: skip
+    payload, claim = marked(claim, options, sidecar)
+    if payload is not None:
         frames = watermark.embed(frames, payload)
-        sidecar["provenance"] = {"watermark": f"{payload:08x}"}
-    sign = None
-    if options.sign:
-        claim = provenance.manifest(
-            title=f"{hint}.mp4", model=request.spec.id, prompt=request.prompt if options.include_prompt else None,
-            loras=result.loras,
-        )  # fmt: skip
-
-        def sign(unsigned: Path, signed: Path) -> None:
-            provenance.sign_file(unsigned, signed, claim)
+    sign = signer(claim) if options.sign else None
 
     return write_clip(
         frames,
@@ -159,6 +154,25 @@ def save_clip(result: GenerationResult, out_dir: Path, options: ClipOptions = Cl
         sign=sign,
         end_image=request.end_image,
     )
+
+
+def marked(claim: dict, options: ClipOptions, sidecar: dict, payload: int | None = None) -> tuple[int | None, dict]:
+    """With the watermark on: the clip's payload (derived from its manifest, unless given), the claim carrying it
+    as a soft binding, and the sidecar's record of it (the library finds the clip by it); else (None, claim)."""
+    if not options.watermark:
+        return None, claim
+    payload, claim = provenance.bind_mark(claim, payload)
+    sidecar["provenance"] = {**sidecar.get("provenance", {}), "watermark": f"{payload:08x}"}
+    return payload, claim
+
+
+def signer(claim: dict, ingredients: list[Path] = (), relationship: str = "componentOf") -> Callable[..., None]:
+    """`sign(unsigned, signed)` for `publish_clip`: Content Credentials with this claim."""
+
+    def sign(unsigned: Path, signed: Path) -> None:
+        provenance.sign_file(unsigned, signed, claim, ingredients=list(ingredients), relationship=relationship)
+
+    return sign
 
 
 def write_clip(

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from library import provenance
+from library import provenance, watermark
 from library.clips import Clip, find_clip
 from library.files import (
     LibraryError,
@@ -363,6 +363,7 @@ def export_film(
     cancel: threading.Event | None = None,
     into: str = FILMS_DIR,
     models: FilmModels | None = None,
+    mark: bool = False,
 ) -> Path:
     """Render the storyboard to `<output>/<into>/<time>_<title>.<format>` (`into`: films/, or previews/ for a
     quick look); StoryboardError on bad input,
@@ -373,7 +374,8 @@ def export_film(
     (`models`' upscaler); then add the audio and encode the chosen format.
     Every intermediate is a temporary file in the films folder, removed whatever happens; the film is
     published only once its file is complete. It is signed with Content Credentials listing its clips as
-    ingredients; `<film>.json` records the storyboard and whether signing worked.
+    ingredients; `<film>.json` records the storyboard and whether signing worked. `mark`: the invisible
+    watermark with the film's own payload (a soft binding of its manifest; MP4 and WebM, not GIF's palette).
     """
     output_dir = Path(output_dir)
     checked = _check(board, output_dir)
@@ -389,7 +391,7 @@ def export_film(
         return temporaries[-1]
 
     try:
-        return _render(board, checked, output_dir, films_dir, scratch, on_progress, sign, cancel, models)
+        return _render(board, checked, output_dir, films_dir, scratch, on_progress, sign, cancel, models, mark)
     except (OSError, RuntimeError) as err:  # RuntimeError: ffmpeg's own words, e.g. on a read-only disk
         plain = write_error(err, films_dir)
         if plain is err:
@@ -400,7 +402,7 @@ def export_film(
             discard(path)
 
 
-def _render(board, checked, output_dir, films_dir, scratch, on_progress, sign, cancel, models) -> Path:
+def _render(board, checked, output_dir, films_dir, scratch, on_progress, sign, cancel, models, mark) -> Path:
     from moviepy import CompositeVideoClip, VideoFileClip, vfx
 
     if board.audio:
@@ -473,6 +475,12 @@ def _render(board, checked, output_dir, films_dir, scratch, on_progress, sign, c
             opened.append(video)
         low = 0.8 if interpolate or height is not None else 0.0
         tmp = scratch(board.format)
+        claim = provenance.manifest(f"{slugify(board.title or 'film')}.{board.format}", model=None, composite=True)
+        payload = provenance.bind_mark(claim)[0] if mark and board.format != "gif" else None
+        if payload is not None:  # every frame as it is encoded
+            video = video.image_transform(
+                lambda frame: watermark.embed(np.clip(frame, 0, 255).astype(np.uint8)[None], payload)[0]
+            )
         if board.format == "gif":
             scale = min(1.0, GIF_MAX_WIDTH / size[0])
             gif = video.resized(scale) if scale < 1 else video
@@ -494,16 +502,20 @@ def _render(board, checked, output_dir, films_dir, scratch, on_progress, sign, c
         stem = f"{time.strftime('%Y%m%d-%H%M%S')}_{slugify(board.title or 'film')}"
         record = {"app": APP_NAME, "app_version": __version__, "storyboard": board.to_json(),
                   "size": list(final), "interpolation": motion}  # fmt: skip
+        claim = provenance.manifest(f"{stem}.{board.format}", model=None, composite=True)
+        if payload is not None:
+            claim = provenance.bind_mark(claim, payload)[1]
+            record["provenance"] = {"watermark": f"{payload:08x}"}
         if sign:
             signed = scratch(board.format)
             sources = [c.video for c in checked]
-            claim = provenance.manifest(f"{stem}.{board.format}", model=None, composite=True)
             try:
                 provenance.sign_file(tmp, signed, claim, ingredients=sources)
                 os.replace(signed, tmp)
-                record["provenance"] = {"signed": True, "ingredients": [p.name for p in sources]}
+                record["provenance"] = {**record.get("provenance", {}), "signed": True,
+                                        "ingredients": [p.name for p in sources]}  # fmt: skip
             except provenance.SigningError as err:  # the film is kept unsigned; the record says why
-                record["provenance"] = {"signed": False, "signing_error": str(err)}
+                record["provenance"] = {**record.get("provenance", {}), "signed": False, "signing_error": str(err)}
         sidecar = scratch("json")
         write_json(sidecar, record)
         film = publish(tmp, films_dir, stem, f".{board.format}",

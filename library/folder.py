@@ -30,6 +30,7 @@ from library.files import (
     discard,
     disk_error,
     publish,
+    read_json,
     sha256_file,
     temporary,
 )
@@ -129,6 +130,23 @@ class Library:
         if clip is not None:
             self.posters.make(clip)
         return files
+
+    # ---- watermarks ----------------------------------------------------------------------------------
+    def find_mark(self, payload: int) -> tuple[str, dict] | None:
+        """The clip or film whose watermark payload this is (its sidecar or record says so): (file name, that
+        sidecar or record), or None when this library holds none. A stripped copy leads back here."""
+        wanted = f"{payload:08x}"
+        for clip in self.clips():
+            if clip.sidecar.get("provenance", {}).get("watermark") == wanted:
+                return clip.name, clip.sidecar
+        for record in sorted(self.films_dir.glob("*.json"), reverse=True) if self.films_dir.is_dir() else []:
+            try:
+                data = read_json(record)
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict) and data.get("provenance", {}).get("watermark") == wanted:
+                return record.name[: -len(".json")], data
+        return None
 
     # ---- long takes ---------------------------------------------------------------------------------
     def take_folder(self, job_id: str) -> Path:
@@ -307,7 +325,7 @@ class Library:
 
     def export_film(
         self, board: Storyboard, on_progress: Callable[[float, str], None] | None = None, sign: bool = True,
-        cancel: threading.Event | None = None,
+        cancel: threading.Event | None = None, mark: bool = False,
     ) -> Path:  # fmt: skip
         device = self.post_models.film_device
         models = film.FilmModels(
@@ -316,7 +334,7 @@ class Library:
         )
         try:
             return film.export_film(board, self.root, on_progress=on_progress, sign=sign, cancel=cancel,
-                                    models=models)  # fmt: skip
+                                    models=models, mark=mark)  # fmt: skip
         finally:
             self.post_models.release()  # a film's models hold no GPU memory between exports
 

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from library import provenance, watermark
-from library.clips import Clip, ClipFiles, ClipOptions, publish_clip
+from library.clips import Clip, ClipFiles, ClipOptions, marked, publish_clip, signer
 from library.media import Mp4Writer, estimate_mp4_mb, read_frames, video_info
 from pipelines import APP_NAME, __version__, engine_versions
 from pipelines.errors import UserError
@@ -159,9 +159,8 @@ def _derive(
     step = {"action": request.action, "model": model, "settings": settings, "size": list(size), "fps": fps,
             "frames": count}  # fmt: skip
     sidecar = _sidecar(clip, step, fps, count)
-    payload = provenance.studio_mark() if options.watermark else None
-    if payload is not None:
-        sidecar["provenance"] = {"watermark": f"{payload:08x}"}
+    claim = provenance.edit_manifest(f"{clip.video.stem}_{suffix}.mp4", clip.name, action, model, settings)
+    payload, claim = marked(claim, options, sidecar)
     comment = f"AI-generated with {clip.sidecar.get('model_name', 'Wan')}, {request.label.split(':')[0].lower()} " \
               f"({APP_NAME} {__version__})"  # fmt: skip
 
@@ -196,12 +195,7 @@ def _derive(
             if hasattr(frames, "close"):
                 frames.close()  # stops the model and the source's decoder
 
-    sign = None
-    if options.sign:
-        claim = provenance.edit_manifest(f"{clip.video.stem}_{suffix}.mp4", clip.name, action, model, settings)
-
-        def sign(unsigned: Path, signed: Path) -> None:
-            provenance.sign_file(unsigned, signed, claim, ingredients=[clip.video], relationship="parentOf")
+    sign = signer(claim, [clip.video], "parentOf") if options.sign else None
 
     hint = f"{_without_stamp(clip.video.stem)}_{suffix}"
     pictures = {key: _picture(clip.video.parent / clip.sidecar[key]) if clip.sidecar.get(key) else None

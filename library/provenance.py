@@ -9,10 +9,12 @@ user opts in.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import hashlib
 import json
 import os
+import secrets
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,10 +95,20 @@ def _identity_problem(me: Identity) -> str | None:
     return None
 
 
-def studio_mark() -> int:
-    """The 32-bit watermark payload of this studio: derived from its signing certificate, so a
-    watermark read back can be matched to the studio that made the clip."""
-    return int.from_bytes(hashlib.sha256(identity().chain_pem).digest()[:4], "big")
+WATERMARK_ALG = "com.wan-studio.watermark.2"  # the soft-binding algorithm's name in the manifest
+SOFT_BINDING = "c2pa.soft-binding"
+
+
+def bind_mark(claim: dict, payload: int | None = None) -> tuple[int, dict]:
+    """A clip's watermark payload, derived from its manifest (its claim, a fresh nonce so two clips of the same
+    second and settings differ) unless given, and the claim with the payload as a C2PA soft-binding assertion: a
+    copy whose manifest was stripped still leads back to it (`Library.find_mark`)."""
+    if payload is None:
+        digest = hashlib.sha256(json.dumps(claim, sort_keys=True).encode() + secrets.token_bytes(16)).digest()
+        payload = int.from_bytes(digest[:4], "big")
+    value = base64.b64encode(payload.to_bytes(4, "big")).decode()
+    binding = {"alg": WATERMARK_ALG, "blocks": [{"scope": {}, "value": value}], "pad": []}
+    return payload, dict(claim, assertions=[*claim.get("assertions", []), {"label": SOFT_BINDING, "data": binding}])
 
 
 def _make_identity(folder: Path) -> None:
@@ -341,6 +353,12 @@ def _declared(active: dict) -> dict:
                 elif action.get("action") not in (None, "c2pa.opened"):  # an edit: upscaled, interpolated
                     out.setdefault("edits", []).append({"action": action["action"], **action.get("parameters", {})})
                     out["digital_source_type"] = action.get("digitalSourceType")
+        if assertion.get("label") == SOFT_BINDING and assertion.get("data", {}).get("alg") == WATERMARK_ALG:
+            value = (assertion["data"].get("blocks") or [{}])[0].get("value", "")
+            try:
+                out["watermark"] = base64.b64decode(value).hex()
+            except ValueError:
+                pass
     ingredients = active.get("ingredients", [])
     out["ingredients"] = [i.get("title") for i in ingredients]
     out["parents"] = [i.get("title") for i in ingredients if i.get("relationship") == "parentOf"]

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from library import provenance, watermark
-from library.clips import ClipFiles, ClipOptions, publish_clip, sidecar_for
+from library.clips import ClipFiles, ClipOptions, marked, publish_clip, sidecar_for, signer
 from library.files import LibraryError, discard, read_json, temporary, write_json
 from library.media import encode_mp4, estimate_mp4_mb, join_mp4, read_frames, slugify
 from pipelines import APP_NAME, __version__
@@ -50,7 +50,8 @@ class TakeWriter:
         folder = Path(folder)
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
-        payload = provenance.studio_mark() if options.watermark else None
+        claim = provenance.manifest(title=f"{slugify(plan['prompts'][0])}_take.mp4", model=plan["model"])
+        payload, _ = marked(claim, options, {})  # known now: each segment is marked as it is written
         state = {"format": TAKE_FORMAT, "plan": plan, "asked": asked, "size": list(size), "options": asdict(options),
                  "watermark": payload, "segments": [], "windows": [], "sidecar": None}  # fmt: skip
         writer = cls(folder, state)
@@ -121,18 +122,13 @@ class TakeWriter:
                                                    for w in self.state["windows"]), 4)}  # fmt: skip
         sidecar["take"] = dict(plan, kept_windows=self.windows, kept_frames=frames, stopped=stopped)
         sidecar["windows"] = self.state["windows"]
-        if self.state["watermark"] is not None:
-            sidecar["provenance"] = {"watermark": f"{self.state['watermark']:08x}"}
         options = ClipOptions(**self.state["options"])
         hint = f"{slugify(prompts[0])}_{base['settings']['seed']}_take"
-        sign = None
-        if options.sign:
-            claim = provenance.manifest(title=f"{hint}.mp4", model=base["model"],
-                                        prompt=" / ".join(dict.fromkeys(prompts)) if options.include_prompt else None,
-                                        loras=base.get("loras_applied"))  # fmt: skip
-
-            def sign(unsigned: Path, signed: Path) -> None:
-                provenance.sign_file(unsigned, signed, claim)
+        claim = provenance.manifest(title=f"{hint}.mp4", model=base["model"],
+                                    prompt=" / ".join(dict.fromkeys(prompts)) if options.include_prompt else None,
+                                    loras=base.get("loras_applied"))  # fmt: skip
+        _, claim = marked(claim, options, sidecar, self.state["watermark"])
+        sign = signer(claim) if options.sign else None
 
         comment = f"AI-generated with {base['model_name']} ({APP_NAME} {__version__})"
         return publish_clip(lambda path: join_mp4(segments, path, comment), estimate_mp4_mb(frames, width, height),

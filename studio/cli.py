@@ -79,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="one clip over all --gpus (2 or more): each step's attention split between them; started with "
         "torch.distributed.run",
     )  # fmt: skip
-    p.add_argument("--watermark", action="store_true", help="embed the invisible watermark")
+    p.add_argument("--no-watermark", dest="watermark", action="store_false",
+                   help="leave the invisible watermark out (it is on by default)")  # fmt: skip
+    p.add_argument("--watermark", action="store_true", help=argparse.SUPPRESS)  # the default; kept for old scripts
     p.add_argument("--include-prompt", action="store_true", help="put the prompt in the signed Content Credentials")
     return p
 

@@ -39,7 +39,9 @@ def _parser(action: str) -> argparse.ArgumentParser:
     p.add_argument("--out-dir", type=Path, default=None, help="where the new clip goes (default: beside its source)")
     p.add_argument("--offline", action="store_true", help="never contact the Hugging Face Hub")
     p.add_argument("--gpu", default=None, help="the GPU to use, like 0 (default: the first GPU, else the CPU)")
-    p.add_argument("--watermark", action="store_true", help="embed the invisible watermark")
+    p.add_argument("--no-watermark", dest="watermark", action="store_false",
+                   help="leave the invisible watermark out (it is on by default)")  # fmt: skip
+    p.add_argument("--watermark", action="store_true", help=argparse.SUPPRESS)  # the default; kept for old scripts
     return p
 
 

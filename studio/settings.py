@@ -38,7 +38,7 @@ class Settings:
     steps: int | None = None  # None: each model's own default
     guidance_scale: float | None = None
     negative_prompt: str | None = None
-    watermark: bool = False  # invisible watermark in every new clip
+    watermark: bool = True  # invisible watermark in every new clip (bound to its manifest)
     include_prompt: bool = False  # the prompt inside the signed Content Credentials
     attention: str = attention.AUTO  # attention backend (pipelines.attention.CHOICES)
     compile: bool = False  # regional compilation of the transformer blocks

@@ -6,11 +6,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from library import provenance, watermark
+from library import Library, LibraryError, provenance, watermark
+from studio.settings import load_settings
 
 
-def report(path: Path) -> tuple[str, dict]:
-    """A plain-language report and the details behind it."""
+def report(path: Path, library: Library | None = None) -> tuple[str, dict]:
+    """A plain-language report and the details behind it; a watermark is looked up in `library` (the studio's
+    output folder), so a copy stripped of its Content Credentials still names its clip."""
     check = provenance.verify_file(path)
     lines = [check.summary()]
     if not check.has_manifest and not provenance.can_sign(path):
@@ -30,12 +32,18 @@ def report(path: Path) -> tuple[str, dict]:
             lines.append(f"Prompt: {declared['prompt']}")
         if declared.get("ingredients"):
             lines.append(f"Made from {len(declared['ingredients'])} clips: {', '.join(declared['ingredients'])}.")
+        if declared.get("watermark"):
+            lines.append(f"Soft binding: the manifest names watermark {declared['watermark']}.")
         for problem in check.problems:
             lines.append(f"Problem: {problem}")
     mark = watermark.read_file(str(path))
+    found = None
     if mark is not None and mark.payload is not None:
-        ours = " (this studio)" if mark.payload == provenance.studio_mark() else ""
-        lines.append(f"Watermark: {mark.payload:08x}{ours}, {mark.bit_agreement:.0%} of readings agree.")
+        found = library.find_mark(mark.payload) if library is not None else None
+        lines.append(identified(mark.payload, found))
+        bound = declared.get("watermark")
+        if bound and bound != f"{mark.payload:08x}":
+            lines.append(f"Problem: the pixels carry watermark {mark.payload:08x}, the manifest names {bound}.")
     elif mark is not None:
         lines.append("Watermark: none found.")
     details = {
@@ -48,21 +56,52 @@ def report(path: Path) -> tuple[str, dict]:
         "declared": declared,
         "problems": check.problems,
         "watermark": None if mark is None or mark.payload is None else f"{mark.payload:08x}",
+        "identified": found[0] if found else None,
     }
     return "\n".join(lines), details
 
 
+def identified(payload: int, found: tuple[str, dict] | None) -> str:
+    """What a watermark says: the clip or film of this library it names (when, by which model, with which
+    settings), or only that a Wan Studio clip carried it."""
+    if found is None:
+        return (f"Watermark of a Wan Studio clip, payload {payload:08x}: this library does not hold it (it was made "
+                "elsewhere, or moved out of this output folder).")  # fmt: skip
+    name, data = found
+    made = str(data.get("created_at", "")).replace("T", " ")[:16]
+    if "storyboard" in data:  # a film's record
+        return f"This looks like the film {name} made by this studio (watermark {payload:08x})."
+    s = data.get("settings", {})
+    video = data.get("video") or s
+    how = (f"{data.get('model_name') or data.get('model')}, seed {s.get('seed')}, {video.get('width')}x"
+           f"{video.get('height')}, {video.get('frames')} frames, {s.get('steps')} steps")  # fmt: skip
+    return f"This looks like clip {name} made by this studio on {made} ({how}; watermark {payload:08x})."
+
+
 def main(argv: list[str]) -> int:
-    """Exit 0: valid credentials; 1: changed, damaged or invalid; 2: no credentials or no such file."""
-    if len(argv) != 1:
-        print("usage: python app.py verify FILE", file=sys.stderr)
+    """Exit 0: valid credentials; 1: changed, damaged or invalid; 2: no credentials (unless a watermark named a
+    clip of the library) or no such file."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="app.py verify", description="Check a file's Content Credentials and "
+                                "watermark, and name the clip a watermark belongs to.")  # fmt: skip
+    p.add_argument("file", type=Path)
+    p.add_argument("--output-dir", type=Path, default=None,
+                   help="the library to look a watermark up in (default: the studio's output folder)")  # fmt: skip
+    args = p.parse_args(argv)
+    if not args.file.is_file():
+        print(f"error: no file at {args.file}", file=sys.stderr)
         return 2
-    path = Path(argv[0])
-    if not path.is_file():
-        print(f"error: no file at {path}", file=sys.stderr)
-        return 2
-    text, details = report(path)
+    library = None
+    folder = args.output_dir or Path(load_settings()[0].output_dir).expanduser()
+    if folder.is_dir():
+        try:
+            library = Library.open(folder)
+        except LibraryError as err:
+            print(f"warning: the library at {folder} cannot be read ({err}); the watermark is not looked up",
+                  file=sys.stderr)  # fmt: skip
+    text, details = report(args.file, library)
     print(text)
     if not details["has_manifest"]:
-        return 2
+        return 0 if details["identified"] else 2
     return 0 if details["valid"] else 1

@@ -68,7 +68,11 @@ def test_a_signing_failure_keeps_the_clip(result, out_dir, monkeypatch):
     files = save_clip(result, out_dir)
     assert files.video.is_file() and decode_video(files.video)[0].shape[0] == 9
     signing = read_sidecar(files.video)["provenance"]
-    assert signing == {"signed": False, "signing_error": "the key folder is not readable"}
+    assert {k: signing[k] for k in ("signed", "signing_error")} == {
+        "signed": False,
+        "signing_error": "the key folder is not readable",
+    }
+    assert watermark.read_file(str(files.video)).payload == int(signing["watermark"], 16)  # still marked
     assert not provenance.verify_file(files.video).has_manifest
 
 
@@ -167,11 +171,18 @@ def test_watermark_reads_back_after_reencoding(tmp_path, crf, documented):
     assert watermark.extract(landscape_pan()).payload is None  # no false mark on unmarked video
 
 
-def test_a_watermarked_clip_carries_this_studios_mark(result, out_dir):
-    files = save_clip(result, out_dir, ClipOptions(watermark=True))
-    reading = watermark.read_file(str(files.video))
-    assert reading.payload == provenance.studio_mark()
-    assert read_sidecar(files.video)["provenance"]["watermark"] == f"{provenance.studio_mark():08x}"
+def test_each_clip_carries_its_own_mark_bound_to_its_manifest(result, out_dir):
+    first, second = save_clip(result, out_dir), save_clip(result, out_dir)  # the watermark is on by default
+    marks = []
+    for files in (first, second):
+        recorded = read_sidecar(files.video)["provenance"]["watermark"]
+        assert f"{watermark.read_file(str(files.video)).payload:08x}" == recorded  # in the pixels, as recorded
+        assert provenance.verify_file(files.video).declared["watermark"] == recorded  # the soft binding
+        marks.append(recorded)
+    assert marks[0] != marks[1]  # same settings, same second: two clips, two marks
+    unmarked = save_clip(result, out_dir, ClipOptions(watermark=False))
+    assert "watermark" not in read_sidecar(unmarked.video)["provenance"]
+    assert "watermark" not in provenance.verify_file(unmarked.video).declared
 
 
 def test_the_signing_key_is_readable_by_its_owner_only(result, out_dir):

@@ -552,7 +552,8 @@ class JobQueue:
                 self._touch(job)
 
         try:
-            film = self.library.export_film(job.storyboard, on_progress=progress, cancel=cancel)
+            film = self.library.export_film(job.storyboard, on_progress=progress, cancel=cancel,
+                                            mark=self.clip_options.watermark)  # fmt: skip
         except ExportCancelled:
             with self._lock:
                 self._finish(job, CANCELLED, "Export cancelled; no film was written")

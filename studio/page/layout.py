@@ -276,7 +276,9 @@ def build_ui(studio: Studio) -> gr.Blocks:
                     s_up_status = gr.Markdown("", elem_id="settings-upscaler-status")
                 with gr.Row():
                     s_watermark = gr.Checkbox(
-                        value=settings.watermark, label="Invisible watermark in new clips (survives re-encoding)"
+                        value=settings.watermark,
+                        label="Invisible watermark in new clips and films (names the clip even when a copy has lost "
+                        "its Content Credentials)",  # fmt: skip
                     )
                     s_include_prompt = gr.Checkbox(
                         value=settings.include_prompt, label="Put the prompt in the signed Content Credentials"

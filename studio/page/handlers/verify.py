@@ -15,5 +15,5 @@ if TYPE_CHECKING:
 def verify(studio: Studio, path: str | None) -> tuple[str, dict]:
     if not path or not isinstance(path, str) or not Path(path).is_file():
         raise LibraryError("Choose a file to check.")
-    text, details = report(Path(path))
+    text, details = report(Path(path), studio.library)
     return "\n\n".join(text.splitlines()), details
