@@ -87,7 +87,7 @@ def _kinds() -> dict[str, FolderKind]:
     }
 
 
-def folder_kind(kind: str) -> FolderKind:
+def kind_of(kind: str) -> FolderKind:
     kinds = _kinds()
     if kind not in kinds:
         raise ValueError(f"kind must be one of {sorted(kinds)}; got {kind!r}")
@@ -114,7 +114,7 @@ class Link:
         if self.site == HUB:
             return self.path.rsplit("/", 1)[-1]
         last = unquote(urlsplit(self.url).path).rstrip("/").rsplit("/", 1)[-1]
-        return last if Path(last).suffix.lower() in folder_kind(self.kind).suffixes else None
+        return last if Path(last).suffix.lower() in kind_of(self.kind).suffixes else None
 
     @property
     def canonical(self) -> str:
@@ -151,7 +151,7 @@ _CIVITAI_HOSTS = {"civitai.com", "www.civitai.com", "civitai.green", "www.civita
 def parse_link(text: str, kind: str = LORA) -> Link:
     """`text` as a link to one file for `kind` (LORA or UPSCALER); LinkError, in one sentence, for anything
     else."""
-    fk = folder_kind(kind)
+    fk = kind_of(kind)
     if not isinstance(text, str) or not text.strip():
         raise LinkError(f"Give a link to a {fk.what} file: a Hugging Face file like owner/repo/file.safetensors, "
                         "or an https:// download link.")  # fmt: skip
@@ -215,7 +215,7 @@ def _hub_url(parts, kind: str) -> Link:
 
 
 def _hub_link(repo: str, revision: str, path: str, kind: str) -> Link:
-    fk = folder_kind(kind)
+    fk = kind_of(kind)
     path = path.strip("/")
     if not path or any(part in ("", ".", "..") for part in path.split("/")):
         raise LinkError(f"'{path[:80]}' is not a file path of a repository.")
@@ -314,6 +314,7 @@ def _open(link: Link, headers: dict[str, str], timeout_s: float) -> tuple[http.c
     may not leave https (except between loopback addresses). The answer and every hop's headers."""
     url = link.request_url()
     origin = urlsplit(url).netloc.lower()
+    local = _loopback(urlsplit(url).hostname or "")
     token_name = link.token_variable
     token = os.environ.get(token_name, "").strip() if token_name else ""
     if link.site == HUB and not token:
@@ -332,7 +333,8 @@ def _open(link: Link, headers: dict[str, str], timeout_s: float) -> tuple[http.c
             if code in (301, 302, 303, 307, 308) and err_headers.get("Location"):
                 url = urljoin(url, err_headers["Location"])
                 target = urlsplit(url)
-                if target.scheme != "https" and not (target.scheme == "http" and _loopback(target.hostname or "")):
+                loopback = local and _loopback(target.hostname or "")  # http between this machine's addresses
+                if target.scheme != "https" and not (target.scheme == "http" and loopback):
                     raise LinkError("The link redirected to an address that is not https://, so it was not "
                                     "followed.") from None  # fmt: skip
                 continue
@@ -439,7 +441,7 @@ class _Download:
                  max_bytes: int, timeout_s: float):  # fmt: skip
         self.link, self.dest, self.report, self.cancel = link, dest, report, cancel
         self.max_bytes, self.timeout_s = max_bytes, timeout_s
-        self.fk = folder_kind(link.kind)
+        self.fk = kind_of(link.kind)
         self.tmp: Path | None = None
         self.file = None
         self.name: str | None = None
@@ -520,7 +522,7 @@ class _Download:
         headers = response.headers
         for hop in hops:
             self.commit = self.commit or hop.get("X-Repo-Commit")
-        if (headers.get("Content-Type") or "").lower().startswith(("text/html", "application/json")):
+        if (headers.get("Content-Type") or "").lower().startswith("text/html"):
             hint = f" (it may need a login: set {self.link.token_variable})" if self.link.token_variable else ""
             raise LinkError(f"The link gave a web page instead of a {self.fk.what} file{hint}.")
         given = next((n for hop in reversed(hops) if (n := _safe_name(hop.get_filename()))), None)
@@ -663,14 +665,15 @@ def fetch_link(link: Link, dest_folder: Path, on_progress: ProgressCallback | No
                timeout_s: float = DEFAULT_TIMEOUT_S) -> Fetched:  # fmt: skip
     """Download `link` into a temporary file of `dest_folder` (not checked, not kept: see `check_fetched` and
     `keep_fetched`). LinkError for a refusal, LinkCancelled when `cancel` is set; nothing is left behind."""
-    fk = folder_kind(link.kind)
+    fk = kind_of(link.kind)
     if offline:
         raise LinkError(f"Adding a {fk.what} from a link needs the network, and offline mode is on.")
     dest = Path(dest_folder)
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise disk_error(err, dest) from None
+        raise LinkError(f"{fk.folder[0].upper()}{fk.folder[1:]} '{dest}' cannot be written: "
+                        f"{err.strerror or err}.") from None  # fmt: skip
     report = on_progress or (lambda fraction, message: None)
     report(0.0, f"Connecting for {link.filename or link.canonical}")
     limit = fk.max_bytes if max_bytes is None else int(max_bytes)
@@ -723,7 +726,7 @@ def _same_file(folder: Path, fetched: Fetched) -> str | None:
     """A file of `folder` with the fetched file's content (same size, then same SHA-256)."""
     from pipelines.digests import sha256_of
 
-    suffixes = folder_kind(fetched.link.kind).suffixes
+    suffixes = kind_of(fetched.link.kind).suffixes
     for path in sorted(Path(folder).iterdir()):
         if path.name.startswith((".", TMP_PREFIX)) or path.suffix.lower() not in suffixes or not path.is_file():
             continue
@@ -756,7 +759,7 @@ def keep_fetched(fetched: Fetched, dest_folder: Path, extra: dict | None = None)
             write_json(source_path(dest, same), record)
             return Added(same, dest / same, fetched.sha256, fetched.size, True, record)
         suffix = Path(fetched.name).suffix.lower()
-        stem = Path(fetched.name).stem or folder_kind(fetched.link.kind).what
+        stem = Path(fetched.name).stem or kind_of(fetched.link.kind).what
         final = publish(fetched.tmp, dest, stem, suffix, taken=lambda s: source_path(dest, f"{s}{suffix}").exists())
         discard(fetched.tmp)
         record = {**_record(fetched), **(extra or {})}
@@ -783,16 +786,16 @@ def _unkeep(dest: Path, added: Added, before: dict | None) -> None:
     discard(added.path)
 
 
-def download_link(link: Link | str, folder_kind_name: str, dest_folder: Path,
+def download_link(link: Link | str, folder_kind: str, dest_folder: Path,
                   on_progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
                   max_bytes: int | None = None, offline: bool = False,
                   timeout_s: float = DEFAULT_TIMEOUT_S) -> Added:  # fmt: skip
-    """Download the file at `link` (text or a parsed Link) for `folder_kind_name` (LORA or UPSCALER), check it
+    """Download the file at `link` (text or a parsed Link) for `folder_kind` (LORA or UPSCALER), check it
     as an upload is checked, and keep it in `dest_folder` with its source record. `on_progress(fraction,
     message)`; `cancel` (a threading.Event) stops it with LinkCancelled; `max_bytes` defaults to the kind's
     limit (2 GiB for a LoRA, 1 GiB for an upscaler). Refusals are LinkError, LoraError or UpscalerError; none
     leaves anything behind."""
-    link = _as_link(link, folder_kind_name)
+    link = _as_link(link, folder_kind)
     fetched = fetch_link(link, dest_folder, on_progress, cancel, max_bytes, offline, timeout_s)
     report = on_progress or (lambda fraction, message: None)
     try:
@@ -895,10 +898,3 @@ def pairs_in(folder: Path) -> list[LoraPair]:
             if (folder / high).is_file() and (folder / low).is_file():
                 found.add(LoraPair(high, low))
     return sorted(found, key=lambda p: (p.high, p.low))
-
-
-def describe_source(record: dict | None) -> str:
-    """A source record in words, for a label or a sidecar."""
-    if not record:
-        return "added by hand"
-    return f"from {record.get('link', '?')}, added {record.get('added', '?')}"

@@ -137,7 +137,7 @@ class Site:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
     def serve(self, path: str, body: bytes, **options) -> str:
         self.routes[path] = {"body": body, **options}
@@ -306,16 +306,19 @@ def test_refusals_of_the_site_leave_nothing_behind(site, files, tmp_path, route,
     assert len(site.requests) == 1  # a refusal is not retried
 
 
-def test_a_file_past_the_size_limit_is_refused_by_its_length_or_as_it_arrives(site, files, tmp_path):
+def test_a_file_past_the_size_limit_is_refused_by_its_length_or_as_it_arrives(site, files, tmp_path, monkeypatch):
     url = site.serve("/style.safetensors", files["high"])
+    read = links._Download._read
+    reads = []
+    monkeypatch.setattr(links._Download, "_read", lambda self, response: reads.append(1) or read(self, response))
     message = refused(lambda: download_link(url, LORA, tmp_path, max_bytes=1_000_000), LinkError)
     assert message == "The file at that link is 1.3 MB, more than the 1.0 MB a LoRA may have."
-    assert site.sent < 300_000 and listing(tmp_path) == []  # refused from the headers, before the body
+    assert reads == [] and listing(tmp_path) == []  # refused from the headers, before the body
     unsized = site.serve("/unsized.safetensors", files["high"], length=False)
     message = refused(lambda: download_link(unsized, LORA, tmp_path, max_bytes=1_000_000), LinkError)
     assert message == "The download passed the 1.0 MB a LoRA may have, so it was stopped."
     assert listing(tmp_path) == []
-    assert links.folder_kind(LORA).max_bytes == 2 * 1024**3 and links.folder_kind(UPSCALER).max_bytes == 1024**3
+    assert links.kind_of(LORA).max_bytes == 2 * 1024**3 and links.kind_of(UPSCALER).max_bytes == 1024**3
 
 
 @pytest.mark.parametrize(("name", "body", "options", "fragment"), [
@@ -517,6 +520,32 @@ def test_a_pair_reusing_a_file_already_there_records_the_pairing_and_undoes_it_o
     assert folder.add_pair(high, low) == ("wan22-style-high.safetensors", "wan22-style-low.safetensors")
     assert folder.source_of("wan22-style-high.safetensors")["added"] == before["added"]
     assert folder.pairs() == [LoraPair("wan22-style-high.safetensors", "wan22-style-low.safetensors")]
+
+
+def test_a_pair_whose_second_file_cannot_be_kept_keeps_neither(site, files, tmp_path, monkeypatch):
+    folder = LoraFolder(tmp_path / "loras")
+    reused = site.serve("/already.safetensors", files["high"])
+    assert folder.add_from_link(reused) == "already.safetensors"
+    before = folder.source_of("already.safetensors")
+    keep = links.keep_fetched
+
+    def failing(fetched, dest, extra=None):
+        if fetched.sha256 == sha(files["low"]):
+            raise LinkError("The disk failed.")
+        return keep(fetched, dest, extra)
+
+    monkeypatch.setattr(links, "keep_fetched", failing)
+    low = site.serve("/wan22-style-low.safetensors", files["low"])
+    for high in (reused, site.serve("/tiny-as-high.safetensors", files["high"][:-4] + b"    ")):
+        refused(lambda high=high: folder.add_pair(high, low), LinkError)
+        assert listing(folder.root) == ["already.safetensors", "already.safetensors.source.json"]
+        assert folder.source_of("already.safetensors") == before
+
+
+def test_a_redirect_away_from_https_is_not_followed(site, files, tmp_path):
+    url = site.serve("/style.safetensors", b"", location="http://example.com/style.safetensors")
+    assert "not https://" in refused(lambda: download_link(url, LORA, tmp_path), LinkError)
+    assert listing(tmp_path) == []
 
 
 # ---- the command line ------------------------------------------------------------------------------------------
