@@ -468,15 +468,17 @@ class _Download:
 
     def _tries(self) -> Fetched:
         problem = ""
-        for attempt in range(1, ATTEMPTS + 1):
+        failed = 0  # tries in a row that brought no new byte: a try that did is not counted
+        for _ in range(10 * ATTEMPTS):
             self._check_cancel()
-            if attempt > 1:
-                wait = RETRY_WAIT_S * 2 ** (attempt - 2)
-                self.report(self.fraction, f"{problem}; trying again in {wait:g} s (try {attempt} of {ATTEMPTS})")
+            if problem:
+                wait = RETRY_WAIT_S * 2 ** max(0, failed - 1)
+                self.report(self.fraction, f"{problem}; trying again in {wait:g} s (try {failed + 1} of {ATTEMPTS})")
                 if self.cancel is not None and self.cancel.wait(wait):
                     raise LinkCancelled()
                 if self.cancel is None:
                     time.sleep(wait)
+            before = self.have
             try:
                 if self._try():
                     return self._finish()
@@ -485,6 +487,9 @@ class _Download:
                 problem = f"The download stopped ({err})"
             except _Refused as err:
                 raise _refusal(self.link, err.code, err.headers, err.token_sent) from None
+            failed = 1 if self.have > before else failed + 1
+            if failed >= ATTEMPTS:
+                break
         what = self.link.repo if self.link.site == HUB else urlsplit(self.link.request_url()).hostname
         raise LinkError(f"The download from {what} failed {ATTEMPTS} times ({problem[0].lower()}{problem[1:]}); "
                         "try again later.")  # fmt: skip

@@ -65,8 +65,8 @@ def files(tmp_path_factory) -> dict[str, bytes]:
 
 
 class Site:
-    """A web site on 127.0.0.1: `routes[path] = dict(body=..., status=, drop=, range=, auth=, disposition=,
-    location=, length=, delay=)`; each request is recorded as (path, Range, Authorization)."""
+    """A web site on 127.0.0.1: `routes[path] = dict(body=..., status=, busy=, drop=, drops=, range=, auth=,
+    disposition=, location=, length=, delay=, type=)`; each request is recorded as (path, Range, Authorization)."""
 
     def __init__(self) -> None:
         self.routes: dict[str, dict] = {}
@@ -90,6 +90,8 @@ class Site:
                     return self._status(401)
                 if "status" in route:
                     return self._status(route["status"])
+                if route.pop("busy", None):  # once: a 503, as a busy server
+                    return self._status(503)
                 if "location" in route:
                     self.send_response(302)
                     self.send_header("Location", route["location"])
@@ -121,7 +123,7 @@ class Site:
                 if route.get("disposition"):
                     self.send_header("Content-Disposition", f'attachment; filename="{route["disposition"]}"')
                 self.end_headers()
-                drop = route.pop("drop", None)  # once: the next try gets the rest
+                drop = route["drops"].pop(0) if route.get("drops") else route.pop("drop", None)  # each once
                 for start in range(first, len(data), 64 * 1024):
                     if drop is not None and start >= len(data) * drop:
                         self.wfile.flush()
@@ -286,6 +288,23 @@ def test_a_dropped_connection_is_resumed_with_a_range_request(site, files, tmp_p
     assert site.sent == len(files["high"])  # not a byte sent twice: continued, not started again
     assert any("trying again" in m for m in events)
     assert listing(tmp_path) == ["style.safetensors", "style.safetensors.source.json"]
+
+
+def test_tries_that_bring_bytes_do_not_count_against_the_limit(site, files, tmp_path, monkeypatch):
+    monkeypatch.setattr(links, "ATTEMPTS", 2)
+    url = site.serve("/style.safetensors", files["high"], drops=[0.3, 0.6, 0.9])
+    added = download_link(url, LORA, tmp_path)
+    assert added.sha256 == sha(files["high"]) and site.sent == len(files["high"])
+    starts = [int(r.removeprefix("bytes=").rstrip("-")) for _, r, _ in site.requests[1:]]
+    assert len(starts) == 3 and starts == sorted(starts) and starts[0] > 0
+
+
+def test_a_busy_server_is_asked_again(site, files, tmp_path):
+    url = site.serve("/style.safetensors", files["high"], busy=True)
+    events = []
+    added = download_link(url, LORA, tmp_path, lambda f, m: events.append(m))
+    assert added.sha256 == sha(files["high"]) and len(site.requests) == 2
+    assert any(m.startswith("The download stopped (HTTP 503); trying again") for m in events), events
 
 
 def test_a_site_that_ignores_the_range_is_downloaded_again_from_the_start(site, files, tmp_path):
