@@ -65,6 +65,9 @@ ROUTES = {
     "/gradio_api/call/v2/{api_name}/": PASS,
     "/gradio_api/call/{api_name}/{event_id}": PASS,
     "/gradio_api/call/v2/{api_name}/{event_id}": PASS,
+    # the MCP server (--mcp): its own endpoints (streamable HTTP, SSE, messages, schema) over the same API; a tool
+    # argument that is a file may be an https URL, which Gradio downloads, as an API client's handle_file is
+    "/gradio_api/mcp/{path}": PASS,
 }
 URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 LONGEST_NAME = 255  # bytes in one file name on Linux and macOS: a longer part names no file (Gradio answered 500)

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--share", action="store_true", help="a Gradio public link; turns authentication on")
     p.add_argument("--auth", default=os.environ.get(AUTH_ENV), help=f"USER:PASSWORD (or set {AUTH_ENV})")
     p.add_argument("--offline", action="store_true", help="never contact the Hugging Face Hub")
+    p.add_argument("--mcp", action="store_true", default=os.environ.get("WAN_STUDIO_MCP") == "1",
+                   help="also serve text-to-video, image-to-video, long takes, library search and film assembly as "
+                        "MCP tools (at /gradio_api/mcp/)")  # fmt: skip
     p.add_argument("--show-test-models", action="store_true", help="list the tiny random-weight models too")
     p.add_argument("--gpus", default=None, help="GPUs to use, one worker each, like 0,1 (default: all visible)")
     p.add_argument("--context-parallel", type=int, default=1, metavar="N",
@@ -112,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         primary_hue="indigo", font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
     )  # local fonts only: nothing is fetched from a font service
     print(f"Wan Studio on http://{args.host}:{args.port}  (outputs in {studio.output_dir})", flush=True)
+    mcp = args.mcp or settings.mcp_server
+    if mcp:
+        print(f"MCP server on http://{args.host}:{args.port}/gradio_api/mcp/ (streamable HTTP; "
+              f"/gradio_api/mcp/sse for SSE clients)", flush=True)  # fmt: skip
     demo.launch(
         server_name=args.host,
         server_port=args.port,
@@ -126,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         max_file_size=MAX_UPLOAD,
         app_kwargs={"middleware": [Middleware(Guard, output_dir=studio.output_dir, login=auth is not None)]},
         show_error=True,
+        mcp_server=mcp,
         quiet=not args.share,  # our own line above gives the address; Gradio's adds "set share=True in launch()"
     )
     return 0

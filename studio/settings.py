@@ -50,6 +50,7 @@ class Settings:
     vision_enhancer: str = DEFAULT_VISION_ENHANCER  # the one that also looks at an image-to-video picture
     enhance_keep_language: bool = False  # False: the enhanced prompt comes back in English
     enhance_on_cpu: bool = False  # True: the enhancer runs on the CPU and never waits for the GPU
+    mcp_server: bool = False  # also serve the studio's tools over MCP (from the next start)
     take_limit_s: float = DEFAULT_LIMIT_S  # the longest long take (pipelines.long_take.MAX_LIMIT_S at most)
 
     @property
@@ -71,7 +72,7 @@ class Settings:
             if spec is None or spec.kind != kind:
                 choices = ", ".join(s.id for s in ENHANCERS.values() if s.kind == kind)
                 raise SettingsError(f"The setting '{name}' must be one of {choices}; got {getattr(self, name)!r}.")
-        for name in ("watermark", "include_prompt", "compile", "enhance_keep_language", "enhance_on_cpu"):
+        for name in ("watermark", "include_prompt", "compile", "enhance_keep_language", "enhance_on_cpu", "mcp_server"):
             if not isinstance(getattr(self, name), bool):
                 raise SettingsError(f"The setting '{name}' must be true or false; got {getattr(self, name)!r}.")
         if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):

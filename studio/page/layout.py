@@ -264,6 +264,9 @@ def build_ui(studio: Studio) -> gr.Blocks:
                                       label=f"Longest long take, in seconds ({DEFAULT_LIMIT_S:g} to {MAX_LIMIT_S:g})",
                                       info="A long take is made as windows; memory stays flat, time and disk grow "
                                            "with its length.")  # fmt: skip
+                s_mcp = gr.Checkbox(value=settings.mcp_server, elem_id="settings-mcp",
+                                    label="Serve the studio's tools to AI agents over MCP (from the next start; "
+                                          "the same as starting with --mcp)")  # fmt: skip
                 with gr.Accordion("Upscalers", open=False, elem_id="settings-upscalers"):
                     gr.Markdown(f"Upscalers folder: `{studio.upscalers.root}`. Any upscaler spandrel recognises "
                                 "(Real-ESRGAN, SPAN, SwinIR, HAT, DAT…); `.safetensors` preferred, a `.pth` is "
@@ -335,9 +338,9 @@ def build_ui(studio: Studio) -> gr.Blocks:
         # A long take has endpoints of its own (the clip endpoints' parameters, then the take's), so raw HTTP
         # callers of /text_to_video and /image_to_video keep sending the values they always sent.
         for form, api, in_page, inputs, take_api in (
-            (t2v, gen.text_to_video, gen.text_to_video_in_page, t2v.generate_inputs, "long_take"),
+            (t2v, gen.text_to_video, gen.text_to_video_in_page, t2v.generate_inputs, gen.long_take),
             (i2v, gen.image_to_video, gen.image_to_video_in_page,
-             [i_image, *i2v.generate_inputs, i_match, i_end], "long_take_from_image"),
+             [i_image, *i2v.generate_inputs, i_match, i_end], gen.long_take_from_image),
         ):  # fmt: skip
             form.finished.append(form.go.click(gen.slots_to_loras, form.lora_inputs, form.loras_json,
                                                concurrency_limit=None, **PRIVATE).then(
@@ -347,8 +350,8 @@ def build_ui(studio: Studio) -> gr.Blocks:
             gr.Button(visible=False).click(
                 bind(api, studio), inputs, form.outputs, api_name=api.__name__, concurrency_limit=None
             )
-            gr.Button(visible=False).click(bind(api, studio), [*inputs, *form.take_inputs], form.outputs,
-                                           api_name=take_api, concurrency_limit=None)  # fmt: skip
+            gr.Button(visible=False).click(bind(take_api, studio), [*inputs, *form.take_inputs], form.outputs,
+                                           api_name=take_api.__name__, concurrency_limit=None)  # fmt: skip
             form.negative_reset.click(shown_in_page(default_negative), None, form.negative, **PRIVATE)
             # .input, not .change: only the user's own click; Reuse sets the switch and the values together
             form.fast.input(shown_in_page(toggle_fast), [form.fast, form.steps, form.guidance, form.kept],
@@ -374,6 +377,12 @@ def build_ui(studio: Studio) -> gr.Blocks:
             [gr.Textbox("", visible=False), gr.Image(None, visible=False, type="filepath"),
              gr.Checkbox(False, visible=False), gr.Number(-1, visible=False)],
             gr.Textbox(visible=False), api_name="enhance", concurrency_limit=None,
+        )  # fmt: skip
+        gr.Button(visible=False).click(
+            bind(lib.search_library, studio),
+            [gr.Textbox("", visible=False), gr.Textbox("", visible=False), gr.Textbox("", visible=False),
+             gr.Number(20, visible=False)],
+            gr.Textbox(visible=False), api_name="search_library", concurrency_limit=None,
         )  # fmt: skip
         t2v.cancel.click(bind(gen.cancel, studio), t2v.job, t2v.status, api_name="cancel", concurrency_limit=None)
         i2v.cancel.click(bind(gen.cancel, studio), i2v.job, i2v.status, concurrency_limit=None, **PRIVATE)
@@ -521,7 +530,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
         settings_inputs = [
             s_model, s_profile, s_precision, s_output, s_steps, s_guidance, s_negative, s_watermark, s_include_prompt,
             s_attention, s_compile, s_vae_precision, s_confirm_output, s_lora_dir, s_cache, s_cache_threshold,
-            s_enhancer, s_vision_enhancer, s_keep_language, s_enhance_cpu, s_take_limit,
+            s_enhancer, s_vision_enhancer, s_keep_language, s_enhance_cpu, s_take_limit, s_mcp,
         ]  # fmt: skip
 
         def save_settings(*values):

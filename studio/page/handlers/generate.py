@@ -28,8 +28,26 @@ async def text_to_video(
     guidance_scale: float = -1, seed: float = -1, loras: str = "[]", fast: bool = False, window_prompts: Any = "",
     seconds: float = 0, overlap: float = 0,
 ) -> AsyncIterator[Update]:  # fmt: skip
-    """The API's text-to-video: plain-text status lines; a refusal or a failed job raises its message. A long
-    take: `window_prompts` (a JSON list, or one prompt per line), `seconds`, `overlap` (see `submit_form`)."""
+    """Generate a video clip from a text prompt with the studio's current model (a queued job on the GPU).
+
+    Args:
+        prompt: what the clip shows: subject, setting, motion, camera, light, style (up to 2000 characters).
+        negative_prompt: what to avoid; empty for the model's own default.
+        size: "WIDTHxHEIGHT" such as "1280x704" or "832x480" (multiples of 16 or 32, per model); empty for the
+            model's default.
+        frames: frames of the clip, 4n+1 within the model's range (TI2V-5B: up to 121 at 24 fps); 0 for the
+            model's default.
+        steps: denoising steps, 1 to 100; 0 for the model's default (more is slower and finer).
+        guidance_scale: how closely to follow the prompt, 0 to 20; -1 for the model's default.
+        seed: a whole number for a repeatable clip, or -1 for a random one (reported back).
+        loras: a JSON list of LoRAs of the studio's LoRA folder, like [{"file": "ink.safetensors", "strength":
+            0.8}]; "[]" for none.
+        fast: true for Fast mode (the model's step-distilled weights, about 10-20x faster).
+
+    Returns:
+        a stream of (live preview image, status text, clip file or None, job id, seed); the last one holds the
+        finished clip (MP4) and the seed used. A refusal raises its reason.
+    """
     request = form_request(studio.settings.model, TEXT_TO_VIDEO, prompt, negative_prompt, size, frames, steps,
                            guidance_scale, seed)  # fmt: skip
     job = submit_form(studio, with_extras(studio, request, loras, fast), window_prompts, seconds, overlap)
@@ -43,11 +61,74 @@ async def image_to_video(
     match_colour: bool = True, end_image: Any = None, window_prompts: Any = "", seconds: float = 0,
     overlap: float = 0,
 ) -> AsyncIterator[Update]:  # fmt: skip
-    """The API's image-to-video, like `text_to_video`; `match_colour` keeps the picture's colours, `end_image`
-    (where the model takes one) is the frame the clip ends on."""
+    """Generate a video clip that starts from a picture and follows a prompt (a queued job on the GPU).
+
+    Args:
+        image: the start picture (PNG or JPEG); the clip's first frame.
+        prompt: what happens in the clip, starting from the picture (up to 2000 characters).
+        negative_prompt: what to avoid; empty for the model's own default.
+        size: "WIDTHxHEIGHT", or "auto (match the picture)" for the preset nearest the picture's shape.
+        frames: frames of the clip, 4n+1 within the model's range; 0 for the model's default.
+        steps: denoising steps, 1 to 100; 0 for the model's default.
+        guidance_scale: how closely to follow the prompt, 0 to 20; -1 for the model's default.
+        seed: a whole number for a repeatable clip, or -1 for a random one.
+        loras: a JSON list of LoRAs of the studio's LoRA folder; "[]" for none.
+        fast: true for Fast mode.
+        match_colour: true to keep the picture's colours across the clip.
+        end_image: a picture the clip ends on (only models that take one: I2V-A14B); empty for none.
+
+    Returns:
+        a stream of (live preview image, status text, clip file or None, job id, seed), ending with the clip.
+    """
     request = image_request(studio, image, prompt, negative_prompt, size, frames, steps, guidance_scale, seed, loras,
                             fast, match_colour, end_image)  # fmt: skip
     async for update in watch(studio, submit_form(studio, request, window_prompts, seconds, overlap)):
+        yield update
+
+
+async def long_take(
+    studio: Studio, prompt: str, negative_prompt: str = "", size: str = "", frames: float = 0, steps: float = 0,
+    guidance_scale: float = -1, seed: float = -1, loras: str = "[]", fast: bool = False, window_prompts: Any = "",
+    seconds: float = 0, overlap: float = 0,
+) -> AsyncIterator[Update]:  # fmt: skip
+    """Generate one long clip (a long take, up to the studio's limit, 60 s by default) as windows of `frames`
+    each, every window continuing from the last frames of the one before, so motion carries across.
+
+    Args:
+        prompt: the first window's prompt (and every window's, without window_prompts).
+        negative_prompt: what to avoid; empty for the model's own default.
+        size: "WIDTHxHEIGHT"; empty for the model's default.
+        frames: frames per window, 4n+1 within the model's range; 0 for the model's default.
+        steps: denoising steps per window, 1 to 100; 0 for the model's default.
+        guidance_scale: 0 to 20; -1 for the model's default.
+        seed: a whole number for a repeatable take, or -1 for a random one.
+        loras: a JSON list of LoRAs of the studio's LoRA folder; "[]" for none.
+        fast: true for Fast mode.
+        window_prompts: one prompt per window, in order: a JSON list of strings, or one prompt per line; with
+            fewer prompts than windows the last one holds to the end.
+        seconds: the take's length in seconds; 0 for one window per prompt.
+        overlap: frames each window continues from, 1 or 4n+1 up to half a window; 0 for the model's default.
+
+    Returns:
+        a stream of (preview image, status text naming the running window, clip file or None, job id, seed),
+        ending with the whole take as one MP4.
+    """
+    async for update in text_to_video(studio, prompt, negative_prompt, size, frames, steps, guidance_scale, seed,
+                                      loras, fast, window_prompts, seconds, overlap):  # fmt: skip
+        yield update
+
+
+async def long_take_from_image(
+    studio: Studio, image: Any, prompt: str, negative_prompt: str = "", size: str = AUTO_SIZE, frames: float = 0,
+    steps: float = 0, guidance_scale: float = -1, seed: float = -1, loras: str = "[]", fast: bool = False,
+    match_colour: bool = True, end_image: Any = None, window_prompts: Any = "", seconds: float = 0,
+    overlap: float = 0,
+) -> AsyncIterator[Update]:  # fmt: skip
+    """A long take that starts from a picture: `image_to_video`'s arguments, then `long_take`'s window_prompts,
+    seconds and overlap (end_image must stay empty: a take does not end on a given picture)."""
+    async for update in image_to_video(studio, image, prompt, negative_prompt, size, frames, steps, guidance_scale,
+                                       seed, loras, fast, match_colour, end_image, window_prompts, seconds,
+                                       overlap):  # fmt: skip
         yield update
 
 

@@ -3,6 +3,7 @@ frame, move it to the trash."""
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from library import Clip
-from pipelines.catalogue import IMAGE_TO_VIDEO
+from pipelines.catalogue import IMAGE_TO_VIDEO, TEXT_TO_VIDEO
 from studio.page.handlers import ASSETS
 
 if TYPE_CHECKING:
@@ -70,6 +71,43 @@ def grid(studio: Studio, query: Any = "", model: Any = ALL, task: Any = ALL, pag
         cells.append((str(poster), caption(clip)))
     filtered = bool(str(query or "").strip()) or model is not None or task is not None
     return GridPage(cells, [clip.name for clip in shown], page, pages, len(found), filtered, making)
+
+
+MAX_SEARCH_RESULTS = 100
+
+
+def search_library(studio: Studio, query: str = "", model: str = "", task: str = "", limit: float = 20) -> str:
+    """Search the studio's library of generated clips, newest first.
+
+    Args:
+        query: words that must all appear in a clip's prompt (any case); empty for every clip.
+        model: only clips made by this model id (e.g. "Wan-AI/Wan2.2-TI2V-5B-Diffusers"); empty for any model.
+        task: "t2v" (text to video) or "i2v" (image to video); empty for both.
+        limit: the most clips to return, from 1 to 100 (default 20).
+
+    Returns:
+        a JSON list, one object per clip: its file name (what assemble and upscale take), prompt, seed, model,
+        task, size, frames, fps, seconds, when it was made, and a long take's window prompts.
+    """
+    from library import LibraryError
+
+    if not isinstance(limit, (int, float)) or isinstance(limit, bool) or not 1 <= limit <= MAX_SEARCH_RESULTS:
+        raise LibraryError(f"limit must be a number from 1 to {MAX_SEARCH_RESULTS}; got {str(limit)[:20]!r}.")
+    if task not in ("", None, IMAGE_TO_VIDEO, TEXT_TO_VIDEO):
+        raise LibraryError(f"task must be 't2v', 'i2v' or empty; got {str(task)[:20]!r}.")
+    found = studio.library.search(str(query or ""), model=model or None, task=task or None)[: int(limit)]
+    out = []
+    for clip in found:
+        s, side = clip.settings, clip.sidecar
+        video = side.get("video") or s
+        out.append({
+            "file": clip.name, "prompt": s.get("prompt"), "seed": s.get("seed"), "model": side.get("model"),
+            "task": side.get("task"), "width": video.get("width"), "height": video.get("height"),
+            "frames": video.get("frames"), "fps": video.get("fps"), "seconds": side.get("duration_s"),
+            "created": side.get("created_at"),
+            "window_prompts": [w.get("prompt") for w in side.get("windows") or []] or None,
+        })  # fmt: skip
+    return json.dumps(out, ensure_ascii=False)
 
 
 def caption(clip: Clip) -> str:

@@ -22,7 +22,7 @@ def save(
     compile_blocks: bool = False, vae_precision: str = "float32", confirm_output_dir: bool = False,
     lora_dir: str = "", step_cache: str = "off", cache_threshold: Any = "", enhancer: str | None = None,
     vision_enhancer: str | None = None, keep_language: bool = False, enhance_on_cpu: bool = False,
-    take_limit: Any = None,
+    take_limit: Any = None, mcp_server: bool = False,
 ) -> tuple[str, str | None]:  # fmt: skip
     """(status line, new model note or None). Nothing is saved when a value is refused; moving the output
     folder needs `confirm_output_dir` (it takes effect at the next start, and that folder is then served)."""
@@ -39,6 +39,7 @@ def save(
             vision_enhancer=vision_enhancer or studio.settings.vision_enhancer,
             enhance_keep_language=bool(keep_language), enhance_on_cpu=bool(enhance_on_cpu),
             take_limit_s=optional_number(take_limit, "The long-take limit") or studio.settings.take_limit_s,
+            mcp_server=bool(mcp_server),
         )  # fmt: skip
         candidate.validate()
         caching.check(candidate.step_cache, candidate.cache_threshold, candidate.model)  # MagCache: calibrated?
@@ -49,11 +50,14 @@ def save(
                 f"The output folder would change to '{candidate.output_dir}' (at the next start; its files are then "
                 f"served by the studio). Tick 'Use this output folder' to confirm."
             )
+        mcp_changed = candidate.mcp_server != studio.settings.mcp_server
         path = studio.keep_settings(candidate)
     except (SettingsError, attention.AttentionUnavailableError, caching.CacheError) as err:
         return f"**Not saved:** {err}", None
     spec = get_spec(candidate.model)
     after = " The output folder changes at the next start." if moved else ""
+    if mcp_changed:
+        after += f" The MCP server {'starts' if candidate.mcp_server else 'stops'} at the next start."
     return f"Saved to `{path}`.{after}", f"Model: **{spec.label}** — {spec.description}"
 
 

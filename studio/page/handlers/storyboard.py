@@ -269,7 +269,17 @@ async def export(studio: Studio, base: str, *values: Any) -> AsyncIterator[tuple
 
 
 async def assemble(studio: Studio, storyboard: str) -> str:
-    """`/assemble`: a storyboard as JSON in, the film's path out (the export runs as a queued film job)."""
+    """Assemble library clips into one film (a queued export) and return the film's file.
+
+    Args:
+        storyboard: the film as JSON text: {"shots": [{"clip": a file name from search_library, "start_s": 0,
+            "end_s": null (to the clip's end), "transition": "cut" or "crossfade", "crossfade_s": 0.5}, ...],
+            "title": an optional title card's text, "format": "mp4" (or "webm", "gif"), "fps": null (the clips'
+            own), "upscale": "none", "1080p" or "4k", "slow_motion": false}; at least one shot.
+
+    Returns:
+        the path of the finished film; a refusal raises its reason (a missing clip, a bad trim).
+    """
     if not isinstance(storyboard, str):
         raise StoryboardError("The storyboard must be sent as JSON text.")
     if len(storyboard) > MAX_JSON_CHARS:
