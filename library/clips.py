@@ -115,7 +115,7 @@ def sidecar_for(result: GenerationResult) -> dict:
         "model_repo": spec.repo,
         "model_revision": result.model_revision,
         "is_test_model": spec.is_test,
-        "settings": request.settings(),
+        "settings": _with_links(request.settings(), request.loras),
         "duration_s": round(request.duration_s, 3),
         "memory_profile": result.profile,
         "device": result.device,
@@ -125,6 +125,18 @@ def sidecar_for(result: GenerationResult) -> dict:
         "context_parallel": result.context_parallel,
         "versions": engine_versions(),
     }
+
+
+def _with_links(settings: dict, loras: tuple) -> dict:
+    """The settings with each LoRA's source link, where it was added from one (`library/links.py`): Reuse and a
+    preset fetch it again when the file is gone."""
+    from library.links import read_source
+
+    for record, lora in zip(settings.get("loras") or [], loras, strict=False):
+        source = read_source(Path(lora.path).parent, Path(lora.path).name)
+        if source and source.get("link"):
+            record["link"] = source["link"]
+    return settings
 
 
 def save_clip(result: GenerationResult, out_dir: Path, options: ClipOptions = ClipOptions()) -> ClipFiles:  # noqa: B008

@@ -8,6 +8,7 @@ from typing import Any
 
 import gradio as gr
 
+from library.presets import preset_names
 from pipelines.catalogue import ModelSpec
 from studio.page.handlers.generate import frames_note, overlap_note, seed_info
 from studio.page.handlers.settings import fast_label, negative_default, size_choices
@@ -53,6 +54,12 @@ class GenerationForm:
     take_seconds: gr.Number | None = None  # a long take's length (0: one window per prompt)
     take_overlap: gr.Number | None = None  # frames each window continues from (0: the model's own)
     keep: gr.Button | None = None  # stops a long take and keeps its finished windows as a clip
+    preset_pick: gr.Dropdown | None = None  # the saved presets
+    preset_name: gr.Textbox | None = None
+    preset_save: gr.Button | None = None
+    preset_load: gr.Button | None = None
+    preset_file: gr.File | None = None  # the saved preset to download, or a preset file to load
+    preset_status: gr.Markdown | None = None
 
     @property
     def lora_inputs(self) -> list:
@@ -150,6 +157,18 @@ def build_form(
                                         visible=spec.two_experts),
                         ))  # fmt: skip
                 loras_json = gr.Textbox(value="[]", visible=False, label="loras")
+            with gr.Accordion("Presets (settings and LoRAs, to reuse or share)", open=False,
+                              elem_id=f"{task}-presets"):  # fmt: skip
+                with gr.Row():
+                    preset_pick = gr.Dropdown(preset_names(), value=None, label="Preset", scale=2,
+                                              elem_id=f"{task}-preset-pick")  # fmt: skip
+                    preset_load = gr.Button("Load", scale=1, elem_id=f"{task}-preset-load")
+                with gr.Row():
+                    preset_name = gr.Textbox(label="Save this form as", scale=2, elem_id=f"{task}-preset-name")
+                    preset_save = gr.Button("Save", scale=1, elem_id=f"{task}-preset-save")
+                preset_file = gr.File(label="The preset file: download it to share, or drop one here to load it",
+                                      file_types=[".json"], elem_id=f"{task}-preset-file")  # fmt: skip
+                preset_status = gr.Markdown("", elem_id=f"{task}-preset-status")
             with gr.Accordion("Long take (one clip of several windows)", open=False, elem_id=f"{task}-take"):
                 gr.Markdown(
                     "One clip longer than a model's clip, made as windows of *Frames* each: every window continues "
@@ -179,6 +198,8 @@ def build_form(
     form = GenerationForm(
         task, prompt, negative, size, frames, steps, guidance, seed, go, cancel, status, preview, video, seed_used, job,
         fast, slots, loras_json, negative_reset, new_seed, gr.State(None), enhance=enhance, take_prompts=take_prompts,
-        take_seconds=take_seconds, take_overlap=take_overlap, keep=keep,
+        take_seconds=take_seconds, take_overlap=take_overlap, keep=keep, preset_pick=preset_pick,
+        preset_name=preset_name, preset_save=preset_save, preset_load=preset_load, preset_file=preset_file,
+        preset_status=preset_status,
     )  # fmt: skip
     return form, extra

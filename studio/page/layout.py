@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
+from library.presets import SETTINGS
 from pipelines import attention
 from pipelines.catalogue import IMAGE_TO_VIDEO, TEXT_TO_VIDEO, get_spec
 from pipelines.long_take import DEFAULT_LIMIT_S, MAX_LIMIT_S
@@ -20,6 +21,7 @@ from studio.page.handlers import ASSETS, bind
 from studio.page.handlers import enhance as enh
 from studio.page.handlers import generate as gen
 from studio.page.handlers import library as lib
+from studio.page.handlers import links as lnk
 from studio.page.handlers import post as pst
 from studio.page.handlers import queue as que
 from studio.page.handlers import settings as sett
@@ -240,6 +242,13 @@ def build_ui(studio: Studio) -> gr.Blocks:
                             elem_id="settings-lora-upload",
                         )  # fmt: skip
                         s_lora_keep = gr.Button("Add to the LoRA folder", scale=1, elem_id="settings-lora-keep")
+                    with gr.Row():
+                        s_lora_link = gr.Textbox(label="Or add from a link", scale=3, elem_id="settings-lora-link",
+                                                 placeholder="owner/repo/file.safetensors, a huggingface.co or "
+                                                             "civitai.com link, or any https link")  # fmt: skip
+                        s_lora_link_low = gr.Textbox(label="Low-noise file's link (an A14B pair; else empty)",
+                                                     scale=2, elem_id="settings-lora-link-low")  # fmt: skip
+                        s_lora_fetch = gr.Button("Download and add", scale=1, elem_id="settings-lora-fetch")
                     s_lora_status = gr.Markdown("", elem_id="settings-lora-status")  # kept, or why not
                     s_lora_list = gr.Markdown(sett.lora_table(studio), elem_id="settings-lora-list")
                 with gr.Accordion("Prompt enhancer", open=False, elem_id="settings-enhancer"):
@@ -276,6 +285,14 @@ def build_ui(studio: Studio) -> gr.Blocks:
                                            file_types=[".safetensors", ".pth", ".pt", ".ckpt"],
                                            elem_id="settings-upscaler-upload")  # fmt: skip
                         s_up_keep = gr.Button("Add to the Upscalers folder", scale=1, elem_id="settings-upscaler-keep")
+                    with gr.Row():
+                        s_up_link = gr.Textbox(
+                            label="Or add from a link",
+                            scale=3,
+                            elem_id="settings-upscaler-link",
+                            placeholder="owner/repo/4x-model.safetensors, or an https link",
+                        )
+                        s_up_fetch = gr.Button("Download and add", scale=1, elem_id="settings-upscaler-fetch")
                     s_up_status = gr.Markdown("", elem_id="settings-upscaler-status")
                 with gr.Row():
                     s_watermark = gr.Checkbox(
@@ -393,9 +410,10 @@ def build_ui(studio: Studio) -> gr.Blocks:
         lora_pickers = [slot[0] for form in (t2v, i2v) for slot in form.lora_slots]
 
         def refresh_lora_choices(*picked):
-            names = sett.lora_choices(studio)
+            choices = lnk.lora_choices(studio, sett.lora_choices(studio))  # files, then pairs as one choice
+            values = {value for _, value in choices}
             return (sett.lora_table(studio),
-                    *(gr.update(choices=names, value=v if v in names else None) for v in picked))  # fmt: skip
+                    *(gr.update(choices=choices, value=v if v in values else None) for v in picked))  # fmt: skip
 
         def refresh_queue(picked: str | None, shown: list[str]):
             active = que.active(studio)
@@ -609,5 +627,43 @@ def build_ui(studio: Studio) -> gr.Blocks:
             return None, status, gr.update(choices=choices)
 
         s_up_keep.click(shown_in_page(keep_upscaler), s_up_file, [s_up_file, s_up_status, lib_upscaler], **PRIVATE)
+
+        # Add from a link: the download followed on the status line, then the pickers offer what was kept
+        s_lora_fetch.click(bind(lnk.add_lora_link, studio), [s_lora_link, s_lora_link_low], s_lora_status,
+                           show_progress="hidden", **PRIVATE).then(
+            shown_in_page(refresh_lora_choices), lora_pickers, [s_lora_list, *lora_pickers], **PRIVATE)  # fmt: skip
+        s_up_fetch.click(bind(lnk.add_upscaler_link, studio), s_up_link, s_up_status, show_progress="hidden",
+                         **PRIVATE).then(
+            lambda: gr.update(choices=pst.upscaler_choices(studio)), None, lib_upscaler, **PRIVATE)  # fmt: skip
+
+        # Presets: a form's settings and LoRAs saved under a name; loading one fetches missing LoRAs by their links
+        for form in (t2v, i2v):
+            preset_values = [form.by_name[name] for name in SETTINGS]
+
+            def save_preset(name, loras_json, *values):
+                status, path = lnk.save(studio, name, loras_json, *values)
+                return status, path, gr.update(choices=lnk.presets(studio), value=Path(path).stem)
+
+            def load_preset(name, upload, form=form):
+                loaded = lnk.load(studio, name, upload)
+                updates = {form.by_name[key]: value for key, value in loaded["settings"].items()
+                           if key in form.by_name and value is not None}  # fmt: skip
+                loras = loaded["loras"]
+                for n, (file, strength, high, low) in enumerate(form.lora_slots):
+                    lora = loras[n] if n < len(loras) else {}
+                    experts = lora.get("experts", "both")
+                    updates.update({file: gr.update(choices=lnk.lora_choices(studio, sett.lora_choices(studio)),
+                                                    value=lora.get("file")),
+                                    strength: lora.get("strength", 1.0), high: experts in ("both", "high"),
+                                    low: experts in ("both", "low")})  # fmt: skip
+                updates[form.preset_status] = f"Loaded the preset '{loaded['name']}'."
+                return updates
+
+            form.preset_save.click(gen.slots_to_loras, form.lora_inputs, form.loras_json, **PRIVATE).then(
+                shown_in_page(save_preset), [form.preset_name, form.loras_json, *preset_values],
+                [form.preset_status, form.preset_file, form.preset_pick], **PRIVATE)  # fmt: skip
+            form.preset_load.click(
+                shown_in_page(load_preset), [form.preset_pick, form.preset_file],
+                [*form.by_name.values(), *form.lora_inputs, form.preset_status], **PRIVATE)  # fmt: skip
 
     return demo

@@ -387,11 +387,19 @@ def _whole(value: Any, name: str, what: str, problems: dict[str, str]) -> int | 
     return int(number)
 
 
+PAIR = "pair:"  # a LoRA picker's value for an A14B high/low pair added together: "pair:HIGH|LOW"
+
+
 def slots_to_loras(*values: Any) -> str:
-    """The form's LoRA slots (file, strength, high-noise, low-noise, repeated) as the `loras` JSON."""
+    """The form's LoRA slots (file, strength, high-noise, low-noise, repeated) as the `loras` JSON; a pair picked
+    as one choice is its two files, each on its own expert."""
     chosen = []
     for file, strength, high, low in zip(*[iter(values)] * 4, strict=False):
-        if file:
+        if isinstance(file, str) and file.startswith(PAIR):
+            high_file, _, low_file = file[len(PAIR) :].partition("|")
+            chosen += [{"file": high_file, "strength": strength, "experts": "high"},
+                       {"file": low_file, "strength": strength, "experts": "low"}]  # fmt: skip
+        elif file:
             experts = {(True, True): "both", (True, False): "high", (False, True): "low"}.get((bool(high), bool(low)))
             chosen.append({"file": file, "strength": strength, "experts": experts or "none"})
     return json.dumps(chosen)

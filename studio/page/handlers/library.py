@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from library import Clip
+from library.presets import ensure_lora
 from pipelines.catalogue import IMAGE_TO_VIDEO, TEXT_TO_VIDEO
 from studio.page.handlers import ASSETS
 
@@ -201,14 +202,17 @@ def show_clip(studio: Studio, name: str | None) -> tuple[str | None, str, dict |
 
 
 def reuse(studio: Studio, name: str | None) -> tuple[str, dict[str, Any], str | None]:
-    """(task, settings by control name, input picture path) to put a clip's settings back into its form.
-    Refused (LibraryError) when a LoRA it used is no longer in the LoRA folder or has changed."""
+    """(task, settings by control name, input picture path) to put a clip's settings back into its form. A LoRA
+    it used that is gone is fetched again from the link it was added from; refused (LibraryError) when it
+    cannot be had or has changed."""
     clip = _picked(studio, name)
     task = clip.sidecar.get("task")
-    for lora in clip.settings.get("loras") or []:
-        studio.loras.check_unchanged(lora.get("file", ""), lora.get("sha256", ""))
-    picture = clip.input_image if task == IMAGE_TO_VIDEO and clip.input_image and clip.input_image.is_file() else None
     values = reuse_values(clip.settings)
+    for lora, wanted in zip(values["loras"], clip.settings.get("loras") or [], strict=False):
+        # the very file: the one in the folder, the same file under another name, or fetched again from its link
+        lora["file"] = ensure_lora(studio.loras, wanted.get("file", ""), wanted.get("sha256", ""), wanted.get("link"),
+                                   offline=studio.jobs.offline)  # fmt: skip
+    picture = clip.input_image if task == IMAGE_TO_VIDEO and clip.input_image and clip.input_image.is_file() else None
     end = clip.end_image
     values["end_image"] = str(end) if end is not None and end.is_file() else None
     return task, values, str(picture) if picture else None

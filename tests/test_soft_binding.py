@@ -1,0 +1,82 @@
+"""Durable Content Credentials: a copy of a clip stripped of its manifest, shrunk, cropped and re-encoded outside
+the studio is still named by `python app.py verify` through the watermark its pixels carry (the soft binding),
+and a mark the library does not hold is reported as a Wan Studio clip's; films carry their own mark."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from library import Library, Shot, Storyboard, provenance
+from library.media import ffmpeg_exe
+from pipelines.request import GenerationRequest, validate_request
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = "test-tiny"
+
+
+@pytest.fixture(scope="module")
+def made(manager, tmp_path_factory) -> Path:
+    """A clip saved with the defaults (watermark on, signed), with the example picture panning in place of the
+    test model's noise: 48 frames of 640x352, a real generation's sidecar."""
+    out = tmp_path_factory.mktemp("soft-binding")
+    valid = validate_request(GenerationRequest(prompt="a valley at dawn", model=TINY, seed=3, steps=2, frames=9),
+                             default_model=TINY)  # fmt: skip
+    result = manager.generate(valid)
+    base = np.asarray(Image.open(ROOT / "assets" / "example-landscape.png").convert("RGB").resize((640, 352)))
+    frames = np.stack([np.roll(base, 2 * t, axis=1) for t in range(48)])
+    return Library.open(out).save_clip(replace(result, frames=frames)).video
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
+
+
+def verify(path: Path, library: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "app.py", "verify", str(path), "--output-dir", str(library)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+def test_a_stripped_shrunk_cropped_reencoded_copy_is_named_by_verify(made, tmp_path):
+    copy = tmp_path / "reposted.mp4"
+    # outside the studio: half size, 90 % of the frame kept, CRF 28, every piece of metadata dropped
+    ffmpeg("-i", str(made), "-vf", "scale=iw/2:ih/2,crop=iw*0.9:ih*0.9", "-c:v", "libx264", "-crf", "28",
+           "-map_metadata", "-1", str(copy))  # fmt: skip
+    assert not provenance.verify_file(copy).has_manifest  # the Content Credentials are gone
+    done = verify(copy, made.parent)
+    assert done.returncode == 0, done.stdout + done.stderr
+    sidecar = Library.open(made.parent).clip(made.name).sidecar
+    assert f"This looks like clip {made.name} made by this studio on {sidecar['created_at'][:10]}" in done.stdout
+    assert f"seed {sidecar['settings']['seed']}" in done.stdout and sidecar["model_name"] in done.stdout
+    # the same copy checked against another library: only that a Wan Studio clip carried it
+    elsewhere = tmp_path / "other-library"
+    elsewhere.mkdir()
+    done = verify(copy, elsewhere)
+    assert done.returncode == 2 and "Watermark of a Wan Studio clip, payload " + sidecar["provenance"]["watermark"] \
+        in done.stdout  # fmt: skip
+
+
+def test_an_unmarked_file_names_nothing(tmp_path):
+    plain = tmp_path / "plain.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=320x240:rate=24:duration=2", "-c:v", "libx264", "-pix_fmt",
+           "yuv420p", str(plain))  # fmt: skip
+    done = verify(plain, tmp_path)
+    assert done.returncode == 2 and "Watermark: none found." in done.stdout and "looks like" not in done.stdout
+
+
+def test_a_film_carries_its_own_mark_and_names_itself(made, tmp_path):
+    library = Library.open(made.parent)
+    film = library.export_film(Storyboard(shots=[Shot(made.name)], title="Dawn"), mark=True)
+    record = (film.parent / f"{film.name}.json").read_text()
+    payload = provenance.verify_file(film).declared["watermark"]
+    assert payload in record  # the record and the soft binding name the same mark
+    copy = tmp_path / "film-copy.mp4"
+    ffmpeg("-i", str(film), "-c:v", "libx264", "-crf", "23", "-map_metadata", "-1", str(copy))
+    done = verify(copy, made.parent)
+    assert f"This looks like the film {film.name}" in done.stdout, done.stdout
