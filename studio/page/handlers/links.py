@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
+import shutil
+import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from library.presets import SETTINGS, load_preset, preset_names, presets_dir, save_preset
@@ -97,13 +100,13 @@ def save(studio: Studio, name: Any, loras_json: Any, *values: Any) -> tuple[str,
     parse_loras(studio, loras_json)  # every LoRA named is in the folder, or the refusal names it
     settings = dict(zip(SETTINGS, values, strict=True))
     path = save_preset(str(name or ""), settings, json.loads(loras_json or "[]"), studio.loras)
-    return f"Saved the preset '{path.stem}' (download it below to share it).", str(path)
+    shared = Path(tempfile.mkdtemp(prefix="wan-preset-")) / path.name  # the data folder itself is never served
+    shutil.copyfile(path, shared)
+    return f"Saved the preset '{path.stem}' (download it below to share it).", str(shared)
 
 
 def load(studio: Studio, name: Any = None, upload: Any = None, progress=None) -> dict[str, Any]:
     """A preset by name (or an uploaded preset file), its missing LoRAs fetched from their links."""
-    from pathlib import Path
-
     from library.presets import PresetError
 
     if upload:
