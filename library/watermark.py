@@ -7,16 +7,21 @@ carriers, each the sign of one codeword bit (32 payload bits + CRC-16). All 49 a
 of about 9 to 40 pixels), so they live through H.264 and a halving of the frame. The tile repeats over the frame
 from its top-left corner, and the same pattern goes into every frame: embedding is frame-independent (a clip
 marked in pieces equals the clip marked whole) and a frame-rate change or a trim keeps it. Per frame, only a
-perceptual mask is computed (local luma activity on 4x4 blocks, smoothed): textured areas carry up to
-STRENGTH levels, flat areas (sky, walls, gradients) almost nothing, so nothing shows there.
+perceptual mask is computed (local luma activity on 4x4 blocks from a 2x2-subsampled luma, smoothed): textured
+areas carry up to STRENGTH levels, flat areas (sky, walls, gradients) at most one level here and there. The
+pattern is cached in int16 fixed point per (payload, frame size) and weighted per block by broadcasting; the
+change is applied with saturating uint8 arithmetic (about 8 ms per 720P frame on 2 shared EPYC cores).
 
 Reading. The frames' luma is averaged (the pattern adds up, moving content washes out), whitened in the
 frequency domain, and its autocorrelation says the tile's period in pixels, i.e. the scale (0.3x to 2.6x).
 Around the best periods (and the unscaled one) the whitened image is folded modulo the period onto one tile, and
 a cyclic correlation with the sync pattern finds the offset; a peak of CONFIDENCE_MIN sigmas (calibrated on
 unmarked video) is required, then the carriers give soft bits, the weakest of which may be flipped (Chase
-decoding, at most 2**CHASE_BITS tries) until the CRC checks. A payload needs both: 0 of 500 unmarked clips in
-bench/bench_watermark.py. Limits: no rotation, no change of aspect ratio by stretching, no mirroring; flat clips
+decoding, at most 2**CHASE_BITS tries) until the CRC checks. A payload needs both. False-positive bound: on an
+unmarked clip whose sync peak passes CONFIDENCE_MIN by chance, each of the 2**CHASE_BITS candidates passes the
+CRC-16 with probability 2**-16, so P(false payload) <= P(peak >= CONFIDENCE_MIN) * 2**(CHASE_BITS - 16) =
+P(peak >= 8 sigma) / 1024; in bench/bench_watermark.py no unmarked clip of 500 reached the threshold.
+Limits: no rotation, no change of aspect ratio by stretching, no mirroring; flat clips
 carry a weak mark; clips much smaller than a tile carry fewer samples and need more frames.
 numpy only: no model, no download.
 """
@@ -31,17 +36,20 @@ import numpy as np
 
 TILE = 128  # the pattern's period in pixels at the embedding size
 BAND = (3.2, 14.0)  # the pattern's spatial frequencies, in cycles per tile
-STRENGTH = 4.0  # luma levels on textured areas (before the mask)
-MASK_FLOOR = 0.08  # share of STRENGTH on perfectly flat areas (rounds to nothing)
+STRENGTH = 5.5  # luma levels on textured areas (before the mask)
+SHARE_BITS = 5
+SHARE_ONE = 1 << SHARE_BITS  # fixed point of the mask's share and of the pattern in the embedder
+MASK_FLOOR = 0.04  # share of STRENGTH on perfectly flat areas (at most one level)
 ACTIVITY_FULL = 10.0  # local luma activity (levels) at which the full strength is used
 SYNC_SHARE = 0.1  # share of the pattern's power in the sync pattern
 PAYLOAD_BITS = 32
 CRC_BITS = 16
 CODE_BITS = PAYLOAD_BITS + CRC_BITS
-CHASE_BITS = 8  # least reliable bits tried flipped when the CRC fails
-CONFIDENCE_MIN = 6.5  # sync peak height (sigmas) needed to decode; unmarked video peaks at 4.5-5.5
+CHASE_BITS = 6  # least reliable bits tried flipped when the CRC fails
+CONFIDENCE_MIN = 8.0  # sync peak height (sigmas) needed to decode; unmarked video peaked at 7.4 in 500
 SCALES = (0.3, 2.6)  # scales searched: the reading frame's size over the marked one's
 KEY = 0x5741_4E32  # "WAN2": public, so any copy of Wan Studio reads any other's marks
+_RGB_TO_Y = np.array([0.299, 0.587, 0.114], np.float32)
 WINDOW_FRAMES = 24  # read_file sums frames in groups of this many and reads two groups at a time
 
 
@@ -101,14 +109,16 @@ def _tile(payload: int) -> np.ndarray:
 
 @lru_cache(maxsize=4)
 def _frame_pattern(payload: int, height: int, width: int) -> np.ndarray:
-    """The tile repeated over a frame, times STRENGTH."""
-    reps = (-(-height // TILE), -(-width // TILE))
-    return np.ascontiguousarray(np.tile(_tile(payload) * STRENGTH, reps)[:height, :width])
+    """The tile repeated over the frame rounded up to whole 4x4 blocks, times STRENGTH, in int16 fixed point
+    (x SHARE_ONE), shaped (blocks down, 4, blocks across, 4) to be weighted per block by broadcasting."""
+    hb, wb = -(-height // 4), -(-width // 4)
+    reps = (-(-hb * 4 // TILE), -(-wb * 4 // TILE))
+    tiled = np.tile(_tile(payload) * (STRENGTH * SHARE_ONE), reps)[: hb * 4, : wb * 4]
+    return np.rint(tiled).astype(np.int16).reshape(hb, 4, wb, 4)
 
 
 def _luma(frames: np.ndarray) -> np.ndarray:
-    f = frames.astype(np.float32)
-    return 0.299 * f[..., 0] + 0.587 * f[..., 1] + 0.114 * f[..., 2]
+    return frames.astype(np.float32) @ _RGB_TO_Y
 
 
 def _box3(a: np.ndarray) -> np.ndarray:
@@ -118,34 +128,52 @@ def _box3(a: np.ndarray) -> np.ndarray:
     return (rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]) / 9
 
 
-def _mask(luma: np.ndarray) -> np.ndarray:
-    """(H, W) share of STRENGTH per pixel: local activity on 4x4 blocks (texture inside a block and steps
-    between blocks), smoothed; MASK_FLOOR on flat areas, 1 from ACTIVITY_FULL up."""
-    height, width = luma.shape
-    hb, wb = max(1, height // 4), max(1, width // 4)
-    blocks = luma[: hb * 4, : wb * 4].reshape(hb, 4, wb, 4) if height >= 4 and width >= 4 else None
-    if blocks is None:
-        return np.full(luma.shape, MASK_FLOOR, np.float32)
+def _mask(frame: np.ndarray) -> np.ndarray:
+    """(blocks down, blocks across) int16 share of STRENGTH per 4x4 block, in 1/SHARE_ONE: local luma activity
+    (texture inside a block, from its 2x2 subsampled luma, and steps between blocks), smoothed; MASK_FLOOR on
+    flat areas, 1 from ACTIVITY_FULL up. Computed on a quarter of the pixels."""
+    height, width = frame.shape[:2]
+    hb, wb = -(-height // 4), -(-width // 4)
+    rgb = frame[::2, ::2]
+    sub = rgb[..., 0] * _RGB_TO_Y[0] + rgb[..., 1] * _RGB_TO_Y[1] + rgb[..., 2] * _RGB_TO_Y[2]
+    if sub.shape != (2 * hb, 2 * wb):
+        sub = np.pad(sub, ((0, 2 * hb - sub.shape[0]), (0, 2 * wb - sub.shape[1])), mode="edge")
+    blocks = sub.reshape(hb, 2, wb, 2)
     mean = blocks.mean(axis=(1, 3))
-    inner = np.sqrt(np.maximum((blocks**2).mean(axis=(1, 3)) - mean**2, 0))
+    inner = np.sqrt(np.maximum((blocks * blocks).mean(axis=(1, 3)) - mean * mean, 0))
     step = np.abs(mean - _box3(mean)) * 2
     activity = _box3(_box3(np.minimum(inner + step, 3 * ACTIVITY_FULL)))
     share = MASK_FLOOR + (1 - MASK_FLOOR) * np.clip(activity / ACTIVITY_FULL, 0, 1)
-    full = np.repeat(np.repeat(share.astype(np.float32), 4, axis=0), 4, axis=1)
-    if full.shape != luma.shape:
-        full = np.pad(full, ((0, height - full.shape[0]), (0, width - full.shape[1])), mode="edge")
-    return full
+    return np.rint(share * SHARE_ONE).astype(np.int16)
 
 
 def embed(frames: np.ndarray, payload: int) -> np.ndarray:
     """Return watermarked copies of (F, H, W, 3) uint8 frames. The change is a luma-only offset, the same
-    pattern in every frame (weighted by each frame's own mask), so frames may be marked one at a time."""
+    pattern in every frame (weighted by each frame's own mask), so frames may be marked one at a time.
+    Per frame: the mask on a quarter of the pixels, one int16 multiply-add broadcast per 4x4 block, and a
+    saturating uint8 add and subtract (no float frame, no int16 copy of the frame)."""
     _, height, width, _ = frames.shape
     pattern = _frame_pattern(payload, height, width)
     out = np.empty_like(frames)
+    half = SHARE_ONE * SHARE_ONE // 2
     for n, frame in enumerate(frames):
-        delta = np.rint(pattern * _mask(_luma(frame))).astype(np.int16)
-        out[n] = np.clip(frame.astype(np.int16) + delta[..., None], 0, 255)
+        share = _mask(frame)
+        delta = pattern * share[:, None, :, None]
+        delta += half
+        delta >>= 2 * SHARE_BITS  # rounded luma levels
+        delta += 128
+        biased = np.clip(delta.reshape(pattern.shape[0] * 4, -1)[:height, :width], 0, 255).astype(np.uint8)
+        biased = np.repeat(biased, 3, axis=1).reshape(height, width, 3)  # 128 + the change, per channel
+        up = np.maximum(biased, 128)
+        up -= 128
+        down = np.minimum(biased, 128)
+        np.subtract(128, down, out=down)
+        target = out[n]
+        np.subtract(255, up, out=target)
+        np.minimum(frame, target, out=target)
+        target += up  # at most 255
+        np.maximum(target, down, out=target)
+        target -= down  # at least 0
     return out
 
 
