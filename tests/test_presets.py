@@ -75,8 +75,9 @@ def test_a_preset_whose_link_now_serves_another_file_is_refused_and_keeps_nothin
 
 def test_reuse_fetches_a_gone_lora_again_from_the_link_in_the_clips_sidecar(site, tmp_path, monkeypatch):
     monkeypatch.setenv("WAN_STUDIO_HOME", str(tmp_path / "home"))
+    # online (the default): the link is fetched
     studio = Studio(Settings(model="test-tiny", output_dir=str(tmp_path / "outputs"),
-                             lora_dir=str(tmp_path / "loras")))  # fmt: skip  (online: the link is fetched)
+                             lora_dir=str(tmp_path / "loras")))  # fmt: skip
     name = studio.loras.add_from_link(f"{site.url}/tiny.safetensors")
     request = GenerationRequest(prompt="a fox", steps=2, frames=9,
                                 loras=parse_loras(studio, json.dumps([{"file": name, "strength": 0.5}])))  # fmt: skip
