@@ -11,9 +11,10 @@ step for each backend this machine has, with MFU), overhead (PipelineManager.gen
 diffusers call of the same pipeline; preview cost per step; memory estimate against the measured peak),
 vae (decode in float32, bf16 and tiled, with the bf16 error), lora (a rank-32 LoRA on every targeted layer:
 step time unfused, then fused, against no LoRA), fast (Fast mode's whole clip against the 50-step CFG
-baseline), compile (regional compilation against eager), capped (the profile `auto` picks under a 24 GB
-cap, standing in for an RTX 4090), profiles (the other GPU profiles under that cap, while the budget lasts:
-estimate against measured peak). Each reports peak allocated and reserved GPU memory. Few steps suffice:
+baseline), compile (regional compilation against eager), long_take (a take of 2 and of 4 windows against a
+single clip of one window: seconds per window, peak GPU memory of each), capped (the profile `auto` picks
+under a 24 GB cap, standing in for an RTX 4090), profiles (the other GPU profiles under that cap, while the
+budget lasts: estimate against measured peak). Each reports peak allocated and reserved GPU memory. Few steps suffice:
 per-step figures use steps 2..n.
 """
 
@@ -480,6 +481,83 @@ def main(argv: list[str] | None = None) -> int:
                  compiled_s_per_cfg_step=round(steady(times + again[1:]), 4),
                  speedup=round(steady(eager_times) / steady(times + again[1:]), 3))  # fmt: skip
 
+    def long_take(r: dict) -> None:
+        """A take of 2 and of 4 windows (pipelines/long_take.py) against a single clip of one window's frames, on
+        the manager's model: seconds per window, what the continued windows cost over the clip, peak GPU memory
+        of each take (flat: a window's frames go to the caller as it finishes, only the K overlap is kept).
+        Windows of the suite's frames, or more where the model's default K needs them (at most half a window);
+        the frames are counted and dropped, as a caller streaming them to disk would."""
+        from pipelines.long_take import continuation_for, max_overlap, plan_take, run_take
+
+        manager = state["manager"]
+
+        def peak() -> float | None:  # allocated GPU memory since the last reset, GB
+            return round(torch.cuda.max_memory_allocated() / 2**30, 2) if suite.cuda else None
+
+        window = frames
+        while max_overlap(window, spec.frame_step) < continuation_for(spec).default_overlap \
+                and window + spec.frame_step <= spec.max_frames:  # fmt: skip
+            window += spec.frame_step
+        clip = validate_request(
+            GenerationRequest(prompt=PROMPT, model=model, width=width, height=height, frames=window, steps=args.steps,
+                              seed=0),
+            default_model=model,
+        )  # fmt: skip
+        r.update(window_frames=window, size=f"{width}x{height}", steps=clip.steps)
+        if tiny:  # warm at this size (the fast section left the test model's distilled variant loaded)
+            manager.generate(clip)
+        sync()
+        if suite.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        single = manager.generate(clip)
+        sync()
+        r["single"] = {"s": round(time.perf_counter() - t0, 3), "frames": int(single.frames.shape[0]),
+                       "peak_allocated_gb": peak()}  # fmt: skip
+        del single
+        for windows in (2, 4):
+            plan = plan_take(spec, PROMPT, windows=windows, frames_per_window=window)
+            last = r.get("take_2")
+            if last and suite.left() < 2.2 * last["s"] + 5:  # twice the windows of the take before
+                r[f"take_{windows}"] = f"skipped: budget ({suite.left():.0f} s left)"
+                continue
+            stamps, handed = [], [0]
+
+            def on_window(out: np.ndarray, index: int, stamps=stamps, handed=handed) -> None:
+                sync()
+                stamps.append(time.perf_counter())
+                handed[0] += out.shape[0]
+
+            if suite.cuda:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            sync()
+            t0 = time.perf_counter()
+            records = run_take(manager, clip, plan, on_window)
+            sync()
+            total = time.perf_counter() - t0
+            walls = [b - a for a, b in zip([t0, *stamps[:-1]], stamps, strict=True)]
+            walls[-1] += total - (stamps[-1] - t0)
+            r[f"take_{windows}"] = {
+                "s": round(total, 3), "s_per_window": round(total / windows, 3), "windows": plan.windows,
+                "overlap": plan.overlap, "planned_frames": plan.total_frames, "frames": handed[0],
+                "window_s": [round(w, 3) for w in walls], "conditioning": [rec.conditioning for rec in records],
+                "continued_by": records[-1].model,
+                "switch_s": [round(rec.result.timings["load_s"], 3) for rec in records],
+                "peak_allocated_gb": peak(),
+            }  # fmt: skip
+            suite.save()
+        takes = [r[k] for k in ("take_4", "take_2") if isinstance(r.get(k), dict)]
+        if takes:  # the longest take made: its continued windows against the single clip
+            later = takes[0]["window_s"][1:]
+            r["continued_window_s"] = round(sum(later) / len(later), 3)
+            r["continued_over_single"] = round(r["continued_window_s"] / r["single"]["s"], 3)
+            r["s_per_window_over_single"] = round(takes[0]["s_per_window"] / r["single"]["s"], 3)
+        if suite.cuda:  # the peak was reset between the parts: the section's is their highest
+            r["peak_allocated_gb"] = max([r["single"]["peak_allocated_gb"], *(t["peak_allocated_gb"] for t in takes)])
+            if len(takes) == 2:
+                r["peak_4_over_2"] = round(takes[0]["peak_allocated_gb"] / takes[1]["peak_allocated_gb"], 3)
+
     def capped(r: dict) -> None:
         pipe, manager = state["pipe"], state["manager"]
         manager.unload()  # drops our reference; the pipeline object lives on in state
@@ -563,11 +641,13 @@ def main(argv: list[str] | None = None) -> int:
         suite.run("lora", 5 if tiny else 75, lora)
         suite.run("fast", 5 if tiny else 40, fast)
         suite.run("compile", 20 if tiny else 120, compiled)
+        suite.run("long_take", 10 if tiny else 90, long_take)
         suite.run("capped", 60, capped, needs_cuda=True)
         suite.run("profiles", 45, profiles, needs_cuda=True)
         suite.run("post", 20 if tiny else 60, post)
     else:
-        for name in ("attention", "overhead", "vae", "lora", "fast", "compile", "capped", "profiles", "post"):
+        for name in ("attention", "overhead", "vae", "lora", "fast", "compile", "long_take", "capped", "profiles",
+                     "post"):  # fmt: skip
             suite.results["sections"][name] = {"status": "skipped: the model could not be built"}
     suite.results["complete"] = True
     suite.save()

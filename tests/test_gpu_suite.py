@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ["env", "gemm", "build", "attention", "overhead", "vae", "lora", "fast", "compile", "capped", "profiles",
-            "post"]  # fmt: skip
+SECTIONS = ["env", "gemm", "build", "attention", "overhead", "vae", "lora", "fast", "compile", "long_take", "capped",
+            "profiles", "post"]  # fmt: skip
 
 
 def run_suite(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
@@ -55,6 +55,23 @@ def test_tiny_mode_runs_every_section_that_needs_no_cuda_and_writes_a_complete_j
     # a speed-up is a benchmark figure, not a test verdict (a loaded CI machine made it 0.73): recorded, not judged
     assert fast["speedup_end_to_end"] > 0 and 0 < fast["decode_share"] < 1
     assert sections["compile"]["compiled_s_per_cfg_step"] > 0
+    take = sections["long_take"]
+    # windows of 21 frames (the test model's default K = 9 needs at least 4 x 2 + 1 more than it shares) at the
+    # suite's size: a single clip, then takes of 2 and 4 windows that handed exactly their planned frames
+    assert (take["window_frames"], take["size"], take["steps"]) == (21, "96x64", 4)
+    assert take["single"]["s"] > 0 and take["single"]["frames"] == 21
+    for windows, planned in ((2, 2 * 21 - 9), (4, 4 * 21 - 3 * 9)):
+        made = take[f"take_{windows}"]
+        assert (made["windows"], made["overlap"], made["planned_frames"]) == (windows, 9, planned)
+        assert made["frames"] == planned  # what on_window was handed, counted
+        assert made["conditioning"] == ["prompt"] + ["clean-latents"] * (windows - 1)
+        assert made["continued_by"] == "test-tiny"
+        assert len(made["window_s"]) == windows and all(s > 0 for s in made["window_s"])
+        assert made["s"] == pytest.approx(sum(made["window_s"]), abs=0.01) and made["s_per_window"] > 0
+        assert made["peak_allocated_gb"] is None  # GPU memory only on CUDA
+    assert take["single"]["peak_allocated_gb"] is None and "peak_4_over_2" not in take
+    assert take["continued_window_s"] == pytest.approx(sum(take["take_4"]["window_s"][1:]) / 3, abs=0.002)
+    assert take["continued_over_single"] > 0 and take["s_per_window_over_single"] > 0  # figures, not verdicts
     post = sections["post"]
     assert post["upscale_x2_96x64_test_fps"] > 0 and post["interpolate_x2_96x64_test_fps"] > 0
     assert "attention" in done.stdout and "overhead" in done.stdout  # the summary table at the end
