@@ -50,6 +50,7 @@ would go in a take (the last window) is for a later change.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import threading
 from collections.abc import Callable, Sequence
@@ -63,6 +64,8 @@ from pipelines.catalogue import CATALOGUE, IMAGE_TO_VIDEO, TEXT_TO_VIDEO, ModelS
 from pipelines.errors import UserError
 from pipelines.manager import GenerationCancelled, GenerationResult, PipelineManager, Progress, RunHook
 from pipelines.request import MAX_PROMPT_CHARS, MAX_SEED, ValidRequest
+
+log = logging.getLogger("wan_studio")
 
 DEFAULT_LIMIT_S = 60.0  # the longest take unless the settings raise it
 MAX_LIMIT_S = 300.0  # the most the setting allows
@@ -183,7 +186,7 @@ def plan_take(
     """Plan a take of `seconds` (the last window as short as it can be) or of `windows` whole windows. `prompts`:
     one for the whole take, or one per window (fewer: the last holds for the rest; more: refused). TakeError
     names what to change."""
-    if isinstance(limit_s, bool) or not isinstance(limit_s, (int, float)) or not 0 < limit_s <= MAX_LIMIT_S:
+    if isinstance(limit_s, bool) or not isinstance(limit_s, (int, float)) or not 1 <= limit_s <= MAX_LIMIT_S:
         raise TakeError("limit", f"The long-take limit must be a number of seconds from 1 to {MAX_LIMIT_S:g}; "
                                  f"got {limit_s!r}.")  # fmt: skip
     step = spec.frame_step
@@ -362,10 +365,15 @@ def run_take(
             result = manager.generate(window, lambda p, i=index: report(i, p), cancel, hook=hook)
         except BaseException:
             if ours:  # the finished windows end whole where the frames went
-                on_window(held, index - 1)
+                try:
+                    on_window(held, index - 1)
+                except Exception:  # the reason the take stopped (a cancel, the GPU) is the one to raise
+                    log.warning("the held frames of window %d could not be handed on", index, exc_info=True)
             raise
         out = result.frames
-        result = replace(result, frames=np.empty((0, *out.shape[1:]), np.uint8))
+        # the record keeps no frames and no picture: memory stays flat however many windows the take has
+        result = replace(result, frames=np.empty((0, *out.shape[1:]), np.uint8),
+                         request=replace(result.request, image=None, end_image=None))  # fmt: skip
         if index == 0 and colours and reference is None:
             reference = out[0].copy()  # text to video: the first window's first frame sets the take's colours
         if ours:

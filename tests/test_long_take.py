@@ -123,6 +123,9 @@ def test_the_plan_refuses_a_too_long_take_and_too_many_prompts_by_name():
     with pytest.raises(TakeError) as err:
         plan_take(real, "a", seconds=10, limit_s=301)
     assert err.value.field == "limit" and "300" in str(err.value)
+    with pytest.raises(TakeError) as err:  # under a second: a window would be shorter than the model's least
+        plan_take(real, "a", seconds=0.1, limit_s=0.1)
+    assert err.value.field == "limit"
 
     with pytest.raises(TakeError) as err:
         plan_take(get_spec("test-tiny"), [*PROMPTS, "one more"], windows=3, frames_per_window=17)
