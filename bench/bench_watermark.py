@@ -54,7 +54,7 @@ def main() -> int:
     args = p.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
     frames = landscape_clip(width, height, args.frames)
-    seconds = args.frames / FPS
+    watermark.embed(frames[:1], PAYLOAD)  # the pattern is made and cached once per payload and size
     t0 = time.perf_counter()
     marked = watermark.embed(frames, PAYLOAD)
     embed_s = time.perf_counter() - t0
@@ -67,10 +67,23 @@ def main() -> int:
         encode_mp4(frames, FPS, plain)
         write_s = time.perf_counter() - t0
         encode_mp4(marked, FPS, path)
-        print(f"{args.size}, {args.frames} frames: x264 medium CRF 18 write {write_s:.1f} s; embed {embed_s:.2f} s "
-              f"({embed_s / seconds:.3f} s per second of video, {100 * embed_s / write_s:.1f} % of the write); "
+        # detailed content, as real clips are: the same pan with film grain (sigma 8 levels, new every frame)
+        rng = np.random.default_rng(7)
+        grainy = np.clip(frames + rng.normal(0, 8, frames.shape[:3] + (1,)).astype(np.float32), 0, 255).astype(np.uint8)
+        t0 = time.perf_counter()
+        watermark.embed(grainy, PAYLOAD)
+        grain_embed_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        encode_mp4(grainy, FPS, Path(tmp) / "grain.mp4")
+        grain_write_s = time.perf_counter() - t0
+        print(f"with film grain: x264 write {grain_write_s:.1f} s ({1000 * grain_write_s / args.frames:.1f} ms/frame); "
+              f"embed {grain_embed_s:.2f} s ({1000 * grain_embed_s / args.frames:.1f} ms/frame, "
+              f"{100 * grain_embed_s / grain_write_s:.1f} % of the write)")  # fmt: skip
+        print(f"{args.size}, {args.frames} frames: x264 medium CRF 18 write {write_s:.1f} s "
+              f"({1000 * write_s / args.frames:.1f} ms/frame); embed {embed_s:.2f} s "
+              f"({1000 * embed_s / args.frames:.1f} ms/frame, {100 * embed_s / write_s:.1f} % of the write); "
               f"PSNR {psnr(marked, frames):.1f} dB (pan), "
-              f"{psnr(watermark.embed(sky, PAYLOAD), sky):.1f} dB (flat sky)\n")  # fmt: skip
+              f"{psnr(watermark.embed(sky, PAYLOAD), sky):.1f} dB (flat sky)")  # fmt: skip
         print("| attack | raw bit accuracy | payload back | scale found | confidence | read s per s of video |")
         print("|---|---|---|---|---|---|")
         for name in ATTACKS:

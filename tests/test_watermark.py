@@ -100,7 +100,7 @@ def marked_file(tmp_path_factory) -> Path:
     return path
 
 
-MARGINAL = {"half size, crop 90 %, CRF 28"}  # 374x208 off-centre at CRF 28 from 832x464: see docs/PERFORMANCE.md
+MARGINAL = {"downscale 50 % + CRF 28", "half size, crop 90 %, CRF 28"}  # 416x232 at CRF 28: docs/PERFORMANCE.md
 
 
 @pytest.mark.parametrize(
