@@ -31,6 +31,7 @@ from library.files import (
     disk_error,
     link_no_overwrite,
     publish,
+    read_json,
     temporary,
     write_error,
     write_json,
@@ -476,7 +477,10 @@ def _render(board, checked, output_dir, films_dir, scratch, on_progress, sign, c
         low = 0.8 if interpolate or height is not None else 0.0
         tmp = scratch(board.format)
         claim = provenance.manifest(f"{slugify(board.title or 'film')}.{board.format}", model=None, composite=True)
-        payload = provenance.bind_mark(claim)[0] if mark and board.format != "gif" else None
+        # shots made with the watermark carry their clips' marks, which name them; a film mark over them would
+        # blur both, so the film gets its own only when none of its shots is marked
+        inherited = _shot_marks(checked)
+        payload = provenance.bind_mark(claim)[0] if mark and not inherited and board.format != "gif" else None
         if payload is not None:  # every frame as it is encoded
             video = video.image_transform(
                 lambda frame: watermark.embed(np.clip(frame, 0, 255).astype(np.uint8)[None], payload)[0]
@@ -506,6 +510,9 @@ def _render(board, checked, output_dir, films_dir, scratch, on_progress, sign, c
         if payload is not None:
             claim = provenance.bind_mark(claim, payload)[1]
             record["provenance"] = {"watermark": f"{payload:08x}"}
+        elif inherited:
+            claim = provenance.bind_marks(claim, [int(mark, 16) for mark in inherited.values()])
+            record["provenance"] = {"shot_watermarks": inherited}
         if sign:
             signed = scratch(board.format)
             sources = [c.video for c in checked]
@@ -531,6 +538,20 @@ def _render(board, checked, output_dir, films_dir, scratch, on_progress, sign, c
     finally:
         for clip in opened:
             clip.close()
+
+
+def _shot_marks(checked: list[_CheckedShot]) -> dict[str, str]:
+    """The watermark of each marked clip among the shots, by clip name (a clip used twice is named once)."""
+    marks = {}
+    for c in checked:
+        try:
+            sidecar = read_json(c.video.with_suffix(".json"))
+        except (OSError, ValueError):
+            continue
+        mark = sidecar.get("provenance", {}).get("watermark") if isinstance(sidecar, dict) else None
+        if isinstance(mark, str):
+            marks[c.video.name] = mark
+    return marks
 
 
 def _complete(path: Path, fmt: str) -> bool:

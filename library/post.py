@@ -160,7 +160,14 @@ def _derive(
             "frames": count}  # fmt: skip
     sidecar = _sidecar(clip, step, fps, count)
     claim = provenance.edit_manifest(f"{clip.video.stem}_{suffix}.mp4", clip.name, action, model, settings)
-    payload, claim = marked(claim, options, sidecar)
+    inherited = clip.sidecar.get("provenance", {}).get("watermark")
+    if inherited and options.watermark:
+        # the source's mark is in every frame already (resized or blended with its neighbours, still readable):
+        # a second one over it would blur both, so the copy carries its source's, bound to its manifest too
+        payload, (_, claim) = None, provenance.bind_mark(claim, int(inherited, 16))
+        sidecar["provenance"] = {**sidecar.get("provenance", {}), "watermark": inherited, "watermark_of": clip.name}
+    else:
+        payload, claim = marked(claim, options, sidecar)
     comment = f"AI-generated with {clip.sidecar.get('model_name', 'Wan')}, {request.label.split(':')[0].lower()} " \
               f"({APP_NAME} {__version__})"  # fmt: skip
 

@@ -99,6 +99,14 @@ WATERMARK_ALG = "com.wan-studio.watermark.2"  # the soft-binding algorithm's nam
 SOFT_BINDING = "c2pa.soft-binding"
 
 
+def bind_marks(claim: dict, payloads: list[int]) -> dict:
+    """The claim with the watermarks its media carry but did not get from it (a film's shots' own marks, an
+    upscaled copy's source's) as one soft-binding assertion, one block each."""
+    blocks = [{"scope": {}, "value": base64.b64encode(p.to_bytes(4, "big")).decode()} for p in payloads]
+    binding = {"alg": WATERMARK_ALG, "blocks": blocks, "pad": []}
+    return dict(claim, assertions=[*claim.get("assertions", []), {"label": SOFT_BINDING, "data": binding}])
+
+
 def bind_mark(claim: dict, payload: int | None = None) -> tuple[int, dict]:
     """A clip's watermark payload, derived from its manifest (its claim, a fresh nonce so two clips of the same
     second and settings differ) unless given, and the claim with the payload as a C2PA soft-binding assertion: a
@@ -354,11 +362,14 @@ def _declared(active: dict) -> dict:
                     out.setdefault("edits", []).append({"action": action["action"], **action.get("parameters", {})})
                     out["digital_source_type"] = action.get("digitalSourceType")
         if assertion.get("label") == SOFT_BINDING and assertion.get("data", {}).get("alg") == WATERMARK_ALG:
-            value = (assertion["data"].get("blocks") or [{}])[0].get("value", "")
-            try:
-                out["watermark"] = base64.b64decode(value).hex()
-            except ValueError:
-                pass
+            marks = []
+            for block in assertion["data"].get("blocks") or []:
+                try:
+                    marks.append(base64.b64decode(block.get("value", "")).hex())
+                except ValueError:
+                    pass
+            if marks:
+                out["watermark"], out["watermarks"] = marks[0], marks
     ingredients = active.get("ingredients", [])
     out["ingredients"] = [i.get("title") for i in ingredients]
     out["parents"] = [i.get("title") for i in ingredients if i.get("relationship") == "parentOf"]

@@ -32,8 +32,8 @@ def report(path: Path, library: Library | None = None) -> tuple[str, dict]:
             lines.append(f"Prompt: {declared['prompt']}")
         if declared.get("ingredients"):
             lines.append(f"Made from {len(declared['ingredients'])} clips: {', '.join(declared['ingredients'])}.")
-        if declared.get("watermark"):
-            lines.append(f"Soft binding: the manifest names watermark {declared['watermark']}.")
+        if declared.get("watermarks"):
+            lines.append(f"Soft binding: the manifest names watermark {', '.join(declared['watermarks'])}.")
         for problem in check.problems:
             lines.append(f"Problem: {problem}")
     mark = watermark.read_file(str(path))
@@ -41,9 +41,10 @@ def report(path: Path, library: Library | None = None) -> tuple[str, dict]:
     if mark is not None and mark.payload is not None:
         found = library.find_mark(mark.payload) if library is not None else None
         lines.append(identified(mark.payload, found))
-        bound = declared.get("watermark")
-        if bound and bound != f"{mark.payload:08x}":
-            lines.append(f"Problem: the pixels carry watermark {mark.payload:08x}, the manifest names {bound}.")
+        bound = declared.get("watermarks") or []
+        if bound and f"{mark.payload:08x}" not in bound:
+            lines.append(f"Problem: the pixels carry watermark {mark.payload:08x}, the manifest names "
+                         f"{', '.join(bound)}.")  # fmt: skip
     elif mark is not None:
         lines.append("Watermark: none found.")
     details = {

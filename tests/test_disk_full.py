@@ -128,13 +128,13 @@ def test_a_cancelled_export_leaves_no_film_and_the_film_worker_goes_on(manager, 
     started = threading.Event()
     real_export = library.export_film
 
-    def slow_export(board, on_progress=None, sign=True, cancel=None):
+    def slow_export(board, on_progress=None, sign=True, cancel=None, mark=False):
         def progress(fraction, message):
             started.set()
             cancel.wait(10)  # hold the export until the test cancels it
             on_progress(fraction, message)
 
-        return real_export(board, on_progress=progress, sign=sign, cancel=cancel)
+        return real_export(board, on_progress=progress, sign=sign, cancel=cancel, mark=mark)
 
     library.export_film = slow_export
     job = jobs.submit_film(Storyboard(shots=[Shot(name)] * 3, fps=24))

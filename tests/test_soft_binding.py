@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from library import Library, Shot, Storyboard, provenance
+from library import ClipOptions, Library, Shot, Storyboard, provenance
 from library.media import ffmpeg_exe
 from pipelines.request import GenerationRequest, validate_request
 
@@ -22,16 +22,24 @@ TINY = "test-tiny"
 
 
 @pytest.fixture(scope="module")
-def made(manager, tmp_path_factory) -> Path:
-    """A clip saved with the defaults (watermark on, signed), with the example picture panning in place of the
-    test model's noise: 48 frames of 640x352, a real generation's sidecar."""
+def clips(manager, tmp_path_factory) -> dict[str, Path]:
+    """Two clips with the example picture panning in place of the test model's noise (33 frames of 640x352, a
+    real generation's sidecar): one saved with the defaults (watermark on, signed), one with the watermark off."""
     out = tmp_path_factory.mktemp("soft-binding")
-    valid = validate_request(GenerationRequest(prompt="a valley at dawn", model=TINY, seed=3, steps=2, frames=9),
+    valid = validate_request(GenerationRequest(prompt="a valley at dawn", model=TINY, seed=3, steps=2, frames=33),
                              default_model=TINY)  # fmt: skip
     result = manager.generate(valid)
     base = np.asarray(Image.open(ROOT / "assets" / "example-landscape.png").convert("RGB").resize((640, 352)))
-    frames = np.stack([np.roll(base, 2 * t, axis=1) for t in range(48)])
-    return Library.open(out).save_clip(replace(result, frames=frames)).video
+    frames = np.stack([np.roll(base, 2 * t, axis=1) for t in range(33)])
+    library = Library.open(out)
+    return {"marked": library.save_clip(replace(result, frames=frames)).video,
+            "plain": library.save_clip(replace(result, frames=frames[::-1].copy()),
+                                       ClipOptions(watermark=False)).video}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def made(clips) -> Path:
+    return clips["marked"]
 
 
 def ffmpeg(*args: str) -> None:
@@ -70,13 +78,26 @@ def test_an_unmarked_file_names_nothing(tmp_path):
     assert done.returncode == 2 and "Watermark: none found." in done.stdout and "looks like" not in done.stdout
 
 
-def test_a_film_carries_its_own_mark_and_names_itself(made, tmp_path):
+def test_a_film_of_marked_shots_binds_their_marks_and_a_copy_names_the_shot(clips, made, tmp_path):
     library = Library.open(made.parent)
-    film = library.export_film(Storyboard(shots=[Shot(made.name)], title="Dawn"), mark=True)
+    # the marked clip among another (unmarked) shot, with a crossfade between them
+    board = Storyboard(shots=[Shot(clips["plain"].name, transition="crossfade"), Shot(made.name)], title="Dawn")
+    film = library.export_film(board, mark=True)
+    mark = library.clip(made.name).sidecar["provenance"]["watermark"]
+    assert provenance.verify_file(film).declared["watermarks"] == [mark]  # bound, not covered by a second mark
+    copy = tmp_path / "film-copy.mp4"
+    ffmpeg("-i", str(film), "-c:v", "libx264", "-crf", "23", "-map_metadata", "-1", str(copy))
+    done = verify(copy, made.parent)
+    assert f"This looks like clip {made.name}" in done.stdout, done.stdout
+
+
+def test_a_film_of_unmarked_shots_carries_its_own_mark_and_names_itself(clips, tmp_path):
+    library = Library.open(clips["plain"].parent)
+    film = library.export_film(Storyboard(shots=[Shot(clips["plain"].name)]), mark=True)
     record = (film.parent / f"{film.name}.json").read_text()
     payload = provenance.verify_file(film).declared["watermark"]
     assert payload in record  # the record and the soft binding name the same mark
     copy = tmp_path / "film-copy.mp4"
     ffmpeg("-i", str(film), "-c:v", "libx264", "-crf", "23", "-map_metadata", "-1", str(copy))
-    done = verify(copy, made.parent)
+    done = verify(copy, clips["plain"].parent)
     assert f"This looks like the film {film.name}" in done.stdout, done.stdout
