@@ -100,13 +100,12 @@ def marked_file(tmp_path_factory) -> Path:
     return path
 
 
-MARGINAL = {"downscale 50 % + CRF 28", "half size, crop 90 %, CRF 28"}  # 416x232 at CRF 28: docs/PERFORMANCE.md
+# Halved to 416x232 and then CRF 28, this small clip is marginal (docs/PERFORMANCE.md): those two chains are
+# tested on a 640x352 studio clip in tests/test_soft_binding.py (the headline one) and measured at 720P in the bench.
+MARGINAL = {"downscale 50 % + CRF 28", "half size, crop 90 %, CRF 28"}
 
 
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.xfail(reason="marginal at this size")) if n in MARGINAL else n
-             for n in ATTACKS],
-)
+@pytest.mark.parametrize("name", [n for n in ATTACKS if n not in MARGINAL])
 def test_the_payload_survives(marked_file, tmp_path, name):
     reading = watermark.read_file(str(attack(marked_file, name, tmp_path / "attacked.mp4")))
     assert reading is not None and reading.payload == PAYLOAD, reading
