@@ -306,29 +306,28 @@ def make_take(library, manager, request: ValidRequest, plan, options, asked: dic
 
     writer = library.start_take(f"cli-{uuid.uuid4().hex[:12]}", plan.record(), asked,
                                 (request.width, request.height), options)  # fmt: skip
-    bars, shown = Bars(), [-1]
 
-    def report(index: int, progress) -> None:
-        if index != shown[0]:
+    def work(bars: Bars, cancel: threading.Event):
+        shown = [-1]
+
+        def report(index: int, progress) -> None:
+            if index != shown[0]:
+                bars.close()
+                print(f"window {index + 1}/{plan.windows}: {plan.prompts[index]}", file=sys.stderr)
+                shown[0] = index
+            bars(progress)
+
+        try:
+            run_take(manager, request, plan, writer.add, report, cancel, on_record=writer.finished,
+                     on_held=writer.held)  # fmt: skip
             bars.close()
-            print(f"window {index + 1}/{plan.windows}: {plan.prompts[index]}", file=sys.stderr)
-            shown[0] = index
-        bars(progress)
+            return library.publish_take(writer, request.image)
+        finally:
+            writer.remove()
 
-    try:
-        run_take(manager, request, plan, writer.add, report, on_record=writer.finished, on_held=writer.held)
-        bars.close()
-        files = library.publish_take(writer, request.image)
-    except UserError as err:
-        bars.close()
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, GenerationCancelled):
-        bars.close()
-        print("interrupted: nothing was written", file=sys.stderr)
-        return 130
-    finally:
-        writer.remove()
+    code, files = run_with_bars(work, (GenerationCancelled,), "interrupted: nothing was written")
+    if files is None:
+        return code
     side = library.clip(files.video.name).sidecar
     print(f"seed {request.seed}; a {side['duration_s']:.1f} s take of {plan.windows} windows in "
           f"{side['timings']['total_s']:.1f} s; sidecar {files.sidecar}", file=sys.stderr)  # fmt: skip
