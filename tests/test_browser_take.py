@@ -47,7 +47,7 @@ def test_a_take_of_three_window_prompts_shows_its_windows_and_plays_as_one_clip(
     with running.gate.holding(prompts[1]) as hold:
         page.click("#t2v-generate")
         hold.wait()  # window 2 is at its first step: the page says so
-        page.wait_for_function(f"() => ({STATUS})().includes('Window 2/3')", timeout=30_000)
+        page.wait_for_function(f"() => ({STATUS})().includes('Window 2/3 · step 1/6')", timeout=30_000)
         status = page.evaluate(STATUS)
         assert "Window 2/3 · step 1/6" in status, status
         shot(page, "take-running", "#t2v-take", "#t2v-status", "#t2v-preview")
