@@ -47,11 +47,21 @@ def ffmpeg(*args: str) -> None:
 
 
 def verify(path: Path, library: Path) -> subprocess.CompletedProcess:
+    """`python app.py verify`, as a user runs it."""
     return subprocess.run([sys.executable, "app.py", "verify", str(path), "--output-dir", str(library)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
 
 
-def test_a_stripped_shrunk_cropped_reencoded_copy_is_named_by_verify(made, tmp_path):
+def verify_here(path: Path, library: Path, capsys) -> tuple[int, str]:
+    """The same command in this process (no interpreter start): (exit code, what it printed)."""
+    from studio.verify import main
+
+    capsys.readouterr()
+    code = main([str(path), "--output-dir", str(library)])
+    return code, capsys.readouterr().out
+
+
+def test_a_stripped_shrunk_cropped_reencoded_copy_is_named_by_verify(made, tmp_path, capsys):
     copy = tmp_path / "reposted.mp4"
     # outside the studio: half size, 90 % of the frame kept, CRF 28, every piece of metadata dropped
     ffmpeg("-i", str(made), "-vf", "scale=iw/2:ih/2,crop=iw*0.9:ih*0.9", "-c:v", "libx264", "-crf", "28",
@@ -65,20 +75,19 @@ def test_a_stripped_shrunk_cropped_reencoded_copy_is_named_by_verify(made, tmp_p
     # the same copy checked against another library: only that a Wan Studio clip carried it
     elsewhere = tmp_path / "other-library"
     elsewhere.mkdir()
-    done = verify(copy, elsewhere)
-    assert done.returncode == 2 and "Watermark of a Wan Studio clip, payload " + sidecar["provenance"]["watermark"] \
-        in done.stdout  # fmt: skip
+    code, said = verify_here(copy, elsewhere, capsys)
+    assert code == 2 and "Watermark of a Wan Studio clip, payload " + sidecar["provenance"]["watermark"] in said
 
 
-def test_an_unmarked_file_names_nothing(tmp_path):
+def test_an_unmarked_file_names_nothing(tmp_path, capsys):
     plain = tmp_path / "plain.mp4"
     ffmpeg("-f", "lavfi", "-i", "testsrc=size=320x240:rate=24:duration=2", "-c:v", "libx264", "-pix_fmt",
            "yuv420p", str(plain))  # fmt: skip
-    done = verify(plain, tmp_path)
-    assert done.returncode == 2 and "Watermark: none found." in done.stdout and "looks like" not in done.stdout
+    code, said = verify_here(plain, tmp_path, capsys)
+    assert code == 2 and "Watermark: none found." in said and "looks like" not in said
 
 
-def test_a_film_of_marked_shots_binds_their_marks_and_a_copy_names_the_shot(clips, made, tmp_path):
+def test_a_film_of_marked_shots_binds_their_marks_and_a_copy_names_the_shot(clips, made, tmp_path, capsys):
     library = Library.open(made.parent)
     # the marked clip among another (unmarked) shot, with a crossfade between them
     board = Storyboard(shots=[Shot(clips["plain"].name, transition="crossfade"), Shot(made.name)], title="Dawn")
@@ -87,11 +96,11 @@ def test_a_film_of_marked_shots_binds_their_marks_and_a_copy_names_the_shot(clip
     assert provenance.verify_file(film).declared["watermarks"] == [mark]  # bound, not covered by a second mark
     copy = tmp_path / "film-copy.mp4"
     ffmpeg("-i", str(film), "-c:v", "libx264", "-crf", "23", "-map_metadata", "-1", str(copy))
-    done = verify(copy, made.parent)
-    assert f"This looks like clip {made.name}" in done.stdout, done.stdout
+    _, said = verify_here(copy, made.parent, capsys)
+    assert f"This looks like clip {made.name}" in said, said
 
 
-def test_a_film_of_unmarked_shots_carries_its_own_mark_and_names_itself(clips, tmp_path):
+def test_a_film_of_unmarked_shots_carries_its_own_mark_and_names_itself(clips, tmp_path, capsys):
     library = Library.open(clips["plain"].parent)
     film = library.export_film(Storyboard(shots=[Shot(clips["plain"].name)]), mark=True)
     record = (film.parent / f"{film.name}.json").read_text()
@@ -99,5 +108,5 @@ def test_a_film_of_unmarked_shots_carries_its_own_mark_and_names_itself(clips, t
     assert payload in record  # the record and the soft binding name the same mark
     copy = tmp_path / "film-copy.mp4"
     ffmpeg("-i", str(film), "-c:v", "libx264", "-crf", "23", "-map_metadata", "-1", str(copy))
-    done = verify(copy, clips["plain"].parent)
-    assert f"This looks like the film {film.name}" in done.stdout, done.stdout
+    _, said = verify_here(copy, clips["plain"].parent, capsys)
+    assert f"This looks like the film {film.name}" in said, said

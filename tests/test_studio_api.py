@@ -322,3 +322,17 @@ def test_verify_endpoint_and_watermark_setting(tmp_path):
         text, details = c.predict(handle_file(str(plain)), api_name="/verify")
         assert text.startswith("No Content Credentials") and details["has_manifest"] is False
         c.close()
+
+
+def test_a_long_take_from_a_list_of_window_prompts_streams_its_windows(client):
+    frames, overlap = 17, 5
+    job = client.submit(prompt="", frames=frames, steps=2, seed=8, window_prompts='["a fox runs", "a fox jumps"]',
+                        overlap=overlap, api_name="/long_take")  # fmt: skip
+    updates = list(job)
+    _, status, video, _, seed = job.result()
+    assert "take of 2 windows" in status and seed == 8
+    assert any("Window 2/2" in u[1] for u in updates)  # the stream says which window runs
+    decoded, _ = decode_video(Path(video))
+    assert decoded.shape[0] == 2 * frames - overlap
+    with pytest.raises(Exception, match="overlap"):
+        client.predict(prompt="x", frames=frames, window_prompts="a\nb", overlap=2, api_name="/long_take")

@@ -191,8 +191,8 @@ def test_refusals_name_the_field(studio):
         studio.submit_take(GenerationRequest(prompt="x", frames=FRAMES), ["a", "b"], overlap=3)
 
 
-def test_the_cli_makes_a_take_of_one_window_per_prompt_and_refuses_a_bad_overlap_by_name(tmp_path):
-    from tests.test_cli import run_cli
+def test_the_cli_makes_a_take_of_one_window_per_prompt_and_refuses_a_bad_overlap_by_name(tmp_path, capsys):
+    from tests.test_cli import cli_in_process, run_cli
 
     done = run_cli("--model", TINY, "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--prompt", PROMPTS[2],
                    "--frames", str(FRAMES), "--overlap", str(OVERLAP), "--steps", "2", "--seed", "4",
@@ -205,30 +205,10 @@ def test_the_cli_makes_a_take_of_one_window_per_prompt_and_refuses_a_bad_overlap
     side = Library.open(tmp_path).clip(path.name).sidecar
     assert [w["prompt"] for w in side["windows"]] == PROMPTS and side["windows"][2]["seed"] == window_seed(4, 2)
     assert not list((tmp_path / ".jobs").glob("*.take"))  # the take's segments are gone
-    bad = run_cli("--model", TINY, "--prompt", "a", "--seconds", "3", "--overlap", "3", "--frames", str(FRAMES),
-                  "--out-dir", str(tmp_path / "bad"), "--offline")  # fmt: skip
-    assert bad.returncode == 2 and "overlap" in bad.stderr.lower() and "Traceback" not in bad.stderr
+    code, stderr = cli_in_process(capsys, "--model", TINY, "--prompt", "a", "--seconds", "3", "--overlap", "3",
+                                  "--frames", str(FRAMES), "--out-dir", str(tmp_path / "bad"), "--offline")  # fmt: skip
+    assert code == 2 and "overlap" in stderr.lower() and "Traceback" not in stderr
     assert not (tmp_path / "bad").exists() or not list((tmp_path / "bad").glob("*.mp4"))
-
-
-def test_the_api_takes_a_list_of_window_prompts_and_streams_the_windows(tmp_path):
-    from gradio_client import Client
-
-    from tests.server import studio as running_studio
-
-    with running_studio(tmp_path) as s:
-        client = Client(s.url, verbose=False)
-        job = client.submit(prompt="", frames=FRAMES, steps=2, seed=8, window_prompts='["a fox runs", "a fox jumps"]',
-                            overlap=OVERLAP, api_name="/long_take")  # fmt: skip
-        updates = list(job)
-        _, status, video, _, seed = job.result()
-        assert "take of 2 windows" in status and seed == 8
-        assert any("Window 2/2" in u[1] for u in updates)  # the stream says which window runs
-        frames, _ = decode_video(Path(video))
-        assert frames.shape[0] == 2 * FRAMES - OVERLAP
-        with pytest.raises(Exception, match="overlap"):
-            client.predict(prompt="x", frames=FRAMES, window_prompts="a\nb", overlap=2, api_name="/long_take")
-        client.close()
 
 
 def test_segments_of_any_length_join_into_exactly_their_frames(tmp_path):

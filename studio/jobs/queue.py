@@ -424,19 +424,23 @@ class JobQueue:
             stopped = TAKE_CANCELLED
         except UserError as err:
             stopped, failure = TAKE_FAILED, err
+        # the take's folder goes before the job says it has ended: nothing of it is left once it has
         try:
-            with self._lock:
-                window = f"window {job.window}/{plan.windows}"
-                if stopped == TAKE_CANCELLED and (not job.keep or not writer.windows):
-                    what = "" if not writer.windows else f" ({writer.windows} finished window(s) not kept)"
+            window = f"window {job.window}/{plan.windows}"
+            if stopped == TAKE_CANCELLED and (not job.keep or not writer.windows):
+                what = "" if not writer.windows else f" ({writer.windows} finished window(s) not kept)"
+                writer.remove()
+                with self._lock:
                     self._finish(job, CANCELLED, f"Cancelled in {window}; nothing was published{what}")
-                    return
-                if failure is not None and not writer.windows:
-                    raise failure
+                return
+            if failure is not None and not writer.windows:
+                raise failure
+            with self._lock:
                 job.stage, job.message = WRITING, "Writing the take"  # from here on, cancel is refused
                 self._touch(job)
             files = self.library.publish_take(writer, request.image, stopped)
         except UserError as err:
+            writer.remove()
             self._failed(job, err)
             return
         finally:
