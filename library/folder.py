@@ -136,9 +136,10 @@ class Library:
         """The clip or film whose watermark payload this is (its sidecar or record says so): (file name, that
         sidecar or record), or None when this library holds none. A stripped copy leads back here."""
         wanted = f"{payload:08x}"
-        for clip in self.clips():
-            if clip.sidecar.get("provenance", {}).get("watermark") == wanted:
-                return clip.name, clip.sidecar
+        carrying = [c for c in self.clips() if c.sidecar.get("provenance", {}).get("watermark") == wanted]
+        # upscaled and smoothed copies carry their source's mark: the source is the clip it names first
+        for clip in sorted(carrying, key=lambda c: bool(c.sidecar.get("provenance", {}).get("watermark_of"))):
+            return clip.name, clip.sidecar
         for record in sorted(self.films_dir.glob("*.json"), reverse=True) if self.films_dir.is_dir() else []:
             try:
                 data = read_json(record)

@@ -25,7 +25,7 @@ from PIL import Image
 
 from library import provenance, watermark
 from library.clips import ClipFiles, ClipOptions, marked, publish_clip, sidecar_for, signer
-from library.files import LibraryError, discard, read_json, temporary, write_json
+from library.files import LibraryError, discard, read_json, temporary, write_error, write_json
 from library.media import encode_mp4, estimate_mp4_mb, join_mp4, read_frames, slugify
 from pipelines import APP_NAME, __version__
 from pipelines.long_take import WindowRecord
@@ -91,6 +91,8 @@ class TakeWriter:
         self._encode(frames, name)
         self.state["segments"].append({"file": name, "frames": int(len(frames)), "window": index})
         self._save()
+        if index < self.windows:  # a finished window's held frames, handed on when the take stopped
+            discard(self.folder / HELD_FILE.format(index))
 
     def held(self, frames: np.ndarray, index: int) -> None:
         """The K frames window `index` holds back for the blend with the next (`on_held` of `run_take`), kept
@@ -145,28 +147,34 @@ class TakeWriter:
         try:
             encode_mp4(frames, self.state["plan"]["fps"], tmp, joinable=True)
             os.replace(tmp, self.folder / name)
+        except (OSError, RuntimeError) as err:  # a full disk, in ffmpeg's words or the OS's
+            raise write_error(err, self.folder) from None
         finally:
             discard(tmp)
 
     def _save(self) -> None:
-        write_json(self.folder / TAKE_FILE, self.state)
+        try:
+            write_json(self.folder / TAKE_FILE, self.state)
+        except OSError as err:
+            raise write_error(err, self.folder) from None
 
 
 def recover_take(folder: Path, out_dir: Path, input_image: Image.Image | None = None) -> ClipFiles | None:
     """The finished windows of a take a crash interrupted, published as a clip (its folder then removed); None
-    when it had finished none (the folder is removed too)."""
+    when it had finished none (the folder is removed too). If publishing fails (a full disk) the folder stays, so
+    the next start tries again."""
     writer = TakeWriter.open(folder)
     if writer is None:
         shutil.rmtree(folder, ignore_errors=True)
         return None
-    try:
-        if writer.state["sidecar"] is None or not writer.kept:
-            return None
-        last = writer.windows - 1
-        held = Path(folder) / HELD_FILE.format(last)
-        if held.is_file():  # the last finished window's held frames: that window is whole again
-            frames = sum(1 for _ in read_frames(held))
-            writer.state["segments"] = [*writer.kept, {"file": held.name, "frames": frames, "window": last}]
-        return writer.publish(out_dir, input_image, stopped=INTERRUPTED)
-    finally:
+    if writer.state["sidecar"] is None or not writer.kept:
         writer.remove()
+        return None
+    last = writer.windows - 1
+    held = Path(folder) / HELD_FILE.format(last)
+    if held.is_file():  # the last finished window's held frames: that window is whole again
+        frames = sum(1 for _ in read_frames(held))
+        writer.state["segments"] = [*writer.kept, {"file": held.name, "frames": frames, "window": last}]
+    files = writer.publish(out_dir, input_image, stopped=INTERRUPTED)
+    writer.remove()
+    return files

@@ -99,7 +99,8 @@ class Studio:
         plan = plan_take(valid.spec, prompts, seconds=seconds, windows=None if seconds else len(prompts),
                          frames_per_window=valid.frames, overlap=overlap,
                          limit_s=self.settings.take_limit_s)  # fmt: skip
-        check_room(self.library.root, estimate_mp4_mb(plan.total_frames, valid.width, valid.height), "the take")
+        # the windows' segments and the joined clip are on disk together before the segments go
+        check_room(self.library.root, 2 * estimate_mp4_mb(plan.total_frames, valid.width, valid.height), "the take")
         asked = {"prompts": list(prompts), "seconds": seconds, "overlap": overlap}
         lead = None
         if lead_in is not None:  # the K frames before the shot's Out point, read when the job runs

@@ -94,3 +94,15 @@ def test_reuse_fetches_a_gone_lora_again_from_the_link_in_the_clips_sidecar(site
     _, values, _ = lib.reuse(studio, clip)
     assert values["loras"][0]["strength"] == 0.5
     assert sha256_of(studio.loras.path_of(values["loras"][0]["file"])) == recorded["sha256"]  # fetched again
+
+
+def test_a_presets_pairs_fill_one_slot_each_again(site, tmp_path):
+    here = LoraFolder(tmp_path / "loras")
+    high, low = here.add_pair(f"{site.url}/high.safetensors", f"{site.url}/low.safetensors")
+    single = here.add_from_link(f"{site.url}/tiny.safetensors")
+    studio = type("S", (), {"loras": here})()
+    loras = [{"file": high, "strength": 0.7, "experts": "high"}, {"file": low, "strength": 0.7, "experts": "low"},
+             {"file": single, "strength": 1.0, "experts": "both"}]  # fmt: skip
+    slots = lnk.as_slots(studio, loras)
+    assert [s["file"] for s in slots] == [f"pair:{high}|{low}", single]
+    assert json.loads(slots_to_loras(slots[0]["file"], 0.7, True, True, single, 1.0, True, True)) == loras

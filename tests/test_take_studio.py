@@ -241,3 +241,39 @@ def test_the_long_take_limit_is_a_setting_from_60_to_300_seconds(studio):
     job = studio.submit_take(request, [], seconds=100)
     studio.jobs.cancel(job.id)  # planned, not made
     assert job.take.duration_s == pytest.approx(100, abs=0.5)
+
+
+def test_a_crash_in_window_three_keeps_windows_one_and_two_and_says_why(studio):
+    """Not a refusal but a bug or the machine (here a RuntimeError from the engine): the finished windows are
+    published all the same, the job says why it failed, and the take's folder is gone."""
+    original = studio.manager.generate
+
+    def generate(request, on_progress=None, cancel=None, **kwargs):
+        if request.prompt == PROMPTS[2]:
+            raise RuntimeError("the GPU fell off the bus")
+        return original(request, on_progress, cancel, **kwargs)
+
+    studio.manager.generate = generate
+    job = finished(studio, take(studio).id)
+    assert job.status == FAILED and "Internal error" in job.message and "2 of 3 windows" in job.message, job.message
+    frames, _ = decode_video(Path(job.result))
+    assert frames.shape[0] == 2 * FRAMES - OVERLAP  # windows 1 and 2 whole
+    assert studio.library.clip(Path(job.result).name).sidecar["take"]["stopped"] == "failed"
+    assert not studio.library.take_folder(job.id).exists()
+
+
+def test_a_take_that_cannot_be_published_keeps_its_windows_for_the_next_start(studio, monkeypatch):
+    from library import LibraryError
+
+    def full(*args, **kwargs):
+        raise LibraryError("The output folder's disk is full.")
+
+    monkeypatch.setattr(studio.library, "publish_take", full)
+    job = finished(studio, take(studio).id)
+    assert job.status == FAILED and "disk is full" in job.message and "restart the studio" in job.message
+    assert studio.library.take_folder(job.id).is_dir()  # hours of work are not thrown away
+    again = JobQueue([LocalWorker(PipelineManager(offline=True))], Library.open(studio.output_dir))
+    kept = again.get(job.id)
+    assert "3 of 3 windows finished and were kept" in kept.message, kept.message
+    assert decode_video(Path(kept.result))[0].shape[0] == 3 * FRAMES - 2 * OVERLAP
+    assert not studio.library.take_folder(job.id).exists()

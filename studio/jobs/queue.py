@@ -424,6 +424,10 @@ class JobQueue:
             stopped = TAKE_CANCELLED
         except UserError as err:
             stopped, failure = TAKE_FAILED, err
+        except Exception as err:  # a bug or the disk under a window: the finished windows are still kept
+            stopped, failure = TAKE_FAILED, TakeFailure(internal_error(err))
+        if stopped is None and cancel.is_set():  # asked during the last window's decode: honoured
+            stopped = TAKE_CANCELLED
         # the take's folder goes before the job says it has ended: nothing of it is left once it has
         try:
             window = f"window {job.window}/{plan.windows}"
@@ -440,11 +444,13 @@ class JobQueue:
                 self._touch(job)
             files = self.library.publish_take(writer, request.image, stopped)
         except UserError as err:
-            writer.remove()
+            if writer.windows:  # the finished windows stay where they are, published at the next start
+                err = TakeFailure(f"{err} The {writer.windows} finished window(s) are kept in {writer.folder}; "
+                                  "make room and restart the studio to have them published.")  # fmt: skip
+            else:
+                writer.remove()
             self._failed(job, err)
             return
-        finally:
-            writer.remove()
         seconds = writer.frames / plan.fps
         unsigned = _unsigned(self.library.clip(files.video.name).sidecar.get("provenance", {}))
         if job.append_to_storyboard and stopped is None:
@@ -627,6 +633,9 @@ class JobQueue:
                 if job.take is not None:
                     job.message = self._recovered(job)
                 self._touch(job, save=True)
+            elif job.take is not None and job.status == FAILED and self.library.take_folder(job.id).is_dir():
+                job.message = self._recovered(job)  # windows kept when publishing failed (a full disk)
+                self._touch(job, save=True)
             elif job.status == QUEUED:
                 job.message = "Resumed after a restart; waiting in the queue"
                 self._queue(job)
@@ -705,6 +714,10 @@ def _beside_the_video_model(run: Callable[[], Any], worker: GpuWorker | None, wh
         if torch.cuda.is_available():
             gc.collect()
             torch.cuda.empty_cache()
+
+
+class TakeFailure(UserError):
+    """Why a long take stopped, said with what became of its finished windows."""
 
 
 class GpuMemoryError(UserError):

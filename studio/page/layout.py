@@ -648,7 +648,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 loaded = lnk.load(studio, name, upload)
                 updates = {form.by_name[key]: value for key, value in loaded["settings"].items()
                            if key in form.by_name and value is not None}  # fmt: skip
-                loras = loaded["loras"]
+                loras = lnk.as_slots(studio, loaded["loras"])
                 for n, (file, strength, high, low) in enumerate(form.lora_slots):
                     lora = loras[n] if n < len(loras) else {}
                     experts = lora.get("experts", "both")
@@ -656,12 +656,17 @@ def build_ui(studio: Studio) -> gr.Blocks:
                                                     value=lora.get("file")),
                                     strength: lora.get("strength", 1.0), high: experts in ("both", "high"),
                                     low: experts in ("both", "low")})  # fmt: skip
-                updates[form.preset_status] = f"Loaded the preset '{loaded['name']}'."
+                left = len(loras) - len(form.lora_slots)
+                updates[form.preset_status] = f"Loaded the preset '{loaded['name']}'." + (
+                    f" {left} of its LoRAs did not fit the form's {len(form.lora_slots)} slots: the API and the "
+                    "CLI take up to 8." if left > 0 else "")  # fmt: skip
                 return updates
 
             form.preset_save.click(gen.slots_to_loras, form.lora_inputs, form.loras_json, **PRIVATE).then(
                 shown_in_page(save_preset), [form.preset_name, form.loras_json, *preset_values],
                 [form.preset_status, form.preset_file, form.preset_pick], **PRIVATE)  # fmt: skip
+            # a preset picked by name is the one to load, not a file saved or dropped earlier
+            form.preset_pick.input(lambda: None, None, form.preset_file, **PRIVATE)
             form.preset_load.click(
                 shown_in_page(load_preset), [form.preset_pick, form.preset_file],
                 [*form.by_name.values(), *form.lora_inputs, form.preset_status], **PRIVATE)  # fmt: skip

@@ -318,8 +318,9 @@ def cancel(studio: Studio, job_id: str) -> str:
 
 
 def keep_windows(studio: Studio, job_id: str) -> str:
-    """Stop a long take and keep its finished windows as a clip."""
-    if isinstance(job_id, str) and job_id and studio.jobs.cancel(job_id, keep=True):
+    """Stop a long take and keep its finished windows as a clip (a job that is not a take is cancelled)."""
+    job = studio.jobs.get(job_id) if isinstance(job_id, str) and job_id else None
+    if job is not None and job.take is not None and studio.jobs.cancel(job_id, keep=True):
         return "Stopping: the finished windows will be kept as a clip…"
     return cancel(studio, job_id)
 

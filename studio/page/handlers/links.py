@@ -100,9 +100,37 @@ def save(studio: Studio, name: Any, loras_json: Any, *values: Any) -> tuple[str,
     parse_loras(studio, loras_json)  # every LoRA named is in the folder, or the refusal names it
     settings = dict(zip(SETTINGS, values, strict=True))
     path = save_preset(str(name or ""), settings, json.loads(loras_json or "[]"), studio.loras)
-    shared = Path(tempfile.mkdtemp(prefix="wan-preset-")) / path.name  # the data folder itself is never served
+    shared = _shared_folder() / path.name  # the data folder itself is never served: a copy is
     shutil.copyfile(path, shared)
     return f"Saved the preset '{path.stem}' (download it below to share it).", str(shared)
+
+
+_SHARED: list[Path] = []
+
+
+def _shared_folder() -> Path:
+    """One temporary folder per studio run for the presets offered to download (each save replaces its file)."""
+    if not _SHARED:
+        _SHARED.append(Path(tempfile.mkdtemp(prefix="wan-presets-")))
+    return _SHARED[0]
+
+
+def as_slots(studio: Studio, loras: list[dict]) -> list[dict]:
+    """A preset's LoRAs as the form's pickers hold them: a pair added together (its high entry, then its low
+    one) as one choice again, so six LoRAs of three pairs fit three slots."""
+    pairs = {(p.high, p.low) for p in studio.loras.pairs()}
+    slots, n = [], 0
+    while n < len(loras):
+        this, after = loras[n], loras[n + 1] if n + 1 < len(loras) else None
+        if after and this.get("experts") == "high" and after.get("experts") == "low" \
+                and (this["file"], after["file"]) in pairs:  # fmt: skip
+            slots.append({"file": f"{PAIR}{this['file']}|{after['file']}", "strength": this.get("strength", 1.0),
+                          "experts": "both"})  # fmt: skip
+            n += 2
+        else:
+            slots.append(this)
+            n += 1
+    return slots
 
 
 def load(studio: Studio, name: Any = None, upload: Any = None, progress=None) -> dict[str, Any]:
