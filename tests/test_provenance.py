@@ -101,15 +101,22 @@ def test_gif_films_are_signed_and_webm_ones_say_they_cannot_be(result, out_dir):
     assert not details["has_manifest"] and ".webm files cannot carry Content Credentials" in text
 
 
-def test_verify_command(result, out_dir, tmp_path):
+def test_verify_command(result, out_dir, tmp_path, capsys):
     signed = save_clip(result, out_dir).video
     plain = tmp_path / "plain.mp4"
     encode_mp4(np.zeros((5, 32, 32, 3), np.uint8), 8, plain)
 
     def verify(path: Path) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "app.py", "verify", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=120
-        )
+        """`python app.py verify` as a user runs it for the first file; the same command in this process after
+        (no interpreter start each time)."""
+        if path == signed:
+            return subprocess.run([sys.executable, "app.py", "verify", str(path)], cwd=ROOT, capture_output=True,
+                                  text=True, timeout=120)  # fmt: skip
+        from studio.verify import main
+
+        capsys.readouterr()
+        code = main([str(path), "--output-dir", str(out_dir)])
+        return subprocess.CompletedProcess([], code, capsys.readouterr().out, "")
 
     ok = verify(signed)
     assert ok.returncode == 0 and "Valid Content Credentials" in ok.stdout
@@ -195,11 +202,11 @@ def test_the_signing_key_is_readable_by_its_owner_only(result, out_dir):
 
 def test_unmarked_clips_almost_never_read_as_marked():
     """A payload counts only past the sync threshold and when its CRC checks (library/watermark.py bounds the
-    chance); 40 unmarked clips of several kinds (noise, gradients, flat colour, moving shapes; fixed seeds) read
+    chance); 24 unmarked clips of several kinds (noise, gradients, flat colour, moving shapes; fixed seeds) read
     none here, 500 in the benchmark."""
     rng = np.random.default_rng(2026)
     found = 0
-    for n in range(40):
+    for n in range(24):
         kind = n % 4
         if kind == 0:
             clip = rng.integers(0, 256, (4, 64, 96, 3), dtype=np.uint8)
