@@ -386,13 +386,13 @@ def test_storyboard_extend_a_shot_then_export_a_film(page, running):
     page.get_by_role("option", name=re.compile("paper boat")).first.click()
     page.locator("#storyboard-add").click()
     page.wait_for_function(
-        "() => document.querySelector('#storyboard-summary').innerText.includes('1 shot,')", timeout=30_000
+        "() => document.querySelector('#storyboard-summary')?.innerText?.includes('1 shot,')", timeout=30_000
     )
     page.fill("#extend-prompt textarea", "the boat drifts on")
     page.locator("#extend-go").click()
     # the extension runs as a job and joins the storyboard when it is done
     page.wait_for_function(
-        "() => document.querySelector('#storyboard-summary').innerText.includes('2 shots')", timeout=120_000
+        "() => document.querySelector('#storyboard-summary')?.innerText?.includes('2 shots')", timeout=120_000
     )
     page.locator("#storyboard-export").click()
     page.wait_for_function(
@@ -409,7 +409,7 @@ def test_a_reopened_storyboard_shows_its_strip_and_each_shot_is_edited_there(pag
     page.reload()
     page.get_by_role("tab", name="Storyboard").click()
     page.wait_for_function(
-        "() => document.querySelector('#storyboard-summary').innerText.includes('2 shots')", timeout=30_000
+        "() => document.querySelector('#storyboard-summary')?.innerText?.includes('2 shots')", timeout=30_000
     )
     strip = page.locator("#storyboard-strip")
     page.wait_for_function("() => document.querySelectorAll('#storyboard-strip img').length === 2")
@@ -428,11 +428,11 @@ def test_a_reopened_storyboard_shows_its_strip_and_each_shot_is_edited_there(pag
 
     page.locator("#storyboard-transition input").click()
     page.get_by_role("option", name="Crossfade").click()
-    page.wait_for_function("() => document.querySelector('#storyboard-strip').innerText.includes('crossfade')")
+    page.wait_for_function("() => document.querySelector('#storyboard-strip')?.innerText?.includes('crossfade')")
     trim_in = page.locator("#storyboard-in input[type=number]")
     trim_in.fill("0.25")
     trim_in.blur()
-    page.wait_for_function("() => document.querySelector('#storyboard-strip').innerText.includes('1 · 0.2')")
+    page.wait_for_function("() => document.querySelector('#storyboard-strip')?.innerText?.includes('1 · 0.2')")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "studio-storyboard-editor.png"), full_page=True)
 
@@ -443,7 +443,7 @@ def test_a_reopened_storyboard_shows_its_strip_and_each_shot_is_edited_there(pag
     )
     assert list((running.output_dir / "previews").glob("*.mp4"))
     page.click("#storyboard-save")
-    page.wait_for_function("() => document.querySelector('#storyboard-summary').innerText.includes('Saved')")
+    page.wait_for_function("() => document.querySelector('#storyboard-summary')?.innerText?.includes('Saved')")
     import json
 
     saved = json.loads((running.output_dir / "storyboard.json").read_text())
@@ -519,19 +519,19 @@ def test_a_page_that_did_not_start_a_job_can_cancel_it_from_the_queue(page, runn
             busy = client.submit(prompt="keeps the worker busy", steps=3, api_name="/text_to_video")
             held.wait()
             page.wait_for_function(
-                "() => document.querySelector('#queue-table').innerText.includes('keeps the worker busy')",
+                "() => document.querySelector('#queue-table')?.innerText?.includes('keeps the worker busy')",
                 timeout=30_000,
             )
             queued = client.submit(prompt="queued, to be cancelled", steps=3, api_name="/text_to_video")
             page.wait_for_function(
-                "() => document.querySelector('#queue-table').innerText.includes('queued, to be cancelled')",
+                "() => document.querySelector('#queue-table')?.innerText?.includes('queued, to be cancelled')",
                 timeout=30_000,
             )
             page.locator("#queue-pick input").click()
             page.get_by_role("option", name=re.compile("queued, to be cancelled")).click(timeout=30_000)
             page.locator("#queue-cancel").click()
             page.wait_for_function(
-                "() => document.querySelector('#queue-note').innerText.includes('Cancelling')", timeout=30_000
+                "() => document.querySelector('#queue-note')?.innerText?.includes('Cancelling')", timeout=30_000
             )
             assert queued.result(timeout=120)[1].startswith("Cancelled")  # its stream ends with the reason
         assert busy.result(timeout=120)[1].startswith("Done in")  # let go: it runs to its clip
@@ -548,14 +548,14 @@ def test_settings_save_untouched_then_refuse_a_backend_this_machine_lacks_then_k
     page.reload()
     page.get_by_role("tab", name="Settings").click()
     page.locator("#settings-save").click()
-    page.wait_for_function("() => document.querySelector('#settings-status').innerText.includes('Saved')")
+    page.wait_for_function("() => document.querySelector('#settings-status')?.innerText?.includes('Saved')")
     stored = json.loads(saved.read_text())
     assert stored["steps"] is None and stored["guidance_scale"] is None  # untouched: the model's own, not 0
 
     page.locator("#settings-attention input").click()
     page.get_by_role("option", name=re.compile("^flash: FlashAttention 2")).click()
     page.locator("#settings-save").click()
-    page.wait_for_function("() => document.querySelector('#settings-status').innerText.includes('Not saved')")
+    page.wait_for_function("() => document.querySelector('#settings-status')?.innerText?.includes('Not saved')")
     status = page.locator("#settings-status").inner_text()
     assert "The 'flash' attention backend needs a CUDA GPU" in status and "Traceback" not in status
     assert json.loads(saved.read_text())["attention"] == "auto"
@@ -565,7 +565,7 @@ def test_settings_save_untouched_then_refuse_a_backend_this_machine_lacks_then_k
     page.get_by_label("bfloat16 (faster decode)").check()
     page.fill("#settings-steps textarea", "3")
     page.locator("#settings-save").click()
-    page.wait_for_function("() => document.querySelector('#settings-status').innerText.includes('Saved')")
+    page.wait_for_function("() => document.querySelector('#settings-status')?.innerText?.includes('Saved')")
     stored = json.loads(saved.read_text())
     assert (stored["vae_precision"], stored["steps"], stored["attention"]) == ("bfloat16", 3, "auto")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -575,8 +575,8 @@ def test_settings_save_untouched_then_refuse_a_backend_this_machine_lacks_then_k
     page.fill("#settings-steps textarea", "")
     page.locator("#settings-save").click()
     page.wait_for_function(
-        "() => !document.querySelector('#settings-status').innerText.includes('Not saved')"
-        " && document.querySelector('#settings-status').innerText.includes('Saved')"
+        "() => !document.querySelector('#settings-status')?.innerText?.includes('Not saved')"
+        " && document.querySelector('#settings-status')?.innerText?.includes('Saved')"
     )
     page.get_by_role("tab", name="Text to video").click()
 
@@ -597,7 +597,7 @@ def test_add_a_lora_in_settings_use_it_with_fast_mode_and_reuse_both(page, runni
     page.wait_for_selector("#settings-lora-upload a, #settings-lora-upload .file-preview", timeout=20_000)
     page.click("#settings-lora-keep")
     page.wait_for_function(
-        "() => document.querySelector('#settings-lora-list').innerText.includes('watercolour.safetensors')",
+        "() => document.querySelector('#settings-lora-list')?.innerText?.includes('watercolour.safetensors')",
         timeout=20_000,
     )
     assert "for the tiny TI2V test layout" in page.locator("#settings-lora-list").inner_text()
@@ -618,7 +618,7 @@ def test_add_a_lora_in_settings_use_it_with_fast_mode_and_reuse_both(page, runni
     page.wait_for_function(
         "() => document.querySelector('#t2v-video video')?.src.includes('watercolour-heron')", timeout=120_000
     )
-    page.wait_for_function("() => document.querySelector('#t2v-status').innerText.includes('Done')", timeout=120_000)
+    page.wait_for_function("() => document.querySelector('#t2v-status')?.innerText?.includes('Done')", timeout=120_000)
     sidecar = json.loads(next(running.output_dir.glob("*watercolour-heron*.json")).read_text())
     assert [(lora["file"], lora["strength"]) for lora in sidecar["settings"]["loras"]] == [
         ("watercolour.safetensors", 1.0)
@@ -649,13 +649,13 @@ def test_after_a_reload_the_form_shows_its_own_queued_job_and_follows_it_to_the_
             page.reload()
             page.wait_for_selector("#t2v-prompt textarea", timeout=60_000)
             page.wait_for_function(
-                "() => document.querySelector('#queue-table').innerText.includes('long job')", timeout=30_000
+                "() => document.querySelector('#queue-table')?.innerText?.includes('long job')", timeout=30_000
             )
             page.fill("#t2v-prompt textarea", "my own queued shot")
             stored = page.evaluate("() => localStorage.getItem('wan-studio-t2v-job')")  # encrypted by Gradio
             page.click("#t2v-generate")
             page.wait_for_function(
-                "() => document.querySelector('#t2v-status').innerText.includes('Queued')", timeout=30_000
+                "() => document.querySelector('#t2v-status')?.innerText?.includes('Queued')", timeout=30_000
             )
             page.wait_for_function(  # the browser has stored the new job (written just after the update)
                 "(before) => localStorage.getItem('wan-studio-t2v-job') !== before", arg=stored, timeout=30_000
@@ -663,10 +663,10 @@ def test_after_a_reload_the_form_shows_its_own_queued_job_and_follows_it_to_the_
             page.reload()  # the page forgets everything but what the browser stored
             page.wait_for_selector("#t2v-prompt textarea", timeout=60_000)
             page.wait_for_function(  # its own job, still queued behind the held one
-                "() => /Queued/.test(document.querySelector('#t2v-status').innerText)", timeout=30_000
+                "() => /Queued/.test(document.querySelector('#t2v-status')?.innerText ?? '')", timeout=30_000
             )
         page.wait_for_function(
-            "() => document.querySelector('#t2v-status').innerText.includes('Done')", timeout=120_000
+            "() => document.querySelector('#t2v-status')?.innerText?.includes('Done')", timeout=120_000
         )
         page.wait_for_selector("#t2v-video video", timeout=30_000)
         assert "my own queued shot" not in page.locator("#t2v-prompt textarea").input_value()  # a fresh form
@@ -684,7 +684,7 @@ def test_a_bad_request_shows_one_message_in_the_status_line_and_nothing_else(pag
     page.locator("#t2v-size input").press("Enter")
     page.click("#t2v-generate")
     page.wait_for_function(
-        "() => document.querySelector('#t2v-status').innerText.includes('Not started')", timeout=30_000
+        "() => document.querySelector('#t2v-status')?.innerText?.includes('Not started')", timeout=30_000
     )
     status = page.inner_text("#t2v-status")
     assert "Not started" in status and "The height must be between 32 and 256 px" in status, status
@@ -719,14 +719,14 @@ def test_a_first_run_without_a_gpu_says_so_and_one_click_gives_the_test_model(pa
         page.wait_for_function("(v) => document.querySelector('#t2v-negative textarea').value === v", arg=wan_default)
         page.click("#use-test-model")
         page.wait_for_function(
-            "() => document.querySelector('#gpu-notice').innerText.includes('you are using the test model')"
+            "() => document.querySelector('#gpu-notice')?.innerText?.includes('you are using the test model')"
         )
         assert "TEST MODEL" in page.inner_text("#model-note") and not page.locator("#use-test-model").is_visible()
         page.wait_for_function("() => document.querySelector('#t2v-negative textarea').value === 'blurry, static'")
         page.fill("#t2v-prompt textarea", "a first try")
         page.click("#t2v-generate")
         page.wait_for_function(
-            "() => document.querySelector('#t2v-status').innerText.includes('Done')", timeout=120_000
+            "() => document.querySelector('#t2v-status')?.innerText?.includes('Done')", timeout=120_000
         )
         page.wait_for_selector("#t2v-video video", timeout=30_000)
         page.close()
@@ -737,7 +737,7 @@ def pick_model(page, label: str) -> None:
     page.locator("#settings-model input").click()
     page.get_by_role("option", name=label).click()
     page.locator("#settings-save").click()
-    page.wait_for_function("() => document.querySelector('#settings-status').innerText.includes('Saved')")
+    page.wait_for_function("() => document.querySelector('#settings-status')?.innerText?.includes('Saved')")
 
 
 def test_image_to_video_with_an_end_frame_where_the_model_takes_one(page, running, tmp_path):

@@ -100,7 +100,8 @@ def test_a_lora_and_an_upscaler_from_links_then_a_preset_of_the_form(page, runni
     page.locator("#settings-loras").get_by_text("LoRAs", exact=True).click()
     page.fill("#settings-lora-link input, #settings-lora-link textarea", f"{site.url}/tiny-ink.safetensors")
     page.click("#settings-lora-fetch")
-    page.wait_for_function("() => /Kept|Not added/.test(document.querySelector('#settings-lora-status').innerText)",
+    # the last line: "Kept 'name' …" or "Not added: …" (a progress line says "Kept name" without quotes)
+    page.wait_for_function("() => /Kept '|Not added/.test(document.querySelector('#settings-lora-status').innerText)",
                            timeout=60_000)  # fmt: skip
     status = page.inner_text("#settings-lora-status")
     assert "Kept 'tiny-ink.safetensors'" in status, status
@@ -110,7 +111,7 @@ def test_a_lora_and_an_upscaler_from_links_then_a_preset_of_the_form(page, runni
     page.fill("#settings-upscaler-link input, #settings-upscaler-link textarea", f"{site.url}/api/download/models/77")
     page.click("#settings-upscaler-fetch")
     page.wait_for_function(
-        "() => /Kept|Not added/.test(document.querySelector('#settings-upscaler-status').innerText)", timeout=60_000
+        "() => /Kept '|Not added/.test(document.querySelector('#settings-upscaler-status').innerText)", timeout=60_000
     )
     assert "Kept '2x-test.safetensors'" in page.inner_text("#settings-upscaler-status")
 
