@@ -4,6 +4,7 @@ middle of a take, Reuse settings, and the refusals of the form and the API."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import replace
@@ -272,6 +273,11 @@ def test_a_take_that_cannot_be_published_keeps_its_windows_for_the_next_start(st
     job = finished(studio, take(studio).id)
     assert job.status == FAILED and "disk is full" in job.message and "restart the studio" in job.message
     assert studio.library.take_folder(job.id).is_dir()  # hours of work are not thrown away
+    record = studio.library.jobs_dir / f"{job.id}.json"  # written just after the state changes in memory
+    deadline = time.monotonic() + 30
+    while json.loads(record.read_text())["status"] != FAILED:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     again = JobQueue([LocalWorker(PipelineManager(offline=True))], Library.open(studio.output_dir))
     kept = again.get(job.id)
     assert "3 of 3 windows finished and were kept" in kept.message, kept.message
