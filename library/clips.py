@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from library import provenance, watermark
+from library import provenance
 from library.files import (
     LibraryError,
     check_room,
@@ -151,8 +151,6 @@ def save_clip(result: GenerationResult, out_dir: Path, options: ClipOptions = Cl
         loras=result.loras,
     )  # fmt: skip
     payload, claim = marked(claim, options, sidecar)
-    if payload is not None:
-        frames = watermark.embed(frames, payload)
     sign = signer(claim) if options.sign else None
 
     return write_clip(
@@ -165,6 +163,7 @@ def save_clip(result: GenerationResult, out_dir: Path, options: ClipOptions = Cl
         comment=comment,
         sign=sign,
         end_image=request.end_image,
+        mark=payload,
     )
 
 
@@ -190,11 +189,12 @@ def signer(claim: dict, ingredients: list[Path] = (), relationship: str = "compo
 def write_clip(
     frames: np.ndarray, fps: float, out_dir: Path, stem_hint: str, sidecar: dict[str, Any],
     input_image: Any | None = None, comment: str | None = None, sign: Any | None = None,
-    stamp: str | None = None, end_image: Any | None = None,
+    stamp: str | None = None, end_image: Any | None = None, mark: int | None = None,
 ) -> ClipFiles:  # fmt: skip
-    """Encode `frames` and publish them as a clip (see `publish_clip`)."""
+    """Encode `frames` (each marked with the watermark payload `mark` as it is written) and publish them as a clip
+    (see `publish_clip`)."""
     return publish_clip(
-        lambda path: encode_mp4(frames, fps, path, comment=comment), estimate_mp4_mb(*frames.shape[:3]),
+        lambda path: encode_mp4(frames, fps, path, comment=comment, mark=mark), estimate_mp4_mb(*frames.shape[:3]),
         out_dir, stem_hint, sidecar, input_image=input_image, sign=sign, stamp=stamp, end_image=end_image,
     )  # fmt: skip
 

@@ -483,7 +483,7 @@ def _render(board, checked, output_dir, films_dir, scratch, on_progress, sign, c
         payload = provenance.bind_mark(claim)[0] if mark and not inherited and board.format != "gif" else None
         if payload is not None:  # every frame as it is encoded
             video = video.image_transform(
-                lambda frame: watermark.embed(np.clip(frame, 0, 255).astype(np.uint8)[None], payload)[0]
+                lambda frame: watermark.embed_frame(np.clip(frame, 0, 255).astype(np.uint8), payload)
             )
         if board.format == "gif":
             scale = min(1.0, GIF_MAX_WIDTH / size[0])

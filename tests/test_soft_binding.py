@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from library import ClipOptions, Library, Shot, Storyboard, provenance
+from library import ClipOptions, Library, Shot, Storyboard, provenance, watermark
 from library.media import ffmpeg_exe
+from library.post_models import TEST
 from pipelines.request import GenerationRequest, validate_request
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,3 +111,13 @@ def test_a_film_of_unmarked_shots_carries_its_own_mark_and_names_itself(clips, t
     ffmpeg("-i", str(film), "-c:v", "libx264", "-crf", "23", "-map_metadata", "-1", str(copy))
     _, said = verify_here(copy, clips["plain"].parent, capsys)
     assert f"This looks like the film {film.name}" in said, said
+
+
+def test_a_smoothed_copy_of_an_unmarked_clip_carries_its_own_mark_in_its_pixels(clips):
+    library = Library.open(clips["plain"].parent)
+    library.post_models.default = TEST
+    files = library.post(library.check_post("interpolate", clips["plain"].name, TEST, factor=2), "cpu")
+    payload = provenance.verify_file(files.video).declared["watermark"]
+    assert Library.open(files.video.parent).clip(files.video.name).sidecar["provenance"]["watermark"] == payload
+    reading = watermark.read_file(str(files.video))  # written frame by frame: each one marked on its way
+    assert reading is not None and f"{reading.payload:08x}" == payload

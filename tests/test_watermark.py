@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from library import watermark
+from library import ClipOptions, watermark
 from library.media import encode_mp4, ffmpeg_exe
+from library.takes import TakeWriter
 from tests.media import decode_video
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,9 +95,10 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def marked_file(tmp_path_factory) -> Path:
-    """A 3 s 832x464 clip, marked and written as the studio writes clips (CRF 18)."""
+    """A 3 s 832x464 clip, marked and written as the studio writes clips (CRF 18, each frame marked as it is
+    encoded)."""
     path = tmp_path_factory.mktemp("watermark") / "marked.mp4"
-    encode_mp4(watermark.embed(landscape_clip(832, 464, 3 * FPS), PAYLOAD), FPS, path)
+    encode_mp4(landscape_clip(832, 464, 3 * FPS), FPS, path, mark=PAYLOAD)
     return path
 
 
@@ -141,8 +143,28 @@ def test_embedding_in_pieces_equals_embedding_whole():
     clip = landscape_clip(320, 176, 7)
     whole = watermark.embed(clip, PAYLOAD)
     pieces = np.concatenate([watermark.embed(clip[:3], PAYLOAD), watermark.embed(clip[3:], PAYLOAD)])
-    one_by_one = np.stack([watermark.embed(frame[None], PAYLOAD)[0] for frame in clip])
+    one_by_one = np.stack([watermark.embed_frame(frame, PAYLOAD) for frame in clip])
     assert np.array_equal(whole, pieces) and np.array_equal(whole, one_by_one)
+
+
+def test_writers_mark_each_frame_as_they_encode(tmp_path):
+    """The clip writer and a long take's segment writer lay the mark into each frame on its way to x264: the
+    decoded files equal the marked frames written plainly, and differ from the unmarked ones."""
+    clip = landscape_clip(320, 176, 9)
+    files = {name: tmp_path / f"{name}.mp4" for name in ("as-written", "marked-first", "plain")}
+    encode_mp4(clip, FPS, files["as-written"], mark=PAYLOAD)
+    encode_mp4(watermark.embed(clip, PAYLOAD), FPS, files["marked-first"])
+    encode_mp4(clip, FPS, files["plain"])
+    decoded = {name: decode_video(path)[0].astype(int) for name, path in files.items()}
+    assert np.array_equal(decoded["as-written"], decoded["marked-first"])
+    assert np.abs(decoded["as-written"] - decoded["plain"]).mean() > 0.5
+
+    take = TakeWriter.start(tmp_path / "take", {"prompts": ["a"], "model": "test-tiny", "fps": FPS}, {}, (320, 176),
+                            ClipOptions())  # fmt: skip
+    take.add(clip, 0)
+    encode_mp4(watermark.embed(clip, take.state["watermark"]), FPS, tmp_path / "segment.mp4", joinable=True)
+    segment = decode_video(tmp_path / "take" / take.state["segments"][0]["file"])[0]
+    assert np.array_equal(segment, decode_video(tmp_path / "segment.mp4")[0])
 
 
 def test_the_reading_reports_scale_and_bits(marked_file, tmp_path):
