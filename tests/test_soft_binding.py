@@ -121,3 +121,15 @@ def test_a_smoothed_copy_of_an_unmarked_clip_carries_its_own_mark_in_its_pixels(
     assert Library.open(files.video.parent).clip(files.video.name).sidecar["provenance"]["watermark"] == payload
     reading = watermark.read_file(str(files.video))  # written frame by frame: each one marked on its way
     assert reading is not None and f"{reading.payload:08x}" == payload
+
+
+def test_a_smoothed_copy_of_a_marked_clip_carries_its_mark_and_verify_names_the_source(made, capsys):
+    library = Library.open(made.parent)
+    library.post_models.default = TEST
+    files = library.post(library.check_post("interpolate", made.name, TEST, factor=2), "cpu")
+    mark = library.clip(made.name).sidecar["provenance"]["watermark"]
+    record = library.clip(files.video.name).sidecar["provenance"]
+    assert record["watermark"] == mark and record["watermark_of"] == made.name
+    assert provenance.verify_file(files.video).declared["watermark"] == mark  # bound in the copy's manifest too
+    _, said = verify_here(files.video, made.parent, capsys)  # the copy's pixels lead to the source, not the copy
+    assert f"This looks like clip {made.name}" in said, said
