@@ -113,23 +113,40 @@ def test_a_film_of_unmarked_shots_carries_its_own_mark_and_names_itself(clips, t
     assert f"This looks like the film {film.name}" in said, said
 
 
-def test_a_smoothed_copy_of_an_unmarked_clip_carries_its_own_mark_in_its_pixels(clips):
-    library = Library.open(clips["plain"].parent)
+@pytest.fixture(scope="module")
+def small(manager, tmp_path_factory) -> Library:
+    """A library of two small clips (256x144, 9 frames of the example picture panning; the mark still reads at
+    this size), one marked and one not, and the test interpolator as its default: post-production is quick."""
+    library = Library.open(tmp_path_factory.mktemp("small"))
     library.post_models.default = TEST
-    files = library.post(library.check_post("interpolate", clips["plain"].name, TEST, factor=2), "cpu")
+    valid = validate_request(GenerationRequest(prompt="a valley", model=TINY, seed=5, steps=2, frames=9),
+                             default_model=TINY)  # fmt: skip
+    result = manager.generate(valid)
+    base = np.asarray(Image.open(ROOT / "assets" / "example-landscape.png").convert("RGB").resize((256, 144)))
+    frames = np.stack([np.roll(base, 2 * t, axis=1) for t in range(9)])
+    library.save_clip(replace(result, frames=frames))
+    library.save_clip(replace(result, frames=frames[::-1].copy()), ClipOptions(watermark=False))
+    return library
+
+
+def clip_of(library: Library, marked: bool) -> str:
+    return next(c.name for c in library.clips() if ("watermark" in c.sidecar.get("provenance", {})) == marked)
+
+
+def test_a_smoothed_copy_of_an_unmarked_clip_carries_its_own_mark_in_its_pixels(small):
+    files = small.post(small.check_post("interpolate", clip_of(small, marked=False), TEST, factor=2), "cpu")
     payload = provenance.verify_file(files.video).declared["watermark"]
-    assert Library.open(files.video.parent).clip(files.video.name).sidecar["provenance"]["watermark"] == payload
+    assert small.clip(files.video.name).sidecar["provenance"]["watermark"] == payload
     reading = watermark.read_file(str(files.video))  # written frame by frame: each one marked on its way
     assert reading is not None and f"{reading.payload:08x}" == payload
 
 
-def test_a_smoothed_copy_of_a_marked_clip_carries_its_mark_and_verify_names_the_source(made, capsys):
-    library = Library.open(made.parent)
-    library.post_models.default = TEST
-    files = library.post(library.check_post("interpolate", made.name, TEST, factor=2), "cpu")
-    mark = library.clip(made.name).sidecar["provenance"]["watermark"]
-    record = library.clip(files.video.name).sidecar["provenance"]
-    assert record["watermark"] == mark and record["watermark_of"] == made.name
+def test_a_smoothed_copy_of_a_marked_clip_carries_its_mark_and_verify_names_the_source(small, capsys):
+    source = clip_of(small, marked=True)
+    files = small.post(small.check_post("interpolate", source, TEST, factor=2), "cpu")
+    mark = small.clip(source).sidecar["provenance"]["watermark"]
+    record = small.clip(files.video.name).sidecar["provenance"]
+    assert record["watermark"] == mark and record["watermark_of"] == source
     assert provenance.verify_file(files.video).declared["watermark"] == mark  # bound in the copy's manifest too
-    _, said = verify_here(files.video, made.parent, capsys)  # the copy's pixels lead to the source, not the copy
-    assert f"This looks like clip {made.name}" in said, said
+    _, said = verify_here(files.video, small.root, capsys)  # the copy's pixels lead to the source, not the copy
+    assert f"This looks like clip {source}" in said, said
