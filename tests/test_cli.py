@@ -46,30 +46,43 @@ def test_image_makes_it_image_to_video(tmp_path):
     assert '"task": "i2v"' in path.with_suffix(".json").read_text()
 
 
-def test_bad_input_exits_2_with_the_reason_and_writes_nothing(tmp_path):
-    done = run_cli("--model", "test-tiny", "--prompt", "x", "--size", "100x64", "--out-dir", str(tmp_path))
-    assert done.returncode == 2
-    assert "multiples of 32 px" in done.stderr and done.stdout == ""
+def cli_here(capsys, *args: str) -> tuple[int, str, str]:
+    """`generate` run in this process (no interpreter start): (exit code, stdout, stderr). The refusals below
+    need no subprocess: the one above shows the real command's contract."""
+    from studio.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_bad_input_exits_2_with_the_reason_and_writes_nothing(tmp_path, capsys):
+    code, out, err = cli_here(capsys, "--model", "test-tiny", "--prompt", "x", "--size", "100x64", "--out-dir",
+                              str(tmp_path))  # fmt: skip
+    assert code == 2
+    assert "multiples of 32 px" in err and out == ""
     assert not any(tmp_path.iterdir())
-    done = run_cli("--model", "test-tiny", "--prompt", "x", "--size", "wide")
-    assert done.returncode == 2 and "--size must look like 1280x704" in done.stderr
+    code, _, err = cli_here(capsys, "--model", "test-tiny", "--prompt", "x", "--size", "wide")
+    assert code == 2 and "--size must look like 1280x704" in err
 
 
-def test_an_attention_backend_this_machine_cannot_run_exits_2_with_the_reason(tmp_path):
-    done = run_cli("--model", "test-tiny", "--prompt", "x", "--attention", "sage", "--out-dir", str(tmp_path))
-    assert done.returncode == 2 and done.stdout == ""
-    assert "error: The 'sage' attention backend needs a CUDA GPU" in done.stderr and "Traceback" not in done.stderr
+def test_an_attention_backend_this_machine_cannot_run_exits_2_with_the_reason(tmp_path, capsys):
+    code, out, err = cli_here(capsys, "--model", "test-tiny", "--prompt", "x", "--attention", "sage", "--out-dir",
+                              str(tmp_path))  # fmt: skip
+    assert code == 2 and out == ""
+    assert "error: The 'sage' attention backend needs a CUDA GPU" in err and "Traceback" not in err
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
 
 
-def test_an_output_folder_that_cannot_be_written_is_refused_before_generating(tmp_path):
+def test_an_output_folder_that_cannot_be_written_is_refused_before_generating(tmp_path, capsys):
     a_file = tmp_path / "taken"
     a_file.write_text("not a folder")
-    done = run_cli("--model", "test-tiny", "--prompt", "x", "--out-dir", str(a_file))
-    assert done.returncode == 2 and "is a file, not a folder" in done.stderr and "Traceback" not in done.stderr
-    assert "denoise" not in done.stderr  # refused before any generation
-    done = run_cli("--model", "test-tiny", "--prompt", "x", "--out-dir", str(a_file / "inside"))
-    assert done.returncode == 2 and "cannot be written" in done.stderr and "Traceback" not in done.stderr
+    code, _, err = cli_here(capsys, "--model", "test-tiny", "--prompt", "x", "--out-dir", str(a_file))
+    assert code == 2 and "is a file, not a folder" in err and "Traceback" not in err
+    assert "denoise" not in err  # refused before any generation
+    code, _, err = cli_here(capsys, "--model", "test-tiny", "--prompt", "x", "--out-dir", str(a_file / "inside"))
+    assert code == 2 and "cannot be written" in err and "Traceback" not in err
 
 
 def lora_file(path: Path) -> Path:
@@ -120,7 +133,7 @@ def cli_in_process(capsys, *args: str) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-def test_calibrate_cache_records_ratios_and_then_magcache_runs(tmp_path):
+def test_calibrate_cache_records_ratios_and_then_magcache_runs(tmp_path, capsys):
     home = tmp_path / "home"
     done = run_cli("--model", "test-tiny", "--steps", "6", "--offline", command="calibrate-cache", home=home)
     assert done.returncode == 0, done.stderr
@@ -133,8 +146,11 @@ def test_calibrate_cache_records_ratios_and_then_magcache_runs(tmp_path):
                    home=home)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "step cache magcache" in done.stderr
-    done = run_cli("--model", "test-tiny-a14b", command="calibrate-cache", home=home)
-    assert done.returncode == 2 and "single-transformer models" in done.stderr
+    from app import main
+
+    capsys.readouterr()
+    assert main(["calibrate-cache", "--model", "test-tiny-a14b"]) == 2
+    assert "single-transformer models" in capsys.readouterr().err
 
 
 def test_exit_codes_1_for_a_failure_and_130_for_an_interrupt_and_nothing_is_written(tmp_path, capsys, monkeypatch):
