@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +34,11 @@ def studio(tmp_path, monkeypatch) -> Studio:
 def finished(studio: Studio, job_id: str, timeout: float = 60):
     deadline = time.monotonic() + timeout
     while not studio.jobs.get(job_id).finished:
-        assert time.monotonic() < deadline
+        if time.monotonic() > deadline:  # say where the job and every thread stand (a full run failed here once)
+            job = studio.jobs.get(job_id)
+            stacks = "".join(f"\n--- {t.name}\n" + "".join(traceback.format_stack(sys._current_frames()[t.ident]))
+                             for t in threading.enumerate() if t.ident in sys._current_frames())  # fmt: skip
+            pytest.fail(f"job {job_id} still {job.status} after {timeout} s: {job.message!r}{stacks}")
         time.sleep(0.05)
     return studio.jobs.get(job_id)
 
