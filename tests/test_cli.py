@@ -105,10 +105,11 @@ def test_loras_fast_mode_and_the_step_cache_from_the_command_line(tmp_path, caps
     assert chosen == [(0.5, "high"), (1, "high")]
     assert sidecar["settings"]["cache"] == {"kind": "first-block", "threshold": 0.1}
 
-    done = run_cli("--model", "test-tiny", "--prompt", "x", "--fast", "--steps", "40", "--out-dir", str(tmp_path / "b"))
-    assert done.returncode == 0, done.stderr
-    assert "3 steps, guidance 1" in done.stderr and "Fast mode (test distilled checkpoint" in done.stderr
-    assert "3/3" in done.stderr
+    code, _, err = cli_here(capsys, "--model", "test-tiny", "--prompt", "x", "--fast", "--steps", "40", "--out-dir",
+                            str(tmp_path / "b"))  # fmt: skip
+    assert code == 0, err
+    assert "3 steps, guidance 1" in err and "Fast mode (test distilled checkpoint" in err
+    assert "3/3" in err
 
     for args, fragment in [
         (["--lora", "nowhere.safetensors"], "--lora nowhere.safetensors: no such file"),
@@ -133,7 +134,7 @@ def cli_in_process(capsys, *args: str) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-def test_calibrate_cache_records_ratios_and_then_magcache_runs(tmp_path, capsys):
+def test_calibrate_cache_records_ratios_and_then_magcache_runs(tmp_path, capsys, monkeypatch):
     home = tmp_path / "home"
     done = run_cli("--model", "test-tiny", "--steps", "6", "--offline", command="calibrate-cache", home=home)
     assert done.returncode == 0, done.stderr
@@ -142,10 +143,11 @@ def test_calibrate_cache_records_ratios_and_then_magcache_runs(tmp_path, capsys)
     assert len(saved["mag_ratios"]) == 6 and saved["mag_ratios"][0] == 1.0
     assert all(ratio > 0 for ratio in saved["mag_ratios"])
     assert "Copy these values" not in done.stdout + done.stderr  # diffusers' own printout is not shown
-    done = run_cli("--model", "test-tiny", "--prompt", "x", "--cache", "magcache", "--out-dir", str(tmp_path),
-                   home=home)  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert "step cache magcache" in done.stderr
+    monkeypatch.setenv("WAN_STUDIO_HOME", str(home))  # the calibration saved there is found in this process too
+    code, _, err = cli_here(capsys, "--model", "test-tiny", "--prompt", "x", "--cache", "magcache", "--out-dir",
+                            str(tmp_path))  # fmt: skip
+    assert code == 0, err
+    assert "step cache magcache" in err
     from app import main
 
     capsys.readouterr()

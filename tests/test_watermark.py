@@ -5,6 +5,8 @@ real ffmpeg on a real H.264 file; bench/bench_watermark.py uses the same attacks
 from __future__ import annotations
 
 import subprocess
+import tempfile
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ import pytest
 from PIL import Image
 
 from library import ClipOptions, watermark
-from library.media import encode_mp4, ffmpeg_exe
+from library.media import encode_mp4, ffmpeg_exe, video_info
 from library.takes import TakeWriter
 from tests.media import decode_video
 
@@ -67,18 +69,26 @@ def shot(width: int, height: int, frames: int, seed: int) -> np.ndarray:
     return np.stack(out)
 
 
+_SHOTS = tempfile.TemporaryDirectory(prefix="wan-studio-shots-")  # removed when the process ends
+
+
+@lru_cache(maxsize=4)
+def shot_file(width: int, height: int, seed: int) -> Path:
+    """A 3 s unmarked shot (`shot`) written once per size and seed for the film attacks (noise is slow to encode)."""
+    path = Path(_SHOTS.name) / f"shot-{width}x{height}-{seed}.mp4"
+    encode_mp4(shot(width, height, 3 * FPS, seed), FPS, path)
+    return path
+
+
 def attack(marked: Path, name: str, out: Path) -> Path:
     """`marked` through the attack `name`, written to `out` (H.264, veryfast) and returned."""
     vf, crf, extra = ATTACKS[name]
     exe = ffmpeg_exe()
     encode = ["-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf), "-pix_fmt", "yuv420p", str(out)]
     if vf == "film":
-        frames, _ = decode_video(marked)
-        _, height, width, _ = frames.shape
-        before, after = out.with_suffix(".a.mp4"), out.with_suffix(".b.mp4")
-        encode_mp4(shot(width, height, 3 * FPS, 1), FPS, before)
-        encode_mp4(shot(width, height, 3 * FPS, 2), FPS, after)
-        seconds = len(frames) / FPS
+        info = video_info(marked)
+        before, after = (shot_file(info.width, info.height, seed) for seed in (1, 2))
+        seconds = info.frames / FPS
         graph = (f"[0:v][1:v]xfade=transition=fade:duration=0.5:offset=2.5[ab];"
                  f"[ab][2:v]xfade=transition=fade:duration=0.5:offset={2.5 + seconds - 0.5:.3f}[v]")  # fmt: skip
         cmd = [exe, "-y", "-v", "error", "-i", str(before), "-i", str(marked), "-i", str(after),
