@@ -35,12 +35,13 @@ def test_text_to_video_prints_the_clip_path_last(tmp_path):
     assert "seed 9" in done.stderr
 
 
-def test_image_makes_it_image_to_video(tmp_path):
+def test_image_makes_it_image_to_video(tmp_path, capsys):
     picture = tmp_path / "portrait.png"
     Image.fromarray(np.full((300, 200, 3), 180, np.uint8)).save(picture)
-    done = run_cli("--model", "test-tiny", "--prompt", "waves", "--image", str(picture), "--out-dir", str(tmp_path))
-    assert done.returncode == 0, done.stderr
-    path = Path(done.stdout.strip().splitlines()[-1])
+    code, out, err = cli_here(capsys, "--model", "test-tiny", "--prompt", "waves", "--image", str(picture),
+                              "--out-dir", str(tmp_path))  # fmt: skip
+    assert code == 0, err
+    path = Path(out.strip().splitlines()[-1])
     frames, _ = decode_video(path)
     assert frames.shape[1:3] == (96, 64)  # portrait picture -> portrait preset
     assert '"task": "i2v"' in path.with_suffix(".json").read_text()
