@@ -142,8 +142,8 @@ def _mask(frame: np.ndarray) -> np.ndarray:
     if sub.shape != (2 * hb, 2 * wb):
         sub = np.pad(sub, ((0, 2 * hb - sub.shape[0]), (0, 2 * wb - sub.shape[1])), mode="edge")
     corners = (sub[0::2, 0::2], sub[0::2, 1::2], sub[1::2, 0::2], sub[1::2, 1::2])  # the 4 samples of each block
-    mean = (corners[0] + corners[1] + corners[2] + corners[3]) / 4  # (sums, not mean(axis=...): 10x faster)
-    square = (corners[0] * corners[0] + corners[1] * corners[1] + corners[2] * corners[2] + corners[3] * corners[3]) / 4
+    mean = sum(corners) / 4  # (sums of the 4 samples, not mean(axis=...): 10x faster)
+    square = sum(c * c for c in corners) / 4
     inner = np.sqrt(np.maximum(square - mean * mean, 0))
     step = np.abs(mean - _box3(mean)) * 2
     activity = _box3(_box3(np.minimum(inner + step, 3 * ACTIVITY_FULL)))
