@@ -132,7 +132,8 @@ def _answer(connection: socket.socket) -> None:
 def install_gate(address: str) -> None:
     """In the studio's process: each run of the engine (a clip job, or a window of a long take, by its own
     prompt), once each denoising step is reported (the page and the API see "Step n/N"), asks the test's gate
-    and waits for its answer. A cancel set meanwhile stops the job at the next step, as it would any job."""
+    and waits for its answer; a post-production job does the same at each frame, by "<action> <clip name>"
+    ("upscale 2026…mp4"). A cancel set meanwhile stops the job at the next step, as it would any job."""
     from pipelines.manager import PipelineManager
 
     plain = PipelineManager.generate
@@ -147,6 +148,23 @@ def install_gate(address: str) -> None:
         return plain(self, request, reported, cancel, *args, **kwargs)
 
     PipelineManager.generate = generate
+
+    import library.post as post
+
+    derive = post._derive
+
+    def held_derive(clip, request, *args):  # a post-production job, held by "<action> <clip name>" at its frames
+        *rest, report = args
+
+        def reported(progress) -> None:
+            if report is not None:
+                report(progress)
+            if progress.step:
+                _ask(address, f"{request.action} {clip.name}", progress.step)
+
+        return derive(clip, request, *rest, reported)
+
+    post._derive = held_derive
 
 
 def _ask(address: str, prompt: str, step: int) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from library.clips import list_clips
 from pipelines.upscale import TEST_UPSCALER_FILE, build_test_upscaler
 from tests.media import decode_video
-from tests.server import studio
+from tests.server import Gate, studio
 from tests.test_browser import CHROMIUM, SCREENSHOTS, TRACK_EVENTS, open_tab, settled
 
 pytestmark = pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian's chromium is not installed")
@@ -28,7 +29,7 @@ DONE = re.compile(r"Done in [\d.]+ s: (\S+\.mp4)\.")  # the status line of a fin
 @pytest.fixture(scope="module")
 def running(tmp_path_factory):
     """The studio on the test video model: its default post models are the random-weight test ones."""
-    with studio(tmp_path_factory.mktemp("post")) as running:
+    with Gate() as gate, studio(tmp_path_factory.mktemp("post"), gate=gate) as running:
         yield running
 
 
@@ -215,9 +216,14 @@ def test_an_upscaler_added_in_settings_is_offered_in_the_library_and_is_the_one_
 
 
 def test_the_api_streams_frame_progress_and_refuses_bad_requests_by_name(client, running, source):
-    # 33 frames: the job reports frames for longer than the stream's polls are apart
     longer = generated(running, client, "a lantern drifts out to sea", 33)
-    job = client.submit(clip=longer.name, scale=2, height=0, upscaler="test", api_name="/upscale")
+    with running.gate.holding(f"upscale {longer.name}", steps=(2,)) as hold:  # held at frame 2 until streamed
+        job = client.submit(clip=longer.name, scale=2, height=0, upscaler="test", api_name="/upscale")
+        hold.wait()
+        deadline = time.monotonic() + 60
+        while not any("frame 2/33" in update[1] for update in job.outputs()):
+            assert time.monotonic() < deadline, job.outputs()
+            time.sleep(0.05)
     statuses = [update[1] for update in job]
     preview, status, path, job_id, _ = job.result()
     assert status.startswith("Done") and job_id and "**" not in status, status  # plain text for the API
