@@ -128,11 +128,8 @@ def test_loras_fast_mode_and_the_step_cache_from_the_command_line(tmp_path, caps
 
 def cli_in_process(capsys, *args: str) -> tuple[int, str]:
     """The CLI's exit code and stderr, run in this process (for refusals: nothing loads, so it is quick)."""
-    from studio.cli import main
-
-    capsys.readouterr()
-    code = main(list(args))
-    return code, capsys.readouterr().err
+    code, _, err = cli_here(capsys, *args)
+    return code, err
 
 
 def test_calibrate_cache_records_ratios_and_then_magcache_runs(tmp_path, capsys, monkeypatch):
