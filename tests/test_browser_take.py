@@ -73,6 +73,8 @@ def test_stop_keep_the_finished_windows_publishes_the_first_window(page, running
     with running.gate.holding(prompts[1]) as hold:
         page.click("#t2v-generate")
         hold.wait()
+        # the page knows the job (its id comes with the stream's updates) once it shows window 2: keep then
+        page.wait_for_function(f"() => ({STATUS})().includes('Window 2/3')", timeout=60_000)
         page.click("#t2v-keep")
         # "Stopping…" shows until the job's next update replaces it: either one says the keep was taken
         page.wait_for_function(f"() => ['finished windows will be kept', 'were kept as'].some("
